@@ -1,0 +1,1 @@
+"""Local PKI in the cert-manager Secret layout (see issue: transport security)."""

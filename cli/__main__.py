@@ -1,0 +1,7 @@
+"""``python -m temporal_shield``."""
+
+import sys
+
+from ._main import main
+
+sys.exit(main())

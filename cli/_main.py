@@ -1,0 +1,94 @@
+"""The ``temporal-shield`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from temporal_shield.codec import ShieldError
+
+from . import __version__
+
+
+def _keyring_path(value: str | None) -> Path:
+    from temporal_shield.converter import DEFAULT_KEY_URI
+
+    if value:
+        return Path(value).expanduser()
+    return Path(DEFAULT_KEY_URI.removeprefix("local://")).expanduser()
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from temporal_shield.codec import ConfigError, Keyring
+
+    path = _keyring_path(args.keyring)
+    if args.action == "init":
+        if path.exists():
+            raise ConfigError(f"{path} already exists; use `keys rotate` to add a key")
+        ring = Keyring.new()
+        ring.save(path)
+        print(f"created {path} with primary key {ring.primary}")
+        return 0
+    ring = Keyring.load(path)
+    if args.action == "rotate":
+        ring = ring.rotated()
+        ring.save(path)
+        print(f"new primary key {ring.primary}; older keys stay active for decryption")
+    elif args.action == "retire":
+        ring = ring.retired(args.key_id)
+        ring.save(path)
+        print(f"retired {args.key_id}: payloads under it can no longer be decrypted")
+    else:
+        for key in ring.keys:
+            mark = "primary" if key.id == ring.primary else ""
+            print(f"{key.id}\t{key.created}\t{key.state}\t{mark}".rstrip())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import main
+
+    return main()
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="temporal-shield", description=__doc__)
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="manage the local keyring (embedded default KEKs)")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("init", "create a keyring with one primary key"),
+        ("list", "list keys (ids, creation time, state; never key material)"),
+        ("rotate", "add a new primary key; old keys stay readable"),
+        ("retire", "stop a non-primary key from decrypting"),
+    ):
+        sp = keys_sub.add_parser(name, help=text)
+        sp.add_argument("--keyring", help="keyring file (default ~/.config/temporal-shield/)")
+        if name == "retire":
+            sp.add_argument("key_id")
+    keys.set_defaults(func=_keys)
+
+    demo = sub.add_parser("demo", help="run a workflow with encrypted PII on a dev server")
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ShieldError as exc:
+        print(f"temporal-shield: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

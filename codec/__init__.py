@@ -1,0 +1,52 @@
+"""Envelope encryption of Temporal payload bytes: format, AEAD, compression, keys.
+
+This package imports nothing else of temporal-shield and nothing of Temporal: it
+turns bytes into authenticated, self-describing ciphertext and back.
+"""
+
+from ._compression import Compression, CompressionConfig
+from ._datakeys import DataKey, DataKeyManager, DataKeyPolicy, KeyStats, SingleFlight
+from ._envelope import Envelope, Opened, Sealed, validate_classification
+from ._errors import (
+    ConfigError,
+    DecryptionError,
+    KeyProviderError,
+    PayloadTooLargeError,
+    ShieldError,
+)
+from ._format import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, Header, parse
+from ._local import KEY_ID_PREFIX, Keyring, KeyringEntry, LocalKeyProvider
+from ._provider import GeneratedDataKey, KeyProvider
+from ._uri import AwsSettings, provider_from_uri
+
+__all__ = [
+    "CLASSIFICATION_METADATA",
+    "ENCODING",
+    "KEY_ID_METADATA",
+    "KEY_ID_PREFIX",
+    "AwsSettings",
+    "Compression",
+    "CompressionConfig",
+    "ConfigError",
+    "DataKey",
+    "DataKeyManager",
+    "DataKeyPolicy",
+    "DecryptionError",
+    "Envelope",
+    "GeneratedDataKey",
+    "Header",
+    "KeyProvider",
+    "KeyProviderError",
+    "KeyStats",
+    "Keyring",
+    "KeyringEntry",
+    "LocalKeyProvider",
+    "Opened",
+    "PayloadTooLargeError",
+    "Sealed",
+    "ShieldError",
+    "SingleFlight",
+    "parse",
+    "provider_from_uri",
+    "validate_classification",
+]

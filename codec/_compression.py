@@ -1,0 +1,91 @@
+"""Bounded zstd compression of serialized payloads, applied before encryption.
+
+Compression is only kept when it helps: payloads under a size threshold are not
+compressed, and a compressed form that is not smaller is discarded. Decompression
+is bounded by the *authenticated* original length recorded in the envelope
+header, so a hostile frame can never expand beyond what the sender declared
+(no decompression bombs) — and a frame that expands to any other length is
+rejected outright.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ._errors import ConfigError, DecryptionError
+
+if sys.version_info >= (3, 14):  # pragma: no cover - exercised on newer Pythons only
+    from compression import zstd
+else:
+    from backports import zstd
+
+
+class Compression(IntEnum):
+    """Compression algorithm ids as written in the envelope header."""
+
+    NONE = 0
+    ZSTD = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressionConfig:
+    """How payloads are compressed before they are encrypted."""
+
+    enabled: bool = True
+    """Compress at all. Turn off where payload sizes must not depend on content
+    (compression-length side channels, see docs/threat-model.md)."""
+
+    threshold: int = 512
+    """Serialized payloads shorter than this many bytes are never compressed: the
+    zstd frame overhead and the CPU cost are not worth it for tiny payloads."""
+
+    level: int = 3
+    """zstd compression level (1-19). 3 is zstd's own default and a good balance."""
+
+    def __post_init__(self) -> None:
+        if self.threshold < 0:
+            raise ConfigError("compression threshold must be >= 0")
+        if not 1 <= self.level <= 19:
+            raise ConfigError("compression level must be between 1 and 19")
+
+
+def compress(data: bytes, config: CompressionConfig) -> tuple[Compression, bytes]:
+    """Compress ``data`` if the configuration asks for it and it makes it smaller.
+
+    Returns:
+        The algorithm used and the (possibly unchanged) bytes.
+    """
+    if not config.enabled or len(data) < config.threshold:
+        return Compression.NONE, data
+    packed = zstd.compress(data, level=config.level)
+    if len(packed) >= len(data):
+        return Compression.NONE, data
+    return Compression.ZSTD, packed
+
+
+def decompress(algorithm: int, data: bytes, original_length: int) -> bytes:
+    """Undo :func:`compress`, producing exactly ``original_length`` bytes.
+
+    Raises:
+        DecryptionError: the frame is malformed, expands beyond or short of the
+            authenticated original length, or names an unknown algorithm. (The
+            bytes were authenticated, so this only happens for a hostile or buggy
+            sender; it is reported like any other unopenable payload.)
+    """
+    if algorithm == Compression.NONE:
+        if len(data) != original_length:
+            raise DecryptionError()
+        return data
+    if algorithm != Compression.ZSTD:
+        raise DecryptionError()
+    decompressor = zstd.ZstdDecompressor()
+    try:
+        # Ask for one byte more than declared: getting it proves the frame lies.
+        out = decompressor.decompress(data, max_length=original_length + 1)
+    except zstd.ZstdError as exc:
+        raise DecryptionError() from exc
+    if len(out) != original_length or not decompressor.eof or decompressor.unused_data:
+        raise DecryptionError()
+    return out

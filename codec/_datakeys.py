@@ -1,0 +1,288 @@
+"""Data keys (DEKs): derivation, key commitment, and the bounded caches around the KMS.
+
+Encryption uses one cached DEK per namespace (per primary KEK), replaced when it
+reaches a bound on age, messages or bytes. Replacement is single-flight: a burst
+of payloads that all find the DEK exhausted makes one KMS call, not one each.
+Unwrapped DEKs are cached for decryption in a bounded LRU with a TTL, keyed by
+the (KEK id, wrapped DEK, namespace) triple, also filled single-flight.
+
+Nonce budget: every message draws a fresh random 96-bit AES-GCM nonce. NIST SP
+800-38D caps random-nonce use at 2**32 messages per key (collision probability
+<= 2**-32). The default of 2**20 messages per DEK keeps the collision
+probability below 2**-57, and :class:`DataKeyPolicy` refuses anything above 2**32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ._clock import Clock, monotonic
+from ._errors import ConfigError, DecryptionError
+from ._provider import KeyProvider
+
+_DERIVE_INFO = b"temporal-shield/v1/aes-256-gcm+commitment"
+MAX_MESSAGES_HARD_LIMIT = 2**32
+
+
+class DataKey:
+    """An unwrapped DEK, reduced to what the envelope needs.
+
+    The raw DEK is fed once through HKDF-SHA256 into a 32-byte AES-256-GCM key and
+    a 32-byte *commitment*; the raw DEK itself is not kept. Storing the commitment
+    in every header makes the format key-committing: a ciphertext only opens under
+    the one DEK whose commitment it carries.
+    """
+
+    __slots__ = ("aead", "commitment", "key_id", "namespace", "wrapped")
+
+    def __init__(self, *, key_id: str, wrapped: bytes, namespace: str, plaintext: bytes) -> None:
+        """Derive the encryption key and commitment from ``plaintext`` (32 bytes)."""
+        if len(plaintext) != 32:
+            raise DecryptionError()
+        okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_DERIVE_INFO).derive(
+            plaintext
+        )
+        self.aead = AESGCM(okm[:32])
+        self.commitment = okm[32:]
+        self.key_id = key_id
+        self.wrapped = wrapped
+        self.namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id!r}, namespace={self.namespace!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataKeyPolicy:
+    """Bounds on data-key reuse and on the decrypted-key cache."""
+
+    max_age: float = 600.0
+    """Seconds an encryption DEK is used before a new one is generated."""
+    max_messages: int = 2**20
+    """Payloads encrypted under one DEK (nonce budget, see module docs)."""
+    max_bytes: int = 2**36
+    """Plaintext bytes encrypted under one DEK (64 GiB)."""
+    decrypt_cache_size: int = 1024
+    """Unwrapped DEKs kept for decryption (LRU)."""
+    decrypt_cache_ttl: float = 3600.0
+    """Seconds an unwrapped DEK stays in the decryption cache."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_messages <= MAX_MESSAGES_HARD_LIMIT:
+            raise ConfigError(f"max_messages must be in 1..{MAX_MESSAGES_HARD_LIMIT}")
+        if self.max_age <= 0 or self.max_bytes <= 0 or self.decrypt_cache_ttl < 0:
+            raise ConfigError("data-key bounds must be positive")
+        if self.decrypt_cache_size < 0:
+            raise ConfigError("decrypt_cache_size must be >= 0")
+
+
+@dataclass
+class KeyStats:
+    """Counters of key-provider traffic and cache effectiveness (read as metrics)."""
+
+    kms_generate_calls: int = 0
+    kms_decrypt_calls: int = 0
+    kms_errors: int = 0
+    encrypt_cache_hits: int = 0
+    encrypt_cache_misses: int = 0
+    decrypt_cache_hits: int = 0
+    decrypt_cache_misses: int = 0
+
+    @property
+    def kms_calls(self) -> int:
+        """All key-provider round trips."""
+        return self.kms_generate_calls + self.kms_decrypt_calls
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counters as a plain mapping."""
+        return {
+            "kms_calls": self.kms_calls,
+            "kms_generate_calls": self.kms_generate_calls,
+            "kms_decrypt_calls": self.kms_decrypt_calls,
+            "kms_errors": self.kms_errors,
+            "encrypt_cache_hits": self.encrypt_cache_hits,
+            "encrypt_cache_misses": self.encrypt_cache_misses,
+            "decrypt_cache_hits": self.decrypt_cache_hits,
+            "decrypt_cache_misses": self.decrypt_cache_misses,
+        }
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SingleFlight(Generic[K, V]):
+    """Collapse concurrent calls for the same key into one in-flight call."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[K, asyncio.Future[V]] = {}
+
+    async def do(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        """Run ``fn`` unless a call for ``key`` is already running; share its outcome."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            value = await fn()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: the caller below re-raises it
+            raise
+        finally:
+            del self._inflight[key]
+        fut.set_result(value)
+        return value
+
+
+@dataclass
+class _Active:
+    key: DataKey
+    created: float
+    messages: int = 0
+    nbytes: int = 0
+
+
+@dataclass
+class _Cached:
+    key: DataKey
+    expires: float
+
+
+@dataclass
+class DataKeyManager:
+    """Hands out DEKs for encryption and decryption, with caching and bounds.
+
+    The first provider's primary KEK wraps new DEKs; any provider may unwrap the
+    KEK ids it allows. Not thread-safe: use it from one event loop.
+    """
+
+    providers: Sequence[KeyProvider]
+    """Key providers; ``providers[0]`` encrypts."""
+    policy: DataKeyPolicy = field(default_factory=DataKeyPolicy)
+    """Reuse and cache bounds."""
+    clock: Clock = monotonic
+    """Monotonic time source (injectable for tests)."""
+    stats: KeyStats = field(default_factory=KeyStats)
+    """Counters, read by the metrics exporters."""
+    _active: dict[str, _Active] = field(default_factory=dict, init=False, repr=False)
+    _decrypted: OrderedDict[tuple[str, bytes, str], _Cached] = field(
+        default_factory=OrderedDict, init=False, repr=False
+    )
+    _gen_flight: SingleFlight[str, _Active] = field(
+        default_factory=SingleFlight, init=False, repr=False
+    )
+    _dec_flight: SingleFlight[tuple[str, bytes, str], DataKey] = field(
+        default_factory=SingleFlight, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if not self.providers:
+            raise ConfigError("at least one key provider is required")
+
+    async def encryption_key(self, namespace: str, nbytes: int) -> DataKey:
+        """A DEK for one message of ``nbytes`` plaintext bytes in ``namespace``.
+
+        Raises:
+            KeyProviderError: a new DEK was needed and the provider failed.
+        """
+        while True:
+            entry = self._active.get(namespace)
+            if entry is not None and self._admits(entry, nbytes):
+                entry.messages += 1
+                entry.nbytes += nbytes
+                self.stats.encrypt_cache_hits += 1
+                return entry.key
+            self.stats.encrypt_cache_misses += 1
+            fresh = await self._gen_flight.do(
+                namespace, functools.partial(self._generate, namespace, entry)
+            )
+            if fresh.messages == 0:
+                # A new DEK always admits its first message, whatever its size.
+                fresh.messages = 1
+                fresh.nbytes = nbytes
+                return fresh.key
+
+    def _admits(self, entry: _Active, nbytes: int) -> bool:
+        p = self.policy
+        return (
+            self.clock() - entry.created < p.max_age
+            and entry.messages < p.max_messages
+            and entry.nbytes + nbytes <= p.max_bytes
+        )
+
+    async def _generate(self, namespace: str, stale: _Active | None) -> _Active:
+        current = self._active.get(namespace)
+        if current is not stale and current is not None:
+            return current  # someone replaced it while we waited
+        self.stats.kms_generate_calls += 1
+        try:
+            gen = await self.providers[0].generate_data_key(namespace)
+        except Exception:
+            self.stats.kms_errors += 1
+            raise
+        key = DataKey(
+            key_id=gen.key_id, wrapped=gen.wrapped, namespace=namespace, plaintext=gen.plaintext
+        )
+        entry = _Active(key=key, created=self.clock())
+        self._active[namespace] = entry
+        # Our own payloads decode without a round trip to the KMS.
+        self._remember((gen.key_id, gen.wrapped, namespace), key)
+        return entry
+
+    async def decryption_key(self, key_id: str, wrapped: bytes, namespace: str) -> DataKey:
+        """The DEK that ``wrapped`` holds, unwrapped by the provider owning ``key_id``.
+
+        Raises:
+            DecryptionError: the key id is unknown or not allowed, or the wrapped key
+                does not authenticate for this namespace.
+            KeyProviderError: the provider failed.
+        """
+        provider = next((p for p in self.providers if p.can_decrypt(key_id)), None)
+        if provider is None:
+            raise DecryptionError()
+        cache_key = (key_id, wrapped, namespace)
+        cached = self._decrypted.get(cache_key)
+        if cached is not None and cached.expires > self.clock():
+            self._decrypted.move_to_end(cache_key)
+            self.stats.decrypt_cache_hits += 1
+            return cached.key
+        self.stats.decrypt_cache_misses += 1
+
+        async def unwrap() -> DataKey:
+            self.stats.kms_decrypt_calls += 1
+            try:
+                plaintext = await provider.decrypt_data_key(key_id, wrapped, namespace)
+            except DecryptionError:
+                raise
+            except Exception:
+                self.stats.kms_errors += 1
+                raise
+            key = DataKey(key_id=key_id, wrapped=wrapped, namespace=namespace, plaintext=plaintext)
+            self._remember(cache_key, key)
+            return key
+
+        return await self._dec_flight.do(cache_key, unwrap)
+
+    def _remember(self, cache_key: tuple[str, bytes, str], key: DataKey) -> None:
+        if self.policy.decrypt_cache_size == 0:
+            return
+        self._decrypted[cache_key] = _Cached(key, self.clock() + self.policy.decrypt_cache_ttl)
+        self._decrypted.move_to_end(cache_key)
+        while len(self._decrypted) > self.policy.decrypt_cache_size:
+            self._decrypted.popitem(last=False)
+
+    async def check(self) -> None:
+        """Readiness: every provider answers (see :meth:`KeyProvider.check`)."""
+        for provider in self.providers:
+            await provider.check()

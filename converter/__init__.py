@@ -1,0 +1,41 @@
+"""Temporal integration: the payload codec, its configuration, and one-line installation.
+
+Typical use in a worker or client::
+
+    from temporal_shield.converter import ShieldPlugin
+    client = await Client.connect("localhost:7233", plugins=[ShieldPlugin()])
+"""
+
+from ._codec import ShieldCodec, is_encrypted
+from ._config import (
+    DEFAULT_KEY_URI,
+    ClassificationConfig,
+    KeysConfig,
+    ShieldConfig,
+    StorageConfig,
+)
+from ._install import ShieldPlugin, build_codec, data_converter, key_providers
+from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
+from ._storage import Boto3S3Client, external_storage
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_KEY_URI",
+    "ENV_PREFIX",
+    "ENV_VARS",
+    "Boto3S3Client",
+    "ClassificationConfig",
+    "KeysConfig",
+    "ShieldCodec",
+    "ShieldConfig",
+    "ShieldPlugin",
+    "StorageConfig",
+    "build",
+    "build_codec",
+    "data_converter",
+    "external_storage",
+    "is_encrypted",
+    "key_providers",
+    "load_config",
+    "read_toml",
+]

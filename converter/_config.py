@@ -1,0 +1,113 @@
+"""The configuration schema shared by workers, clients and (later) the codec server.
+
+Every section is a frozen, keyword-only dataclass; loading from TOML and the
+environment lives in :mod:`._settings`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from temporal_shield.codec import (
+    CompressionConfig,
+    ConfigError,
+    DataKeyPolicy,
+    validate_classification,
+)
+
+DEFAULT_KEY_URI = "local://~/.config/temporal-shield/keyring.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeysConfig:
+    """Where the key-encryption keys live."""
+
+    uri: str = DEFAULT_KEY_URI
+    """Primary key URI: ``local://PATH`` or ``aws-kms://KEY`` (id, ARN or alias)."""
+    decrypt_uris: tuple[str, ...] = ()
+    """Further key URIs that may only decrypt (e.g. the previous KMS key while
+    switching keys). Local keyrings listed here still only decrypt."""
+    allowed_key_ids: tuple[str, ...] = ()
+    """If non-empty, restricts decryption to these KEKs (local key names or AWS
+    key ids/ARNs/aliases). The primary KEK is always allowed."""
+    aws_region: str | None = None
+    """AWS region for KMS (else the usual AWS configuration)."""
+    aws_endpoint_url: str | None = None
+    """KMS endpoint URL (VPC endpoint, or a local emulator in tests)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationConfig:
+    """Which data-classification label new payloads carry (e.g. ``phi``, ``pci``).
+
+    The label is authenticated in the envelope header and repeated in metadata so
+    that the codec server can decide per payload who may read it.
+    """
+
+    default: str = ""
+    """Label for payloads that match no rule ("" = unclassified)."""
+    namespaces: tuple[tuple[str, str], ...] = ()
+    """``(namespace glob, label)`` rules, first match wins."""
+
+    def __post_init__(self) -> None:
+        validate_classification(self.default)
+        for _, label in self.namespaces:
+            validate_classification(label)
+
+    def label_for(self, namespace: str) -> str:
+        """The label for a payload written in ``namespace``."""
+        for pattern, label in self.namespaces:
+            if fnmatch.fnmatchcase(namespace, pattern):
+                return label
+        return self.default
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """Optional offload of large, already-encrypted payloads to S3."""
+
+    s3_bucket: str | None = None
+    """Bucket for offloaded payloads; ``None`` disables offload."""
+    threshold: int = 256 * 1024
+    """Encoded payloads of at least this many bytes are offloaded."""
+    s3_region: str | None = None
+    """S3 region (else the usual AWS configuration)."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint URL (a local emulator in tests)."""
+
+    def __post_init__(self) -> None:
+        if self.threshold < 0:
+            raise ConfigError("storage threshold must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShieldConfig:
+    """Everything the converter needs. Defaults are the embedded, fail-closed ones."""
+
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    """Key providers."""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    """Compression before encryption."""
+    data_keys: DataKeyPolicy = field(default_factory=DataKeyPolicy)
+    """Data-key reuse bounds and decrypted-key cache."""
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    """Classification labels of new payloads."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """S3 offload."""
+    namespace: str = "default"
+    """Namespace bound into payloads encoded without a serialization context. The
+    plugin replaces it with the client's namespace."""
+    strict_workflow_binding: bool = False
+    """Also bind payloads to their workflow id (see docs/format.md for why this is
+    not the default: schedules, the codec server and payload forwarding)."""
+    encrypt_failures: bool = True
+    """Move failure messages and stack traces into encrypted attributes."""
+    max_payload_bytes: int = 64 * 1024 * 1024
+    """Largest serialized payload encoded or decoded (also the decompression cap)."""
+
+    def __post_init__(self) -> None:
+        if not self.namespace:
+            raise ConfigError("namespace must not be empty")
+        if self.max_payload_bytes <= 0:
+            raise ConfigError("max_payload_bytes must be positive")

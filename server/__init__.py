@@ -1,0 +1,1 @@
+"""temporal-shield codec server (see issue: the codec server)."""
