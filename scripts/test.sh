@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 echo "== ruff"; .venv/bin/ruff check .
 echo "== ruff format"; .venv/bin/ruff format --check .
-echo "== mypy --strict"; .venv/bin/mypy -p temporal_shield tests bench
+echo "== mypy --strict"; .venv/bin/mypy -p temporal_shield -p tests -p bench
 echo "== pytest"; .venv/bin/pytest "$@"

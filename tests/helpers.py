@@ -1,0 +1,104 @@
+"""Shared test helpers: keyrings, fake key providers, tool discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from temporal_shield.codec import (
+    ConfigError,
+    DecryptionError,
+    GeneratedDataKey,
+    KeyProvider,
+    KeyProviderError,
+    Keyring,
+    LocalKeyProvider,
+)
+
+
+def require(found: bool, reason: str) -> None:
+    """Skip with ``reason`` when a tool is missing, but fail under CI=true."""
+    if found:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"required tool missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def make_keyring(path: Path) -> LocalKeyProvider:
+    """A fresh keyring at ``path`` and a provider over it."""
+    Keyring.new().save(path)
+    return LocalKeyProvider(path)
+
+
+class FakeKms(KeyProvider):
+    """An in-memory KMS for behaviour no real endpoint can show on demand:
+    outages at an exact moment, disabled keys, call counting, slow calls."""
+
+    def __init__(self, key_id: str = "fake:kek-1", *, delay: float = 0.0) -> None:
+        self.key_id = key_id
+        self.kek = secrets.token_bytes(32)
+        self.delay = delay
+        self.generate_calls = 0
+        self.decrypt_calls = 0
+        self.down = False
+        self.disabled: set[str] = set()
+
+    @property
+    def primary_key_id(self) -> str:
+        return self.key_id
+
+    def can_decrypt(self, key_id: str) -> bool:
+        return key_id == self.key_id
+
+    def _wrap(self, dek: bytes, namespace: str) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self.kek).encrypt(nonce, dek, namespace.encode())
+
+    async def _io(self) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.down:
+            raise KeyProviderError("KMS generate failed: ServiceUnavailable")
+
+    async def generate_data_key(self, namespace: str) -> GeneratedDataKey:
+        self.generate_calls += 1
+        await self._io()
+        if self.key_id in self.disabled:
+            raise KeyProviderError("KMS generate failed: DisabledException")
+        dek = secrets.token_bytes(32)
+        return GeneratedDataKey(
+            key_id=self.key_id, wrapped=self._wrap(dek, namespace), plaintext=dek
+        )
+
+    async def decrypt_data_key(self, key_id: str, wrapped: bytes, namespace: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.decrypt_calls += 1
+        await self._io()
+        if key_id in self.disabled:
+            raise KeyProviderError("KMS decrypt failed: DisabledException")
+        try:
+            return AESGCM(self.kek).decrypt(wrapped[:12], wrapped[12:], namespace.encode())
+        except InvalidTag:
+            raise DecryptionError() from None
+
+
+class FakeClock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+__all__ = ["ConfigError", "FakeClock", "FakeKms", "make_keyring", "require"]

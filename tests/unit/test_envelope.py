@@ -1,0 +1,206 @@
+"""Hostile tests of the envelope: every field authenticated, every failure opaque."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from temporal_shield.codec import (
+    CompressionConfig,
+    DataKeyManager,
+    DecryptionError,
+    Envelope,
+    LocalKeyProvider,
+    PayloadTooLargeError,
+    parse,
+)
+from temporal_shield.codec._compression import Compression
+from temporal_shield.codec._format import Header
+
+from ..helpers import make_keyring
+
+JSONISH = b'{"patient":"Jane","ssn":"078-05-1120","notes":"' + b"lorem ipsum " * 200 + b'"}'
+
+
+async def test_round_trip_small_and_compressed(envelope: Envelope) -> None:
+    for plaintext in (b"", b"x", b"small", JSONISH):
+        sealed = await envelope.seal(plaintext, namespace="default")
+        assert len(plaintext) < 8 or plaintext not in sealed.data
+        opened = await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+        assert opened.plaintext == plaintext
+    header, _ = parse(sealed.data)
+    assert header.compression == Compression.ZSTD  # the large one compressed
+    assert len(sealed.data) < len(JSONISH)
+
+
+async def test_compression_off_and_threshold(local_provider: LocalKeyProvider) -> None:
+    off = Envelope(DataKeyManager([local_provider]), compression=CompressionConfig(enabled=False))
+    sealed = await off.seal(JSONISH, namespace="default")
+    assert parse(sealed.data)[0].compression == Compression.NONE
+    high = Envelope(
+        DataKeyManager([local_provider]), compression=CompressionConfig(threshold=10**6)
+    )
+    assert parse((await high.seal(JSONISH, namespace="ns")).data)[0].compression == 0
+    # Incompressible data is stored uncompressed even above the threshold.
+    noise = os.urandom(4096)
+    sealed = await Envelope(DataKeyManager([local_provider])).seal(noise, namespace="ns")
+    assert parse(sealed.data)[0].compression == Compression.NONE
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.binary(max_size=5000),
+    namespace=st.text(min_size=1, max_size=40),
+    classification=st.sampled_from(["", "phi", "pci", "internal"]),
+)
+async def test_property_round_trip(
+    envelope: Envelope, data: bytes, namespace: str, classification: str
+) -> None:
+    sealed = await envelope.seal(data, namespace=namespace, classification=classification)
+    opened = await envelope.open(sealed.data, key_id=sealed.key_id, namespace=namespace)
+    assert opened.plaintext == data
+    assert opened.header.classification == classification
+
+
+async def test_every_flipped_bit_is_rejected(envelope: Envelope) -> None:
+    sealed = await envelope.seal(JSONISH, namespace="default", classification="phi")
+    data = bytearray(sealed.data)
+    for i in range(len(data)):
+        for bit in (0, 7):
+            data[i] ^= 1 << bit
+            with pytest.raises(DecryptionError) as info:
+                await envelope.open(bytes(data), key_id=sealed.key_id, namespace=None)
+            assert str(info.value) == "payload could not be decrypted"
+            data[i] ^= 1 << bit
+
+
+async def test_every_truncation_is_rejected(envelope: Envelope) -> None:
+    sealed = await envelope.seal(b"hello world" * 10, namespace="default")
+    for n in range(len(sealed.data)):
+        with pytest.raises(DecryptionError):
+            await envelope.open(sealed.data[:n], key_id=sealed.key_id, namespace="default")
+    with pytest.raises(DecryptionError):
+        await envelope.open(sealed.data + b"\0", key_id=sealed.key_id, namespace="default")
+
+
+async def test_wrong_namespace_is_rejected(envelope: Envelope) -> None:
+    sealed = await envelope.seal(b"secret", namespace="payments")
+    with pytest.raises(DecryptionError):
+        await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+
+
+async def test_namespace_rewritten_in_header_is_rejected(envelope: Envelope) -> None:
+    # An attacker who edits the header's namespace (same length) to make it match
+    # the target namespace fails: the wrap and the AEAD both bind the original.
+    sealed = await envelope.seal(b"secret", namespace="prod-a")
+    forged = sealed.data.replace(b"prod-a", b"prod-b", 1)
+    with pytest.raises(DecryptionError):
+        await envelope.open(forged, key_id=sealed.key_id, namespace="prod-b")
+
+
+async def test_key_id_changes_are_rejected(tmp_path: Path, envelope: Envelope) -> None:
+    sealed = await envelope.seal(b"secret", namespace="default")
+    for key_id in ("local:nope", "", sealed.key_id + "x", "arn:aws:kms:us-east-1:1:key/x"):
+        with pytest.raises(DecryptionError):
+            await envelope.open(sealed.data, key_id=key_id, namespace="default")
+
+
+async def test_disallowed_key_id_is_rejected(keyring_path: Path) -> None:
+    writer = Envelope(DataKeyManager([LocalKeyProvider(keyring_path)]))
+    sealed = await writer.seal(b"secret", namespace="default")
+    reader = Envelope(
+        DataKeyManager([LocalKeyProvider(keyring_path, allowed_key_ids=frozenset({"other"}))])
+    )
+    with pytest.raises(DecryptionError):
+        await reader.open(sealed.data, key_id=sealed.key_id, namespace="default")
+
+
+async def test_payload_from_another_keyring_is_rejected(tmp_path: Path) -> None:
+    a = Envelope(DataKeyManager([make_keyring(tmp_path / "a.json")]))
+    b = Envelope(DataKeyManager([make_keyring(tmp_path / "b.json")]))
+    sealed = await a.seal(b"secret", namespace="default")
+    with pytest.raises(DecryptionError):
+        await b.open(sealed.data, key_id=sealed.key_id, namespace="default")
+
+
+async def test_key_commitment_is_checked(envelope: Envelope) -> None:
+    # Swap in the wrapped DEK of another message: the unwrap succeeds (same KEK and
+    # namespace) but the commitment no longer matches, before any AEAD attempt.
+    one = await envelope.seal(b"one", namespace="default")
+    other = await Envelope(DataKeyManager(envelope.keys.providers)).seal(
+        b"two", namespace="default"
+    )
+    h1, off1 = parse(one.data)
+    h2, _ = parse(other.data)
+    assert h1.wrapped_dek != h2.wrapped_dek
+    forged_header = Header(
+        compression=h1.compression,
+        original_length=h1.original_length,
+        namespace=h1.namespace,
+        workflow_id=h1.workflow_id,
+        classification=h1.classification,
+        wrapped_dek=h2.wrapped_dek,
+        commitment=h1.commitment,
+        nonce=h1.nonce,
+    ).pack()
+    with pytest.raises(DecryptionError):
+        await envelope.open(forged_header + one.data[off1:], key_id=one.key_id, namespace=None)
+
+
+async def test_oversize_plaintext_is_refused(local_provider: LocalKeyProvider) -> None:
+    env = Envelope(DataKeyManager([local_provider]), max_plaintext=1000)
+    with pytest.raises(PayloadTooLargeError):
+        await env.seal(b"x" * 1001, namespace="default")
+    big = Envelope(DataKeyManager([local_provider]), max_plaintext=10_000)
+    sealed = await big.seal(b"x" * 5000, namespace="default")
+    with pytest.raises(DecryptionError):  # declared length over the reader's limit
+        await env.open(sealed.data, key_id=sealed.key_id, namespace="default")
+
+
+async def test_decompression_bomb_is_refused(envelope: Envelope) -> None:
+    # A sender that lies about the original length: the frame expands beyond it.
+    from backports import zstd
+
+    key = await envelope.keys.encryption_key("default", 0)
+    bomb = zstd.compress(b"\0" * 10_000_000)
+    header = Header(
+        compression=Compression.ZSTD,
+        original_length=100,
+        namespace="default",
+        workflow_id="",
+        classification="",
+        wrapped_dek=key.wrapped,
+        commitment=key.commitment,
+        nonce=os.urandom(12),
+    ).pack()
+    data = header + key.aead.encrypt(header[-12:], bomb, header + key.key_id.encode())
+    with pytest.raises(DecryptionError):
+        await envelope.open(data, key_id=key.key_id, namespace="default")
+
+
+async def test_strict_workflow_binding(envelope: Envelope) -> None:
+    sealed = await envelope.seal(b"x", namespace="default", workflow_id="wf-1")
+    ok = await envelope.open(
+        sealed.data, key_id=sealed.key_id, namespace="default", workflow_id="wf-1"
+    )
+    assert ok.plaintext == b"x"
+    with pytest.raises(DecryptionError):
+        await envelope.open(
+            sealed.data, key_id=sealed.key_id, namespace="default", workflow_id="wf-2"
+        )
+    # A reader that does not know the workflow (the codec server) still reads it.
+    assert (await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")).plaintext
+
+
+async def test_garbage_and_wrong_types(envelope: Envelope) -> None:
+    for data in (b"", b"TS", b"TS\x02", b"XX" + b"\0" * 100, os.urandom(300)):
+        with pytest.raises(DecryptionError):
+            await envelope.open(data, key_id="local:x", namespace="default")
+    fixed = struct.pack(">2sBBBI", b"TS", 1, 1, 9, 5)  # unknown compression id
+    with pytest.raises(DecryptionError):
+        await envelope.open(fixed + b"\xff" * 200, key_id="local:x", namespace="default")
