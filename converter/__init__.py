@@ -14,6 +14,7 @@ from ._config import (
     ShieldConfig,
     StorageConfig,
 )
+from ._history import iter_payloads
 from ._install import ShieldPlugin, build_codec, data_converter, key_providers
 from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
 from ._storage import Boto3S3Client, external_storage
@@ -35,6 +36,7 @@ __all__ = [
     "data_converter",
     "external_storage",
     "is_encrypted",
+    "iter_payloads",
     "key_providers",
     "load_config",
     "read_toml",
