@@ -10,16 +10,13 @@ rejected outright.
 
 from __future__ import annotations
 
-import sys
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ._errors import ConfigError, DecryptionError
+import zstandard
 
-if sys.version_info >= (3, 14):  # pragma: no cover - exercised on newer Pythons only
-    from compression import zstd
-else:
-    from backports import zstd
+from ._errors import ConfigError, DecryptionError
 
 
 class Compression(IntEnum):
@@ -51,6 +48,31 @@ class CompressionConfig:
             raise ConfigError("compression level must be between 1 and 19")
 
 
+class _Contexts(threading.local):
+    """Per-thread zstd contexts.
+
+    Contexts are costly to create (a fresh decompressor costs more than
+    decompressing 4 KiB) and are not thread-safe, so each thread keeps its own.
+    """
+
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressor = zstandard.ZstdDecompressor()
+
+    def compressor(self, level: int) -> zstandard.ZstdCompressor:
+        found = self.compressors.get(level)
+        if found is None:
+            # The frame records its content size; decompress() checks it against
+            # the authenticated original length before allocating anything.
+            found = self.compressors[level] = zstandard.ZstdCompressor(
+                level=level, write_content_size=True
+            )
+        return found
+
+
+_contexts = _Contexts()
+
+
 def compress(data: bytes, config: CompressionConfig) -> tuple[Compression, bytes]:
     """Compress ``data`` if the configuration asks for it and it makes it smaller.
 
@@ -59,7 +81,7 @@ def compress(data: bytes, config: CompressionConfig) -> tuple[Compression, bytes
     """
     if not config.enabled or len(data) < config.threshold:
         return Compression.NONE, data
-    packed = zstd.compress(data, level=config.level)
+    packed = _contexts.compressor(config.level).compress(data)
     if len(packed) >= len(data):
         return Compression.NONE, data
     return Compression.ZSTD, packed
@@ -80,12 +102,16 @@ def decompress(algorithm: int, data: bytes, original_length: int) -> bytes:
         return data
     if algorithm != Compression.ZSTD:
         raise DecryptionError()
-    decompressor = zstd.ZstdDecompressor()
     try:
-        # Ask for one byte more than declared: getting it proves the frame lies.
-        out = decompressor.decompress(data, max_length=original_length + 1)
-    except zstd.ZstdError as exc:
+        # The frame must declare exactly the authenticated length; zstd then
+        # refuses to write past it, so nothing larger is ever allocated.
+        if zstandard.frame_content_size(data) != original_length:
+            raise DecryptionError()
+        out = _contexts.decompressor.decompress(
+            data, max_output_size=original_length, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
         raise DecryptionError() from exc
-    if len(out) != original_length or not decompressor.eof or decompressor.unused_data:
+    if len(out) != original_length:
         raise DecryptionError()
     return out

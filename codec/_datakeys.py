@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._clock import Clock, monotonic
 from ._errors import ConfigError, DecryptionError
+from ._format import header_middle, key_field, namespace_field
 from ._provider import KeyProvider
 
 _DERIVE_INFO = b"temporal-shield/v1/aes-256-gcm+commitment"
@@ -42,7 +43,17 @@ class DataKey:
     the one DEK whose commitment it carries.
     """
 
-    __slots__ = ("aead", "commitment", "key_id", "namespace", "wrapped")
+    __slots__ = (
+        "aad_suffix",
+        "aead",
+        "commitment",
+        "header_key",
+        "header_namespace",
+        "headers",
+        "key_id",
+        "namespace",
+        "wrapped",
+    )
 
     def __init__(self, *, key_id: str, wrapped: bytes, namespace: str, plaintext: bytes) -> None:
         """Derive the encryption key and commitment from ``plaintext`` (32 bytes)."""
@@ -56,6 +67,25 @@ class DataKey:
         self.key_id = key_id
         self.wrapped = wrapped
         self.namespace = namespace
+        # Header parts and AAD suffix that are the same for every message under
+        # this key: built once here instead of once per payload.
+        self.header_key = key_field(wrapped, self.commitment)
+        self.header_namespace = namespace_field(namespace)
+        self.aad_suffix = key_id.encode()
+        self.headers: dict[str, bytes] = {}
+        """Header middles by classification label (not workflow-bound)."""
+
+    def header_middle(self, workflow_id: str, classification: str) -> bytes:
+        """The header bytes between fixed part and nonce for one message."""
+        if workflow_id:  # strict binding: unbounded ids, not cached
+            return header_middle(
+                self.header_namespace, workflow_id, classification, self.header_key
+            )
+        found = self.headers.get(classification)
+        if found is None:
+            found = header_middle(self.header_namespace, "", classification, self.header_key)
+            self.headers[classification] = found
+        return found
 
     def __repr__(self) -> str:
         return f"DataKey(key_id={self.key_id!r}, namespace={self.namespace!r})"
@@ -236,8 +266,10 @@ class DataKeyManager:
         )
         entry = _Active(key=key, created=self.clock())
         self._active[namespace] = entry
-        # Our own payloads decode without a round trip to the KMS.
-        self._remember((gen.key_id, gen.wrapped, namespace), key)
+        # Our own payloads decode without a round trip to the KMS (when the
+        # allow-list lets this process decrypt them at all).
+        if any(p.can_decrypt(gen.key_id) for p in self.providers):
+            self._remember((gen.key_id, gen.wrapped, namespace), key)
         return entry
 
     async def decryption_key(self, key_id: str, wrapped: bytes, namespace: str) -> DataKey:
@@ -248,15 +280,17 @@ class DataKeyManager:
                 does not authenticate for this namespace.
             KeyProviderError: the provider failed.
         """
-        provider = next((p for p in self.providers if p.can_decrypt(key_id)), None)
-        if provider is None:
-            raise DecryptionError()
         cache_key = (key_id, wrapped, namespace)
         cached = self._decrypted.get(cache_key)
+        # Only keys that an allowing provider unwrapped are ever cached, and the
+        # providers' allow-lists are fixed at construction: a hit is allowed.
         if cached is not None and cached.expires > self.clock():
             self._decrypted.move_to_end(cache_key)
             self.stats.decrypt_cache_hits += 1
             return cached.key
+        provider = next((p for p in self.providers if p.can_decrypt(key_id)), None)
+        if provider is None:
+            raise DecryptionError()
         self.stats.decrypt_cache_misses += 1
 
         async def unwrap() -> DataKey:

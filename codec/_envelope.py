@@ -5,14 +5,14 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
 from ._compression import CompressionConfig, compress, decompress
 from ._datakeys import DataKeyManager
 from ._errors import ConfigError, DecryptionError, PayloadTooLargeError
-from ._format import NONCE_SIZE, Header, parse
+from ._format import NONCE_SIZE, Header, pack_fixed, parse
 
 _CLASSIFICATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
@@ -28,8 +28,7 @@ def validate_classification(label: str) -> str:
     return label
 
 
-@dataclass(frozen=True)
-class Sealed:
+class Sealed(NamedTuple):
     """The result of :meth:`Envelope.seal`: what goes into the outer payload."""
 
     key_id: str
@@ -40,8 +39,7 @@ class Sealed:
     """Header followed by ciphertext and tag."""
 
 
-@dataclass(frozen=True)
-class Opened:
+class Opened(NamedTuple):
     """The result of :meth:`Envelope.open`."""
 
     header: Header
@@ -102,18 +100,14 @@ class Envelope:
             )
         algorithm, body = compress(plaintext, self.compression)
         key = await self.keys.encryption_key(namespace, len(plaintext))
-        header = Header(
-            compression=algorithm,
-            original_length=len(plaintext),
-            namespace=namespace,
-            workflow_id=workflow_id,
-            classification=classification,
-            wrapped_dek=key.wrapped,
-            commitment=key.commitment,
-            nonce=self._random(NONCE_SIZE),
-        ).pack()
-        ciphertext = key.aead.encrypt(header[-NONCE_SIZE:], body, header + key.key_id.encode())
-        return Sealed(key_id=key.key_id, classification=classification, data=header + ciphertext)
+        nonce = self._random(NONCE_SIZE)
+        header = (
+            pack_fixed(algorithm, len(plaintext))
+            + key.header_middle(workflow_id, classification)
+            + nonce
+        )
+        ciphertext = key.aead.encrypt(nonce, body, header + key.aad_suffix)
+        return Sealed(key.key_id, classification, header + ciphertext)
 
     async def open(
         self,
@@ -150,7 +144,7 @@ class Envelope:
         if not hmac.compare_digest(key.commitment, header.commitment):
             raise DecryptionError()
         try:
-            body = key.aead.decrypt(header.nonce, data[offset:], data[:offset] + key_id.encode())
+            body = key.aead.decrypt(header.nonce, data[offset:], data[:offset] + key.aad_suffix)
         except InvalidTag as exc:
             raise DecryptionError() from exc
         return Opened(header, decompress(header.compression, body, header.original_length))

@@ -24,7 +24,7 @@ Layout (integers big-endian)::
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._errors import DecryptionError
 
@@ -48,9 +48,12 @@ _U16 = struct.Struct(">H")
 _MAX_U16 = 0xFFFF
 
 
-@dataclass(frozen=True, kw_only=True)
-class Header:
-    """The authenticated, self-describing header of one encrypted payload."""
+class Header(NamedTuple):
+    """The authenticated, self-describing header of one encrypted payload.
+
+    (A named tuple rather than a dataclass: it is built once per payload on the
+    hot path, where construction cost shows.)
+    """
 
     compression: int
     """Compression algorithm id (see :class:`~._compression.Compression`)."""
@@ -77,28 +80,55 @@ class Header:
         Raises:
             ValueError: a field does not fit its length prefix.
         """
-        ns = self.namespace.encode()
-        wf = self.workflow_id.encode()
-        cls = self.classification.encode("ascii")
-        if max(len(ns), len(wf), len(self.wrapped_dek)) > _MAX_U16 or len(cls) > 0xFF:
-            raise ValueError("header field too long")
-        if len(self.commitment) != COMMITMENT_SIZE or len(self.nonce) != NONCE_SIZE:
-            raise ValueError("bad commitment or nonce size")
-        return b"".join(
-            (
-                _FIXED.pack(MAGIC, VERSION, self.algorithm, self.compression, self.original_length),
-                _U16.pack(len(ns)),
-                ns,
-                _U16.pack(len(wf)),
-                wf,
-                bytes((len(cls),)),
-                cls,
-                _U16.pack(len(self.wrapped_dek)),
-                self.wrapped_dek,
-                self.commitment,
-                self.nonce,
-            )
+        if len(self.nonce) != NONCE_SIZE:
+            raise ValueError("bad nonce size")
+        middle = header_middle(
+            namespace_field(self.namespace),
+            self.workflow_id,
+            self.classification,
+            key_field(self.wrapped_dek, self.commitment),
         )
+        return (
+            pack_fixed(self.compression, self.original_length, self.algorithm) + middle + self.nonce
+        )
+
+
+def namespace_field(namespace: str) -> bytes:
+    """The length-prefixed namespace (computed once per data key by the envelope)."""
+    ns = namespace.encode()
+    if len(ns) > _MAX_U16:
+        raise ValueError("namespace too long")
+    return _U16.pack(len(ns)) + ns
+
+
+def key_field(wrapped_dek: bytes, commitment: bytes) -> bytes:
+    """The length-prefixed wrapped key followed by the commitment (once per data key)."""
+    if len(wrapped_dek) > _MAX_U16 or len(commitment) != COMMITMENT_SIZE:
+        raise ValueError("bad wrapped key or commitment size")
+    return _U16.pack(len(wrapped_dek)) + wrapped_dek + commitment
+
+
+def header_middle(namespace: bytes, workflow_id: str, classification: str, key: bytes) -> bytes:
+    """The header between the fixed part and the nonce.
+
+    ``namespace`` and ``key`` come prebuilt from :func:`namespace_field` and
+    :func:`key_field`; the envelope caches the result per data key and label.
+
+    Raises:
+        ValueError: a field does not fit its length prefix.
+    """
+    wf = workflow_id.encode()
+    cls = classification.encode("ascii")
+    if len(wf) > _MAX_U16 or len(cls) > 0xFF:
+        raise ValueError("header field too long")
+    return b"".join((namespace, _U16.pack(len(wf)), wf, bytes((len(cls),)), cls, key))
+
+
+def pack_fixed(
+    compression: int, original_length: int, algorithm: int = ALG_AES256_GCM_HKDF_COMMIT
+) -> bytes:
+    """The fixed 9-byte start of a header."""
+    return _FIXED.pack(MAGIC, VERSION, algorithm, compression, original_length)
 
 
 def parse(data: bytes) -> tuple[Header, int]:
@@ -111,42 +141,37 @@ def parse(data: bytes) -> tuple[Header, int]:
         DecryptionError: the bytes are not a version-1 envelope (bad magic,
             unknown version or algorithm, truncation, invalid text).
     """
-    view = memoryview(data)
     try:
-        magic, version, algorithm, compression, original_length = _FIXED.unpack_from(view, 0)
+        magic, version, algorithm, compression, original_length = _FIXED.unpack_from(data, 0)
         if magic != MAGIC or version != VERSION or algorithm != ALG_AES256_GCM_HKDF_COMMIT:
             raise DecryptionError()
-        pos = _FIXED.size
-        ns, pos = _field(view, pos, 2)
-        wf, pos = _field(view, pos, 2)
-        cls, pos = _field(view, pos, 1)
-        wrapped, pos = _field(view, pos, 2)
+        (size,) = _U16.unpack_from(data, 9)
+        pos = 11 + size
+        namespace = data[11:pos]
+        (size,) = _U16.unpack_from(data, pos)
+        workflow_id = data[pos + 2 : pos + 2 + size]
+        pos += 2 + size
+        size = data[pos]
+        classification = data[pos + 1 : pos + 1 + size]
+        pos += 1 + size
+        (size,) = _U16.unpack_from(data, pos)
+        wrapped = data[pos + 2 : pos + 2 + size]
+        pos += 2 + size
         end = pos + COMMITMENT_SIZE + NONCE_SIZE
-        if len(view) < end + TAG_SIZE:
+        # Slices stop silently at the end: one bound check covers every field.
+        if len(data) < end + TAG_SIZE:
             raise DecryptionError()
         header = Header(
-            algorithm=algorithm,
-            compression=compression,
-            original_length=original_length,
-            namespace=ns.decode(),
-            workflow_id=wf.decode(),
-            classification=cls.decode("ascii"),
-            wrapped_dek=wrapped,
-            commitment=bytes(view[pos : pos + COMMITMENT_SIZE]),
-            nonce=bytes(view[pos + COMMITMENT_SIZE : end]),
+            compression,
+            original_length,
+            namespace.decode(),
+            workflow_id.decode(),
+            classification.decode("ascii"),
+            wrapped,
+            data[pos : pos + COMMITMENT_SIZE],
+            data[pos + COMMITMENT_SIZE : end],
+            algorithm,
         )
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise DecryptionError() from exc
     return header, end
-
-
-def _field(view: memoryview, pos: int, width: int) -> tuple[bytes, int]:
-    if width == 1:
-        size = view[pos]
-    else:
-        (size,) = _U16.unpack_from(view, pos)
-    start = pos + width
-    end = start + size
-    if end > len(view):
-        raise DecryptionError()
-    return bytes(view[start:end]), end

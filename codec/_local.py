@@ -187,7 +187,7 @@ class Keyring:
 def _new_entry(random: Callable[[int], bytes]) -> KeyringEntry:
     now = datetime.now(UTC)
     return KeyringEntry(
-        id=f"k-{now:%Y%m%d}-{random(3).hex()}",
+        id=f"k-{random(4).hex()}",
         created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         state="active",
         material=random(32),

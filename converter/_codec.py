@@ -67,10 +67,15 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             strict_workflow_binding: Also bind payloads to their workflow id.
         """
         self.envelope = envelope
-        self._namespace = namespace
         self._workflow_id: str | None = None
         self._classifier = classifier
         self._strict = strict_workflow_binding
+        self._bind(namespace)
+
+    def _bind(self, namespace: str) -> None:
+        self._namespace = namespace
+        # Resolved once per binding, not once per payload.
+        self._label = self._classifier(namespace) if self._classifier else ""
 
     @property
     def namespace(self) -> str:
@@ -81,7 +86,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         """See :class:`WithSerializationContext`."""
         if isinstance(context, WorkflowSerializationContext | ActivitySerializationContext):
             bound = copy.copy(self)
-            bound._namespace = context.namespace or self._namespace
+            bound._bind(context.namespace or self._namespace)
             bound._workflow_id = context.workflow_id or None
             return bound
         return self
@@ -89,12 +94,12 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
     def with_namespace(self, namespace: str) -> Self:
         """A copy bound to ``namespace`` (used by the plugin and the codec server)."""
         bound = copy.copy(self)
-        bound._namespace = namespace
+        bound._bind(namespace)
         return bound
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         """See :class:`PayloadCodec`."""
-        label = self._classifier(self._namespace) if self._classifier else ""
+        label = self._label
         workflow_id = (self._workflow_id or "") if self._strict else ""
         out = []
         for payload in payloads:
