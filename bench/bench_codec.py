@@ -4,6 +4,7 @@ Prints, for JSON-like payloads of 256 B, 4 KiB, 64 KiB and 1 MiB, encode+decode
 payloads/s and MB/s for:
 
 * ``shield``   — temporal-shield's codec (local keyring, zstd, key commitment);
+* ``no-zstd``  — the same codec with compression switched off;
 * ``baseline`` — a static-key AES-GCM codec without compression, the shape of
   Temporal's own encryption sample (written here, not imported);
 * ``raw``      — the primitives alone on the same bytes (zstd + AESGCM, no
@@ -141,20 +142,27 @@ async def main(quick: bool) -> None:
         Keyring.new().save(ring)
         config = ShieldConfig(keys=KeysConfig(uri=f"local://{ring}"))
         shield = build_codec(config)
+        no_zstd = build_codec(
+            ShieldConfig(
+                keys=KeysConfig(uri=f"local://{ring}"),
+                compression=CompressionConfig(enabled=False),
+            )
+        )
         baseline = StaticKeyCodec()
         print("encode+decode round trips, one payload per call (best of 3)\n")
-        header = f"{'size':>8} | {'shield/s':>9} {'MB/s':>7} | {'baseline/s':>10} {'MB/s':>7} | {'raw/s':>9} {'MB/s':>7} | {'vs base':>7} {'vs raw':>6}"
+        header = f"{'size':>8} | {'shield/s':>9} {'MB/s':>7} | {'no-zstd/s':>9} | {'baseline/s':>10} {'MB/s':>7} | {'raw/s':>9} {'MB/s':>7} | {'shield/base':>11} {'no-zstd/base':>12} {'shield/raw':>10}"
         print(header)
         print("-" * len(header))
         for size in SIZES:
             payload = payload_of(size)
             s = await codec_rate(shield, payload, budget)
+            n = await codec_rate(no_zstd, payload, budget)
             b = await codec_rate(baseline, payload, budget)
             r = await raw_rate(payload.data, config.compression, budget)
             mb = size / 1e6
             label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
             print(
-                f"{label:>8} | {s:9.0f} {s * mb:7.1f} | {b:10.0f} {b * mb:7.1f} | {r:9.0f} {r * mb:7.1f} | {s / b:7.2f} {s / r:6.2f}"
+                f"{label:>8} | {s:9.0f} {s * mb:7.1f} | {n:9.0f} | {b:10.0f} {b * mb:7.1f} | {r:9.0f} {r * mb:7.1f} | {s / b:11.2f} {n / b:12.2f} {s / r:10.2f}"
             )
         await kms_and_overhead(ring)
 
