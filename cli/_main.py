@@ -47,6 +47,36 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from temporal_shield.server import verify
+
+    result = verify(Path(args.file))
+    if result.ok:
+        print(f"{args.file}: chain intact, {result.records} records")
+        return 0
+    print(
+        f"{args.file}: chain broken at line {result.broken_line} ({result.reason}); "
+        f"{result.records} records before it are intact"
+    )
+    return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._serve import serve
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "policy_file": args.policy,
+            "insecure_dev": True if args.insecure_dev else None,
+        }.items()
+        if value is not None
+    }
+    return serve(args.config, overrides)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import main
 
@@ -72,6 +102,26 @@ def parser() -> argparse.ArgumentParser:
         if name == "retire":
             sp.add_argument("key_id")
     keys.set_defaults(func=_keys)
+
+    audit = sub.add_parser("audit", help="work with the codec server's audit log")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the hash chain; report the first broken link"
+    )
+    verify.add_argument("file")
+    audit.set_defaults(func=_audit)
+
+    serve = sub.add_parser("serve", help="run the remote codec server for the Web UI and CLI")
+    serve.add_argument("--config", help="TOML file (default $TEMPORAL_SHIELD_CONFIG)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--policy", help="RBAC policy file (overrides server.policy_file)")
+    serve.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="no authentication: every caller may decrypt (local development only)",
+    )
+    serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="run a workflow with encrypted PII on a dev server")
     demo.set_defaults(func=_demo)

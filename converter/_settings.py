@@ -16,21 +16,13 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from temporal_shield.codec import CompressionConfig, ConfigError, DataKeyPolicy
+from temporal_shield.codec import ConfigError
 
-from ._config import ClassificationConfig, KeysConfig, ShieldConfig, StorageConfig
+from ._config import ShieldConfig
 
 ENV_PREFIX = "TEMPORAL_SHIELD_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 """Environment variable naming the TOML file to read."""
-
-_SECTIONS: dict[str, type[Any]] = {
-    "keys": KeysConfig,
-    "compression": CompressionConfig,
-    "data_keys": DataKeyPolicy,
-    "classification": ClassificationConfig,
-    "storage": StorageConfig,
-}
 
 ENV_VARS: dict[str, tuple[str | None, str]] = {
     "KEY_URI": ("keys", "uri"),
@@ -90,7 +82,7 @@ def load_config(
         target = doc.setdefault(section, {}) if section else doc
         if not isinstance(target, dict):
             raise ConfigError(f"[{section}] must be a table")
-        target[key] = _EnvValue(raw)
+        target[key] = EnvValue(raw)
     return build(ShieldConfig, doc, "")
 
 
@@ -105,7 +97,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
 
 
-class _EnvValue(str):
+class EnvValue(str):
     """A raw string from the environment, parsed according to the target type."""
 
     __slots__ = ()
@@ -128,9 +120,8 @@ def build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         label = f"{where}.{key}" if where else key
-        section = _SECTIONS.get(key) if not where else None
-        if section is not None:
-            kwargs[key] = build(section, value, key)
+        if isinstance(hints[key], type) and dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = build(hints[key], value, label)  # a nested [section]
         else:
             kwargs[key] = _coerce(hints[key], value, label)
     try:
@@ -146,11 +137,11 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
     args = typing.get_args(tp)
     if origin in (types.UnionType, typing.Union) and type(None) in args:
         inner = next(a for a in args if a is not type(None))
-        if isinstance(value, _EnvValue) and value == "":
+        if isinstance(value, EnvValue) and value == "":
             return None
         return _coerce(inner, value, label)
     if tp is bool:
-        if isinstance(value, _EnvValue):
+        if isinstance(value, EnvValue):
             lowered = value.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
@@ -160,7 +151,7 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
             return value
         raise ConfigError(f"{label} must be a boolean")
     if tp in (int, float):
-        if isinstance(value, _EnvValue):
+        if isinstance(value, EnvValue):
             try:
                 return tp(value)
             except ValueError:
@@ -175,7 +166,7 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
             raise ConfigError(f"{label} must be a string")
         return str(value)
     if origin is tuple and args == (str, Ellipsis):
-        if isinstance(value, _EnvValue):
+        if isinstance(value, EnvValue):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{label} must be a list of strings")

@@ -1,0 +1,187 @@
+"""Codec-server configuration: the ``[server]`` table of the shared TOML file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporal_shield.codec import ConfigError
+from temporal_shield.converter import ShieldConfig, build, load_config, read_toml
+from temporal_shield.converter._settings import CONFIG_ENV, ENV_PREFIX, EnvValue
+
+ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""Asymmetric JWT algorithms we accept in configuration. Symmetric (HS*) and
+``none`` are refused: the server must never share a secret with the IdP."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    """JWT bearer-token validation. The checks come from here, never from the token."""
+
+    issuer: str = ""
+    """Required ``iss``."""
+    audience: tuple[str, ...] = ()
+    """Accepted ``aud`` values (at least one must match)."""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    """Allowed signature algorithms (asymmetric only)."""
+    jwks_url: str = ""
+    """JWKS endpoint of the identity provider (cached; refetched on unknown ``kid``)."""
+    public_key_files: tuple[str, ...] = ()
+    """PEM public keys used instead of (or besides) a JWKS URL; ``kid`` = file stem."""
+    leeway: float = 30.0
+    """Clock-skew allowance in seconds for ``exp``/``nbf``/``iat``."""
+    jwks_min_refresh_interval: float = 60.0
+    """Minimum seconds between two JWKS fetches (unknown ``kid`` floods are cheap)."""
+    jwks_cache_ttl: float = 3600.0
+    """Seconds a fetched JWKS is trusted before it is refetched."""
+    accept_id_token: bool = False
+    """Also accept the Web UI's ``Authorization-Extras`` id token (same checks)."""
+
+    def __post_init__(self) -> None:
+        bad = set(self.algorithms) - ALGORITHMS
+        if bad:
+            raise ConfigError(f"unsupported JWT algorithm(s): {', '.join(sorted(bad))}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an authenticator is configured at all."""
+        return bool(self.jwks_url or self.public_key_files)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """Where audit records go. At least one sink is required unless insecure_dev."""
+
+    file: str = ""
+    """JSON Lines file, appended to; the hash chain continues across restarts."""
+    stdout: bool = False
+    """Also write each record to standard output."""
+    fsync: bool = False
+    """fsync after every record (slower; survives a host crash, not just a process crash)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """HTTPS with files in the cert-manager Secret layout."""
+
+    dir: str = ""
+    """Folder with ``tls.crt``, ``tls.key`` and (for client auth) ``ca.crt``."""
+    client_auth: str = "none"
+    """``none``, ``optional`` or ``require`` client certificates signed by ``ca.crt``."""
+    reload_interval: float = 5.0
+    """Seconds between checks for rotated certificate files."""
+
+    def __post_init__(self) -> None:
+        if self.client_auth not in ("none", "optional", "require"):
+            raise ConfigError("tls.client_auth must be none, optional or require")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The codec server's own settings."""
+
+    host: str = "127.0.0.1"
+    """Listen address."""
+    port: int = 8081
+    """Listen port (0 = any free port)."""
+    insecure_dev: bool = False
+    """Run without authentication (every request is the identity ``dev``). Never in production."""
+    cors_origins: tuple[str, ...] = ()
+    """Exact origins allowed to call from a browser (the Web UI's URL)."""
+    cors_credentials: bool = False
+    """Send ``Access-Control-Allow-Credentials: true`` (the UI's include-credentials mode)."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body (413 above)."""
+    max_payloads: int = 1000
+    """Most payloads in one request (400 above)."""
+    max_payload_bytes: int = 4 * 1024 * 1024
+    """Largest single payload ``data`` after base64 decoding (413 above)."""
+    policy_file: str = ""
+    """RBAC policy (YAML or TOML). Required unless insecure_dev."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """Authentication."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """Audit sinks."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """HTTPS and client certificates."""
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes <= 0 or self.max_payloads <= 0 or self.max_payload_bytes <= 0:
+            raise ConfigError("server limits must be positive")
+        if not self.insecure_dev:
+            if not self.auth.enabled:
+                raise ConfigError(
+                    "no authenticator configured: set server.auth.jwks_url or "
+                    "server.auth.public_key_files (or --insecure-dev for local development)"
+                )
+            if not self.auth.issuer or not self.auth.audience:
+                raise ConfigError("server.auth.issuer and server.auth.audience are required")
+            if not self.policy_file:
+                raise ConfigError("server.policy_file is required")
+            if not (self.audit.file or self.audit.stdout):
+                raise ConfigError("an audit sink is required: server.audit.file or .stdout")
+
+
+SERVER_ENV: dict[str, str] = {
+    "SERVER_HOST": "host",
+    "SERVER_PORT": "port",
+    "SERVER_INSECURE_DEV": "insecure_dev",
+    "SERVER_CORS_ORIGINS": "cors_origins",
+    "SERVER_CORS_CREDENTIALS": "cors_credentials",
+    "SERVER_POLICY_FILE": "policy_file",
+    "SERVER_JWKS_URL": "auth.jwks_url",
+    "SERVER_JWT_ISSUER": "auth.issuer",
+    "SERVER_JWT_AUDIENCE": "auth.audience",
+    "SERVER_JWT_PUBLIC_KEY_FILES": "auth.public_key_files",
+    "SERVER_AUDIT_FILE": "audit.file",
+    "SERVER_AUDIT_STDOUT": "audit.stdout",
+    "SERVER_TLS_DIR": "tls.dir",
+    "SERVER_TLS_CLIENT_AUTH": "tls.client_auth",
+}
+"""``TEMPORAL_SHIELD_<NAME>`` → dotted setting under ``[server]``."""
+
+
+def load_server_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[ServerConfig, ShieldConfig]:
+    """Load the ``[server]`` table and the converter settings from one file.
+
+    Precedence: TOML < environment < ``overrides`` (command-line flags), where
+    ``overrides`` maps dotted names (``"auth.issuer"``) to values.
+
+    Raises:
+        ConfigError: invalid or incomplete configuration.
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    doc: dict[str, Any] = read_toml(Path(path)) if path is not None else {}
+    server_doc = doc.get("server", {})
+    if not isinstance(server_doc, dict):
+        raise ConfigError("[server] must be a table")
+    for name, dotted in SERVER_ENV.items():
+        raw = env.get(ENV_PREFIX + name)
+        if raw is not None:
+            _set(server_doc, dotted, EnvValue(raw))
+    for dotted, value in (overrides or {}).items():
+        _set(server_doc, dotted, value)
+    server = build(ServerConfig, server_doc, "server")
+    shield = load_config(path, env=env, other_sections=["server"])
+    return server, shield
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        doc = doc.setdefault(part, {})
+        if not isinstance(doc, dict):
+            raise ConfigError(f"server.{part} must be a table")
+    doc[leaf] = value

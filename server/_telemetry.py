@@ -1,0 +1,171 @@
+"""OpenTelemetry traces and metrics: Prometheus on ``/metrics``, OTLP when configured.
+
+The providers are private to one application (not the global ones), so several
+servers in one process — as in the tests — do not mix their numbers. OTLP export
+switches on when the standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables are set;
+``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` are honoured.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from temporal_shield.codec import GeneratedDataKey, KeyProvider, KeyStats
+
+if TYPE_CHECKING:
+    from ._service import Outcome
+
+TRACE_ID = web.RequestKey("temporal_shield_trace_id", str)
+
+
+def _otlp(env: Mapping[str, str], signal: str) -> bool:
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+    )
+
+
+class Telemetry:
+    """The server's meters and tracer."""
+
+    def __init__(self, stats: KeyStats, *, env: Mapping[str, str] | None = None) -> None:
+        """Create providers, instruments and exporters.
+
+        Args:
+            stats: Key-cache counters, exported as observable counters.
+            env: Environment (default :data:`os.environ`).
+        """
+        env = os.environ if env is None else env
+        resource = Resource.create(
+            {"service.name": env.get("OTEL_SERVICE_NAME", "temporal-shield-codec-server")}
+        )
+        self.registry = CollectorRegistry()
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if _otlp(env, "METRICS"):
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self.tracer_provider = TracerProvider(resource=resource)
+        if _otlp(env, "TRACES"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self.tracer = self.tracer_provider.get_tracer("temporal_shield.server")
+        meter = self.meter_provider.get_meter("temporal_shield.server")
+        self._requests = meter.create_counter(
+            "codec_requests", unit="1", description="Codec requests by operation and outcome"
+        )
+        self._payloads = meter.create_counter(
+            "codec_payloads", unit="1", description="Payloads by operation and result"
+        )
+        self._latency = meter.create_histogram(
+            "codec_request_duration", unit="s", description="Codec request latency"
+        )
+
+        def observe(*fields: str) -> Any:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                snapshot = stats.snapshot()
+                return [Observation(snapshot[f], {"kind": f}) for f in fields]
+
+            return callback
+
+        meter.create_observable_counter(
+            "kms_calls",
+            callbacks=[observe("kms_generate_calls", "kms_decrypt_calls", "kms_errors")],
+            unit="1",
+            description="Key-provider (KMS) calls",
+        )
+        meter.create_observable_counter(
+            "data_key_cache",
+            callbacks=[
+                observe(
+                    "encrypt_cache_hits",
+                    "encrypt_cache_misses",
+                    "decrypt_cache_hits",
+                    "decrypt_cache_misses",
+                )
+            ],
+            unit="1",
+            description="Data-key cache hits and misses",
+        )
+
+    @contextmanager
+    def span(self, name: str, request: web.Request) -> Iterator[trace.Span]:
+        """A server span for ``request`` (continuing a ``traceparent`` if sent)."""
+        context = propagate.extract(dict(request.headers))
+        with self.tracer.start_as_current_span(
+            name, context=context, kind=trace.SpanKind.SERVER
+        ) as span:
+            request[TRACE_ID] = format(span.get_span_context().trace_id, "032x")
+            yield span
+
+    def request_done(
+        self,
+        operation: str,
+        decision: str,
+        status: int,
+        outcome: Outcome | None,
+        started: float,
+    ) -> None:
+        """Record one finished request."""
+        attrs = {"operation": operation, "decision": decision, "status": str(status)}
+        self._requests.add(1, attrs)
+        self._latency.record(time.perf_counter() - started, {"operation": operation})
+        if outcome is not None:
+            for result in ("decoded", "encoded", "denied", "passed_through", "failed"):
+                count = getattr(outcome, result)
+                if count:
+                    self._payloads.add(count, {"operation": operation, "result": result})
+
+    def prometheus(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def traced(self, provider: KeyProvider) -> KeyProvider:
+        """Wrap ``provider`` so that every KMS round trip is a client span."""
+        return _TracedProvider(provider, self.tracer)
+
+    def shutdown(self) -> None:
+        """Flush exporters."""
+        self.meter_provider.shutdown()
+        self.tracer_provider.shutdown()
+
+
+class _TracedProvider(KeyProvider):
+    def __init__(self, inner: KeyProvider, tracer: trace.Tracer) -> None:
+        self._inner = inner
+        self._tracer = tracer
+
+    @property
+    def primary_key_id(self) -> str | None:
+        return self._inner.primary_key_id
+
+    def can_decrypt(self, key_id: str) -> bool:
+        return self._inner.can_decrypt(key_id)
+
+    async def generate_data_key(self, namespace: str) -> GeneratedDataKey:
+        with self._tracer.start_as_current_span("kms GenerateDataKey", kind=trace.SpanKind.CLIENT):
+            return await self._inner.generate_data_key(namespace)
+
+    async def decrypt_data_key(self, key_id: str, wrapped: bytes, namespace: str) -> bytes:
+        with self._tracer.start_as_current_span("kms Decrypt", kind=trace.SpanKind.CLIENT) as span:
+            span.set_attribute("temporal_shield.key_id", key_id)
+            return await self._inner.decrypt_data_key(key_id, wrapped, namespace)
+
+    async def check(self) -> None:
+        await self._inner.check()

@@ -1,0 +1,125 @@
+"""Codec-server fixtures: an IdP with a real JWKS endpoint, keyring, policy, app."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from temporal_shield.codec import Keyring
+from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig
+from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
+
+from .idp import AUDIENCE, ISSUER, Idp
+
+POLICY = """
+roles:
+  engineer:
+    namespaces: ["dev-*"]
+    operations: [decode, encode]
+    classifications: ["internal", "unclassified"]
+  finance:
+    namespaces: ["*"]
+    operations: [decode]
+    classifications: ["pci", "internal"]
+  clinician:
+    namespaces: ["clinic-*", "prod-clinic"]
+    operations: [decode]
+    classifications: ["phi", "internal"]
+  reader:
+    namespaces: ["*"]
+    operations: [decode]
+    classifications: ["internal", "unclassified"]
+bindings:
+  - role: engineer
+    groups: [engineering]
+  - role: finance
+    emails: [cfo@example.com]
+  - role: clinician
+    subjects: [dr-house]
+permissions:
+  claim: permissions
+  roles: {read: reader}
+groups_claim: groups
+"""
+
+CLASSIFICATION = ClassificationConfig(
+    default="internal",
+    namespaces=(
+        ("pay-*", "pci"),
+        ("clinic-*", "phi"),
+        ("prod-clinic", "phi"),
+        ("dev-*", "internal"),
+    ),
+)
+ORIGIN = "http://127.0.0.1:8233"
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[Idp]:
+    provider = Idp()
+    await provider.start()
+    yield provider
+    await provider.stop()
+
+
+@pytest.fixture
+def shield_config(keyring_path: Path) -> ShieldConfig:
+    return ShieldConfig(
+        keys=KeysConfig(uri=f"local://{keyring_path}"), classification=CLASSIFICATION
+    )
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+def server_config(idp: Idp, policy_file: Path, tmp_path: Path, **kw: Any) -> ServerConfig:
+    auth = kw.pop("auth", None) or AuthConfig(
+        issuer=ISSUER, audience=(AUDIENCE,), algorithms=("RS256", "ES256"), jwks_url=idp.url
+    )
+    return ServerConfig(
+        cors_origins=(ORIGIN,),
+        policy_file=str(policy_file),
+        auth=auth,
+        audit=kw.pop("audit", None) or AuditConfig(file=str(tmp_path / "audit.jsonl")),
+        **kw,
+    )
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def make_client(
+    idp: Idp, policy_file: Path, tmp_path: Path, shield_config: ShieldConfig
+) -> AsyncIterator[ClientFactory]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def factory(**kw: Any) -> TestClient[Any, Any]:
+        stdout = kw.pop("audit_stdout", io.StringIO())
+        config = kw.pop("config", None) or server_config(idp, policy_file, tmp_path, **kw)
+        app = create_app(config, shield_config, audit_stdout=stdout)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+__all__ = ["CLASSIFICATION", "ORIGIN", "ClientFactory", "Keyring", "server_config"]

@@ -1,0 +1,526 @@
+"""The codec server over real HTTP: protocol, CORS, JWT attacks, RBAC, limits, audit."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from temporalio.api.common.v1 import Payload
+
+from temporal_shield.codec import ConfigError
+from temporal_shield.converter import ShieldConfig, build_codec
+from temporal_shield.server import AuthConfig, ServerConfig, verify
+
+from .conftest import ORIGIN, ClientFactory
+from .idp import AUDIENCE, ISSUER, Idp
+
+SECRET = b'"SECRET-MARKER-plaintext"'
+
+
+def _plain(text: bytes = SECRET) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=text)
+
+
+async def _encrypted(config: ShieldConfig, namespace: str, text: bytes = SECRET) -> Payload:
+    return (await build_codec(config).with_namespace(namespace).encode([_plain(text)]))[0]
+
+
+def _body(*payloads: Payload) -> dict[str, Any]:
+    return {
+        "payloads": [
+            {
+                "metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
+                "data": base64.b64encode(p.data).decode(),
+            }
+            for p in payloads
+        ]
+    }
+
+
+def _datas(doc: dict[str, Any]) -> list[bytes]:
+    return [base64.b64decode(p["data"]) for p in doc["payloads"]]
+
+
+def _headers(token: str | None, namespace: str = "dev-team", **extra: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "X-Namespace": namespace, "Origin": ORIGIN}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    headers.update(extra)
+    return headers
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- protocol -------------------------------------------------------------------------
+
+
+async def test_decode_one_per_input_in_order_with_passthrough(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig
+) -> None:
+    client = await make_client()
+    enc_a = await _encrypted(shield_config, "dev-team", b'"a"')
+    enc_b = await _encrypted(shield_config, "dev-team", b'"b"')
+    plain = _plain(b'"already plain"')
+    for path in (
+        "/decode",
+        "/codec/decode",
+        "/dev-team/decode",
+        "/decode?preserveStorageRefs=true",
+    ):
+        resp = await client.post(
+            path,
+            json=_body(enc_a, plain, enc_b),
+            headers=_headers(idp.token(groups=["engineering"])),
+        )
+        assert resp.status == 200, await resp.text()
+        assert _datas(await resp.json()) == [b'"a"', b'"already plain"', b'"b"']
+
+
+async def test_download_is_not_supported(make_client: ClientFactory, idp: Idp) -> None:
+    client = await make_client()
+    resp = await client.post("/download", json={}, headers=_headers(idp.token()))
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not_supported"
+
+
+async def test_encode_round_trips_through_decode(make_client: ClientFactory, idp: Idp) -> None:
+    client = await make_client()
+    token = idp.token(groups=["engineering"])
+    resp = await client.post("/encode", json=_body(_plain()), headers=_headers(token))
+    assert resp.status == 200
+    encoded = await resp.json()
+    assert SECRET not in _datas(encoded)[0]
+    assert base64.b64decode(encoded["payloads"][0]["metadata"]["encoding"]) == b"binary/encrypted"
+    resp = await client.post("/decode", json=encoded, headers=_headers(token))
+    assert _datas(await resp.json()) == [SECRET]
+    # finance may decode but not encode.
+    resp = await client.post(
+        "/encode", json=_body(_plain()), headers=_headers(idp.token(email="cfo@example.com"))
+    )
+    assert resp.status == 403
+
+
+async def test_health_ready_metrics(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig
+) -> None:
+    client = await make_client()
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    enc = await _encrypted(shield_config, "dev-team")
+    await client.post(
+        "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]))
+    )
+    text = await (await client.get("/metrics")).text()
+    assert "codec_requests" in text
+    assert 'result="decoded"' in text
+    assert "kms_calls" in text
+
+
+# -- CORS --------------------------------------------------------------------------------
+
+
+async def test_cors_preflight_and_error_responses(make_client: ClientFactory) -> None:
+    client = await make_client(cors_credentials=True)
+    resp = await client.options(
+        "/decode",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-namespace",
+        },
+    )
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "x-namespace" in resp.headers["Access-Control-Allow-Headers"]
+    assert "authorization-extras" in resp.headers["Access-Control-Allow-Headers"]
+    assert resp.headers["Vary"] == "Origin"
+    bad = await client.options("/decode", headers={"Origin": "https://evil.example"})
+    assert bad.status == 403
+    assert "Access-Control-Allow-Origin" not in bad.headers
+    # A 401 still carries CORS headers, so the browser shows the real error.
+    resp = await client.post("/decode", json=_body(), headers=_headers(None))
+    assert resp.status == 401
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert (await resp.json())["error"] == "unauthorized"
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def _attacks(idp: Idp) -> dict[str, str]:
+    now = int(time.time())
+    public_pem = idp.rsa.public_key().public_bytes(
+        encoding=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["x"]
+        ).Encoding.PEM,
+        format=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["x"]
+        ).PublicFormat.SubjectPublicKeyInfo,
+    )
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "kid": "rsa-1"}).encode()).rstrip(
+        b"="
+    )
+    payload = base64.urlsafe_b64encode(json.dumps(idp.claims()).encode()).rstrip(b"=")
+    hs = base64.urlsafe_b64encode(
+        json.dumps({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}).encode()
+    ).rstrip(b"=")
+    import hashlib
+    import hmac
+
+    signing_input = hs + b"." + payload
+    hs_sig = base64.urlsafe_b64encode(
+        hmac.new(public_pem, signing_input, hashlib.sha256).digest()
+    ).rstrip(b"=")
+    good = idp.token()
+    return {
+        "alg none": (header + b"." + payload + b".").decode(),
+        "HS256 signed with the public key": (signing_input + b"." + hs_sig).decode(),
+        "expired": idp.token(exp=now - 3600, iat=now - 7200, nbf=now - 7200),
+        "not yet valid": idp.token(nbf=now + 3600),
+        "wrong issuer": idp.token(iss="https://evil.test/"),
+        "wrong audience": idp.token(aud="someone-else"),
+        "unknown kid": idp.token(kid="nope"),
+        "bad signature": good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
+        "signed by another key": idp.token(key=idp.other),
+        "missing exp": idp.token(exp=None),
+        "missing iss": idp.token(iss=None),
+        "missing aud": idp.token(aud=None),
+        "missing sub": idp.token(sub=None),
+        "ES256 token claiming the RSA kid": idp.token(alg="ES256", kid="rsa-1"),
+        "garbage": "not.a.jwt",
+    }
+
+
+async def test_every_jwt_attack_is_401_without_plaintext(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    client = await make_client()
+    enc = await _encrypted(shield_config, "dev-team")
+    for name, token in _attacks(idp).items():
+        resp = await client.post(
+            "/decode", json=_body(enc), headers=_headers(token, groups="engineering")
+        )
+        text = await resp.text()
+        assert resp.status == 401, name
+        assert "SECRET-MARKER" not in text, name
+        assert token not in text, name
+    records = _records(audit_path)
+    assert len(records) == len(_attacks(idp))
+    assert {r["decision"] for r in records} == {"deny"}
+    assert all(r["reason"].startswith("unauthenticated") for r in records)
+    # Other authorization schemes are not tokens.
+    resp = await client.post(
+        "/decode",
+        json=_body(enc),
+        headers={**_headers(None), "Authorization": "Basic dXNlcjpwdw=="},
+    )
+    assert resp.status == 401
+
+
+async def test_valid_rsa_and_ec_tokens_and_cli_style_header(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig
+) -> None:
+    client = await make_client()
+    enc = await _encrypted(shield_config, "dev-team")
+    for token in (
+        idp.token(groups=["engineering"]),
+        idp.token(alg="ES256", groups=["engineering"]),
+    ):
+        resp = await client.post("/decode", json=_body(enc), headers=_headers(token))
+        assert _datas(await resp.json()) == [SECRET]
+
+
+async def test_unknown_kid_refetch_is_rate_limited(make_client: ClientFactory, idp: Idp) -> None:
+    client = await make_client()
+    for _ in range(20):
+        resp = await client.post(
+            "/decode", json=_body(), headers=_headers(idp.token(kid="unknown"))
+        )
+        assert resp.status == 401
+    assert idp.fetches <= 2
+
+
+async def test_id_token_from_authorization_extras(
+    make_client: ClientFactory,
+    idp: Idp,
+    policy_file: Path,
+    tmp_path: Path,
+    shield_config: ShieldConfig,
+) -> None:
+    auth = AuthConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_url=idp.url, accept_id_token=True)
+    client = await make_client(auth=auth)
+    enc = await _encrypted(shield_config, "dev-team")
+    headers = _headers(None)
+    headers["Authorization-Extras"] = idp.token(groups=["engineering"])
+    resp = await client.post("/decode", json=_body(enc), headers=headers)
+    assert _datas(await resp.json()) == [SECRET]
+    off = await make_client()
+    resp = await off.post("/decode", json=_body(enc), headers=headers)
+    assert resp.status == 401
+
+
+def test_refuses_to_start_without_authenticator(policy_file: Path) -> None:
+    with pytest.raises(ConfigError, match="no authenticator"):
+        ServerConfig(policy_file=str(policy_file))
+    with pytest.raises(ConfigError, match="unsupported JWT algorithm"):
+        AuthConfig(algorithms=("HS256",))
+    with pytest.raises(ConfigError, match="unsupported JWT algorithm"):
+        AuthConfig(algorithms=("none",))
+    assert ServerConfig(insecure_dev=True).insecure_dev
+
+
+async def test_insecure_dev_mode_needs_no_token(
+    make_client: ClientFactory, shield_config: ShieldConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(config=ServerConfig(insecure_dev=True, cors_origins=(ORIGIN,)))
+    enc = await _encrypted(shield_config, "anything")
+    resp = await client.post(
+        "/decode", json=_body(enc), headers=_headers(None, namespace="anything")
+    )
+    assert _datas(await resp.json()) == [SECRET]
+    assert "INSECURE DEV MODE" in caplog.text
+
+
+# -- authorisation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claims", "namespace", "visible"),
+    [
+        ({"groups": ["engineering"]}, "dev-team", True),  # internal in dev
+        ({"groups": ["engineering"]}, "pay-eu", False),  # pci
+        ({"groups": ["engineering"]}, "clinic-1", False),  # phi
+        ({"email": "CFO@example.com"}, "pay-eu", True),  # finance reads pci
+        ({"email": "cfo@example.com"}, "clinic-1", False),  # but not phi
+        ({"sub": "dr-house"}, "clinic-1", True),
+        ({"sub": "dr-house"}, "prod-clinic", True),
+        ({"sub": "dr-house"}, "pay-eu", False),
+        ({"permissions": ["misc:read"]}, "misc", True),  # permission claim, internal
+        ({"permissions": ["other:read"]}, "misc", False),  # claim for another namespace
+        ({"permissions": ["misc:read"]}, "pay-eu", False),
+        ({}, "dev-team", False),  # authenticated but no role
+    ],
+)
+async def test_rbac_matrix(
+    make_client: ClientFactory,
+    idp: Idp,
+    shield_config: ShieldConfig,
+    claims: dict[str, Any],
+    namespace: str,
+    visible: bool,
+) -> None:
+    client = await make_client()
+    enc = await _encrypted(shield_config, namespace)
+    resp = await client.post(
+        "/decode", json=_body(enc), headers=_headers(idp.token(**claims), namespace)
+    )
+    assert resp.status == 200
+    data = _datas(await resp.json())
+    assert (data == [SECRET]) is visible
+    if not visible:
+        assert data == [enc.data]  # returned unchanged, never dropped
+
+
+async def test_per_payload_classification_in_one_request(
+    make_client: ClientFactory,
+    idp: Idp,
+    shield_config: ShieldConfig,
+    keyring_path: Path,
+    audit_path: Path,
+) -> None:
+    import dataclasses
+
+    from temporal_shield.converter import ClassificationConfig
+
+    client = await make_client()
+    internal = await _encrypted(shield_config, "misc", b'"card"')
+    phi_config = dataclasses.replace(
+        shield_config, classification=ClassificationConfig(default="phi")
+    )
+    phi = await _encrypted(phi_config, "misc", b'"diagnosis"')
+    resp = await client.post(
+        "/decode",
+        json=_body(internal, phi),
+        headers=_headers(idp.token(email="cfo@example.com"), "misc"),
+    )
+    data = _datas(await resp.json())
+    assert data[0] == b'"card"'  # misc is "internal" by default: finance reads it
+    assert data[1] == phi.data  # phi stays encrypted
+    record = _records(audit_path)[-1]
+    assert record["decision"] == "partial"
+    assert record["denied"] == 1
+    assert record["decoded"] == 1
+    assert "phi" in record["classifications"]
+
+
+async def test_namespace_mismatch_is_denial_not_decryption(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    client = await make_client()
+    enc = await _encrypted(shield_config, "dev-a")
+    resp = await client.post(
+        "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]), "dev-b")
+    )
+    assert _datas(await resp.json()) == [enc.data]
+    assert _records(audit_path)[-1]["reason"] == "namespace mismatch"
+    for ns in ("undefined", ""):
+        resp = await client.post(
+            "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]), ns)
+        )
+        assert _datas(await resp.json()) == [enc.data]
+
+
+async def test_tampered_ciphertext_comes_back_unchanged(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig
+) -> None:
+    client = await make_client()
+    enc = await _encrypted(shield_config, "dev-team")
+    tampered = Payload()
+    tampered.CopyFrom(enc)
+    tampered.data = enc.data[:-1] + bytes([enc.data[-1] ^ 1])
+    truncated = Payload()
+    truncated.CopyFrom(enc)
+    truncated.data = enc.data[:20]
+    resp = await client.post(
+        "/decode",
+        json=_body(tampered, truncated),
+        headers=_headers(idp.token(groups=["engineering"])),
+    )
+    assert resp.status == 200
+    assert _datas(await resp.json()) == [tampered.data, truncated.data]
+
+
+# -- limits and malformed input ----------------------------------------------------------------
+
+
+async def test_limits_and_malformed_bodies(make_client: ClientFactory, idp: Idp) -> None:
+    client = await make_client(max_body_bytes=64 * 1024, max_payloads=5, max_payload_bytes=1024)
+    headers = _headers(idp.token(groups=["engineering"]))
+    cases = [
+        (b"x" * (70 * 1024), 413),
+        (json.dumps(_body(*[_plain()] * 6)).encode(), 400),
+        (json.dumps(_body(_plain(b"x" * 2000))).encode(), 413),
+        (b"{not json", 400),
+        (b"[1,2]", 400),
+        (json.dumps({"payloads": "nope"}).encode(), 400),
+        (json.dumps({"payloads": [{"data": "!!!not base64!!!"}]}).encode(), 400),
+        (json.dumps({"payloads": [{"metadata": {"encoding": 5}, "data": ""}]}).encode(), 400),
+    ]
+    for body, status in cases:
+        resp = await client.post("/decode", data=body, headers=headers)
+        assert resp.status == status, body[:40]
+        doc = await resp.json()
+        assert set(doc) == {"error", "message", "request_id"}
+        assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    # Unknown fields (newer UIs send externalPayloads) are ignored.
+    resp = await client.post(
+        "/decode", json={"payloads": [], "externalPayloads": []}, headers=headers
+    )
+    assert resp.status == 200
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+
+async def test_audit_records_and_chain(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    client = await make_client()
+    enc = await _encrypted(shield_config, "dev-team")
+    token = idp.token(groups=["engineering"], email="eng@example.com")
+    await client.post("/decode", json=_body(enc, _plain()), headers=_headers(token))
+    await client.post("/decode", json=_body(enc), headers=_headers(idp.token(), "clinic-1"))
+    await client.post("/decode", json=_body(enc), headers=_headers(None))
+    records = _records(audit_path)
+    assert [r["decision"] for r in records] == ["allow", "deny", "deny"]
+    first = records[0]
+    assert first["subject"] == "user-1"
+    assert first["email"] == "eng@example.com"
+    assert first["namespace"] == "dev-team"
+    assert first["decoded"] == 1
+    assert first["passed_through"] == 1
+    assert first["key_ids"][0].startswith("local:")
+    assert first["classifications"] == ["internal"]
+    assert first["origin"] == ORIGIN
+    assert len(first["trace_id"]) == 32
+    assert first["client"] == "127.0.0.1"
+    text = audit_path.read_text()
+    assert "SECRET-MARKER" not in text
+    assert token not in text
+    assert verify(audit_path).ok
+    # Edit one field of the middle record: verification names that line.
+    lines = text.splitlines()
+    lines[1] = lines[1].replace('"deny"', '"allow"', 1)
+    audit_path.write_text("\n".join(lines) + "\n")
+    result = verify(audit_path)
+    assert not result.ok
+    assert result.broken_line == 2
+
+
+async def test_audit_chain_continues_across_restarts(
+    make_client: ClientFactory, idp: Idp, audit_path: Path
+) -> None:
+    for _ in range(2):
+        client = await make_client()
+        await client.post("/decode", json=_body(), headers=_headers(idp.token()))
+        await client.close()
+    assert verify(audit_path).records == 2
+    assert verify(audit_path).ok
+
+
+async def test_failing_audit_sink_returns_503_and_no_plaintext(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, tmp_path: Path
+) -> None:
+    class Broken:
+        def write(self, _: str) -> int:
+            raise OSError("disk full")
+
+        def flush(self) -> None:
+            pass
+
+    from temporal_shield.server import AuditConfig
+
+    client = await make_client(audit=AuditConfig(stdout=True), audit_stdout=Broken())
+    enc = await _encrypted(shield_config, "dev-team")
+    resp = await client.post(
+        "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]))
+    )
+    assert resp.status == 503
+    text = await resp.text()
+    assert "SECRET-MARKER" not in text
+    assert json.loads(text)["error"] == "audit_unavailable"
+
+
+def test_audit_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from temporal_shield._main import main
+    from temporal_shield.server import AuditConfig, AuditLog
+
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(AuditConfig(file=str(path)))
+    for i in range(3):
+        log.record({"n": i})
+    log.close()
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "3 records" in capsys.readouterr().out
+    lines = path.read_text().splitlines()
+    del lines[1]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["audit", "verify", str(path)]) == 1
+    assert "line 2" in capsys.readouterr().out
+
+
+def test_jwt_header_alg_is_never_trusted() -> None:
+    # Documentation of intent at the PyJWT level: HS256 with an RSA public key is refused.
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    with pytest.raises(jwt.exceptions.PyJWTError):
+        jwt.decode("e30.e30.sig", key=key, algorithms=["RS256"])
