@@ -77,6 +77,14 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config, overrides)
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from temporal_shield.certs import dev_pki
+
+    for folder in dev_pki(Path(args.out)):
+        print(f"wrote {folder}/{{tls.crt,tls.key,ca.crt}}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import main
 
@@ -122,6 +130,12 @@ def parser() -> argparse.ArgumentParser:
         help="no authentication: every caller may decrypt (local development only)",
     )
     serve.set_defaults(func=_serve)
+
+    certs = sub.add_parser("certs", help="local PKI in the cert-manager Secret layout")
+    certs_sub = certs.add_subparsers(dest="action", required=True)
+    dev = certs_sub.add_parser("dev", help="create a CA and the deploy/ leaf certificates")
+    dev.add_argument("--out", required=True, help="output folder (one sub-folder per Secret)")
+    certs.set_defaults(func=_certs)
 
     demo = sub.add_parser("demo", help="run a workflow with encrypted PII on a dev server")
     demo.set_defaults(func=_demo)
