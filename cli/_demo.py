@@ -1,9 +1,13 @@
 """``temporal-shield demo``: the product's main job on embedded defaults.
 
-Starts a Temporal dev server and a worker with the converter on a fresh local
-keyring in a temporary directory, runs a workflow with PII-like data, prints the
-input as Temporal stored it (ciphertext) next to the decoded input, and stops
-everything it started.
+Starts a Temporal dev server (with its Web UI pointed at the codec server) and a
+worker with the converter on a fresh local keyring in a temporary directory,
+runs a workflow with PII-like data and prints the input as Temporal stored it
+(ciphertext) next to the decoded input. Then it starts the codec server — JWT
+authentication against a locally generated signing key standing in for the
+identity provider, a demo RBAC policy, an audit log — prints the workflow's Web
+UI URL and a ready ``temporal workflow show`` command with a token, and keeps
+running until Ctrl-C. It stops everything it started.
 """
 
 from __future__ import annotations
@@ -11,18 +15,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
+import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from temporal_shield.codec import KEY_ID_METADATA, Keyring
 from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin
+from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
 
-from ._devserver import DevServer
+from ._devserver import DevServer, free_port, temporal_cli
 from ._sample import Intake, IntakeWorkflow, triage
 
 SAMPLE = Intake(
@@ -40,13 +52,89 @@ def _describe(payload: Payload, limit: int = 72) -> str:
     return f"metadata={json.dumps(meta)}\n    data={data[:limit]}{more}"
 
 
-async def run_demo(workdir: Path) -> int:
+DEMO_POLICY = """\
+# Demo RBAC policy: the demo user may read and write every classification in `default`.
+roles:
+  demo-reader:
+    namespaces: ["default"]
+    operations: [decode, encode]
+    classifications: ["*"]
+bindings:
+  - role: demo-reader
+    subjects: [demo-user]
+"""
+DEMO_ISSUER = "urn:temporal-shield:demo-idp"
+DEMO_AUDIENCE = "temporal-shield-codec"
+
+
+def _demo_identity_provider(workdir: Path) -> tuple[Path, str]:
+    """A signing key standing in for the IdP: its public key file and one token."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = workdir / "demo-idp.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    now = int(time.time())
+    token = jwt.encode(
+        {
+            "sub": "demo-user",
+            "iss": DEMO_ISSUER,
+            "aud": DEMO_AUDIENCE,
+            "iat": now,
+            "exp": now + 8 * 3600,
+            "jti": uuid.uuid4().hex,
+        },
+        key,
+        algorithm="ES256",
+        headers={"kid": public.stem},
+    )
+    return public, token
+
+
+async def _start_codec_server(
+    workdir: Path, shield: ShieldConfig, port: int, ui_url: str
+) -> tuple[web.AppRunner, str]:
+    public_key, token = _demo_identity_provider(workdir)
+    policy = workdir / "policy.yaml"
+    policy.write_text(DEMO_POLICY)
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=port,
+        cors_origins=(ui_url, ui_url.replace("127.0.0.1", "localhost")),
+        policy_file=str(policy),
+        auth=AuthConfig(
+            issuer=DEMO_ISSUER,
+            audience=(DEMO_AUDIENCE,),
+            algorithms=("ES256",),
+            public_key_files=(str(public_key),),
+        ),
+        audit=AuditConfig(file=str(workdir / "audit.jsonl")),
+    )
+    runner = web.AppRunner(create_app(config, shield), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port).start()
+    return runner, token
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_demo(workdir: Path, *, wait: bool = True) -> int:
     """Run the demo in ``workdir``; returns a process exit code."""
     keyring = workdir / "keyring.json"
     Keyring.new().save(keyring)
     config = ShieldConfig(keys=KeysConfig(uri=f"local://{keyring}"))
     print(f"keyring:      {keyring} (one fresh 256-bit KEK, mode 0600)")
-    with DevServer() as server:
+    codec_port = free_port()
+    codec_url = f"http://127.0.0.1:{codec_port}"
+    with DevServer(ui=True, codec_endpoint=codec_url) as server:
         print(f"dev server:   {server.address}")
         client = await Client.connect(server.address, plugins=[ShieldPlugin(config)])
         raw = await Client.connect(server.address)  # no codec: sees what the server stores
@@ -71,10 +159,35 @@ async def run_demo(workdir: Path) -> int:
         key_id = stored.metadata[KEY_ID_METADATA].decode()
         leaked = SAMPLE.ssn.encode() in history.to_json().encode()
         print(f"key id {key_id}; SSN present in raw history: {leaked}")
-        return 1 if leaked else 0
+        if leaked:
+            return 1
+        assert server.ui_url is not None
+        runner, token = await _start_codec_server(workdir, config, codec_port, server.ui_url)
+        try:
+            cli = temporal_cli() or "temporal"
+            print(f"\ncodec server: {codec_url} (JWT auth, RBAC policy)")
+            print(f"audit log:    {workdir}/audit.jsonl")
+            print(f"Web UI:       {server.ui_url}/namespaces/default/workflows/{workflow_id}")
+            print(
+                "              (the UI shows ciphertext and a codec banner unless its\n"
+                "               requests carry the token below: an OIDC login in production,\n"
+                "               a header extension here)"
+            )
+            print("\nDecrypt for a person, through the codec server, with the real CLI:")
+            print(
+                f"    {cli} workflow show --workflow-id {workflow_id} --address {server.address} "
+                f"--codec-endpoint {codec_url} --codec-auth 'Bearer {token}'"
+            )
+            if wait:
+                print("\nPress Ctrl-C to stop the dev server and the codec server.")
+                sys.stdout.flush()
+                await _until_stopped()
+        finally:
+            await runner.cleanup()
+        return 0
 
 
-def main() -> int:
+def main(*, wait: bool = True) -> int:
     """Entry point of ``temporal-shield demo``."""
     with tempfile.TemporaryDirectory(prefix="temporal-shield-demo-") as tmp:
-        return asyncio.run(run_demo(Path(tmp)))
+        return asyncio.run(run_demo(Path(tmp), wait=wait))

@@ -88,7 +88,7 @@ def _certs(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import main
 
-    return main()
+    return main(wait=not args.no_wait)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,6 +138,9 @@ def parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=_certs)
 
     demo = sub.add_parser("demo", help="run a workflow with encrypted PII on a dev server")
+    demo.add_argument(
+        "--no-wait", action="store_true", help="stop right after printing (no Ctrl-C wait)"
+    )
     demo.set_defaults(func=_demo)
     return p
 
