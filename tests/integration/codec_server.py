@@ -11,16 +11,16 @@ from aiohttp import web
 
 @asynccontextmanager
 async def running(
-    app: web.Application, ssl_context: ssl.SSLContext | None = None
+    app: web.Application, ssl_context: ssl.SSLContext | None = None, *, port: int = 0
 ) -> AsyncIterator[str]:
-    """Serve ``app``; yields its base URL; stops it on exit."""
+    """Serve ``app`` on 127.0.0.1 (``port`` 0 = any); yields its base URL; stops it on exit."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     scheme = "https" if ssl_context else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{port}"
+        yield f"{scheme}://127.0.0.1:{bound}"
     finally:
         await runner.cleanup()
