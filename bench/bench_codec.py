@@ -50,9 +50,10 @@ SIZES = [256, 4 * 1024, 64 * 1024, 1024 * 1024]
 class StaticKeyCodec(PayloadCodec):
     """Baseline: AES-256-GCM with one static key, no compression (Temporal sample shape)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: bytes | None = None) -> None:
         self.key_id = "test-key-id"
-        self.aead = AESGCM(os.urandom(32))
+        self.key = key or os.urandom(32)
+        self.aead = AESGCM(self.key)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = []

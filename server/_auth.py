@@ -9,6 +9,9 @@ allow-list and the key's own algorithm, never trusted to pick the verifier.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,9 @@ class Authenticator:
             ConfigError: a public key file cannot be read.
         """
         self._config = config
+        self._cache_ttl = 60.0
+        self._cache_size = 10_000
+        self._verified: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._groups_claim = groups_claim
         self._permissions_claim = permissions_claim
         self._static: dict[str, Any] = {}
@@ -88,12 +94,33 @@ class Authenticator:
         raise error
 
     async def verify(self, token: str) -> Identity:
-        """Verify one JWT and return the identity it proves.
+        """Verify one JWT (or reuse a recent verification) and return its identity.
+
+        The Web UI sends one request per payload with the same token, so a
+        successful verification is cached for at most ``verified_cache_ttl``
+        seconds and never past the token's own ``exp`` (keyed by the token's
+        SHA-256; the token itself is not kept).
 
         Raises:
             AuthError: malformed, unsigned, wrongly signed, expired, not yet
                 valid, wrong issuer/audience, unknown key or missing claims.
         """
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.time()
+        cached = self._verified.get(digest)
+        if cached is not None and cached[0] > now:
+            self._verified.move_to_end(digest)
+            return cached[1]
+        identity, expires = await self._verify(token)
+        self._verified[digest] = (
+            min(expires + self._config.leeway, now + self._cache_ttl),
+            identity,
+        )
+        while len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> tuple[Identity, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -122,7 +149,7 @@ class Authenticator:
             raise AuthError("token issued for another issuer or audience") from None
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
-        return self._identity(claims)
+        return self._identity(claims), float(claims["exp"])
 
     async def _key_for(self, kid: object, alg: str) -> Any:
         if isinstance(kid, str) and kid in self._static:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -524,3 +525,18 @@ def test_jwt_header_alg_is_never_trusted() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     with pytest.raises(jwt.exceptions.PyJWTError):
         jwt.decode("e30.e30.sig", key=key, algorithms=["RS256"])
+
+
+async def test_verified_token_cache_never_outlives_exp(idp: Idp) -> None:
+    from temporal_shield.server import Authenticator, AuthError
+
+    auth = Authenticator(
+        AuthConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_url=idp.url, leeway=0)
+    )
+    now = int(time.time())
+    token = idp.token(exp=now + 2)
+    first = await auth.verify(token)
+    assert (await auth.verify(token)) is first  # served from the cache
+    await asyncio.sleep(2.2)
+    with pytest.raises(AuthError, match="expired"):
+        await auth.verify(token)
