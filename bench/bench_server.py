@@ -158,7 +158,7 @@ def prepare(workdir: Path) -> dict[str, Any]:
     (workdir / "static.key").write_bytes(static.key)
     plain = Payload(metadata={"encoding": b"json/plain"}, data=json_like(512))
 
-    async def encode() -> dict[str, Any]:
+    async def encode() -> dict[tuple[str, int], bytes]:
         bodies = {}
         for n in (1, 20):
             bodies[("shield", n)] = _body(await codec.with_namespace("default").encode([plain] * n))
