@@ -289,7 +289,7 @@ def main(duration: int) -> None:
             print(
                 f"{n:>8} | {peaks['shield']:8.0f} | {peaks['sample']:10.0f} | {peaks['echo']:9.0f} | "
                 f"{peaks['shield'] / peaks['sample']:6.2f} | {peaks['shield'] / peaks['echo']:6.2f} | "
-                f"{p50:6.2f} {p99:6.2f} @ {rate:.0f}"
+                f"{p50:6.2f} {p99:6.2f} @ {rate:.0f} | {e50:.2f}/{e99:.2f}"
             )
         print("\nscaling, shield server, one-payload requests")
         for processes in (1, 2):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
 from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import KeyProvider, KeyProviderError, ShieldError
@@ -318,6 +319,7 @@ def create_app(
     *,
     providers: list[KeyProvider] | None = None,
     audit_stdout: Any = None,
+    span_processor: SpanProcessor | None = None,
 ) -> web.Application:
     """Build the codec server application.
 
@@ -327,6 +329,7 @@ def create_app(
         shield: Converter settings (keys, classification, limits).
         providers: Key providers to use instead of those ``shield`` names (tests).
         audit_stdout: Stream for the stdout audit sink (tests); default stdout.
+        span_processor: Extra span processor (tests); OTLP comes from ``OTEL_*``.
 
     Raises:
         ConfigError: invalid configuration, unreadable policy, keys or audit log.
@@ -347,7 +350,7 @@ def create_app(
         if (config.audit.file or config.audit.stdout)
         else None
     )
-    telemetry = Telemetry(codec.envelope.keys.stats)
+    telemetry = Telemetry(codec.envelope.keys.stats, span_processor=span_processor)
     keys = codec.envelope.keys
     keys.providers = [telemetry.traced(p) for p in keys.providers]
     app = web.Application(

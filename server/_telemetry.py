@@ -9,6 +9,7 @@ switches on when the standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables are set
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,7 +23,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -43,12 +44,20 @@ def _otlp(env: Mapping[str, str], signal: str) -> bool:
 class Telemetry:
     """The server's meters and tracer."""
 
-    def __init__(self, stats: KeyStats, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        stats: KeyStats,
+        *,
+        env: Mapping[str, str] | None = None,
+        span_processor: SpanProcessor | None = None,
+    ) -> None:
         """Create providers, instruments and exporters.
 
         Args:
             stats: Key-cache counters, exported as observable counters.
             env: Environment (default :data:`os.environ`).
+            span_processor: An extra span processor (turns tracing on), e.g. an
+                in-memory exporter in tests.
         """
         env = os.environ if env is None else env
         resource = Resource.create(
@@ -66,6 +75,11 @@ class Telemetry:
             resource=resource, metric_readers=readers, exemplar_filter=AlwaysOffExemplarFilter()
         )
         self.tracer_provider = TracerProvider(resource=resource)
+        # Spans are only built when something exports them: an unexported span
+        # still costs tens of microseconds per request.
+        self.tracing = _otlp(env, "TRACES") or span_processor is not None
+        if span_processor is not None:
+            self.tracer_provider.add_span_processor(span_processor)
         if _otlp(env, "TRACES"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -132,8 +146,18 @@ class Telemetry:
 
     @contextmanager
     def span(self, name: str, request: web.Request) -> Iterator[trace.Span]:
-        """A server span for ``request`` (continuing a ``traceparent`` if sent)."""
+        """A server span for ``request`` (continuing a ``traceparent`` if sent).
+
+        Without a trace exporter no span is recorded, but the request still gets
+        a trace id (the caller's, or a fresh one) for the audit record.
+        """
         context = propagate.extract(dict(request.headers))
+        if not self.tracing:
+            parent = trace.get_current_span(context).get_span_context()
+            trace_id = parent.trace_id if parent.is_valid else secrets.randbits(128)
+            request[TRACE_ID] = format(trace_id, "032x")
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(
             name, context=context, kind=trace.SpanKind.SERVER
         ) as span:
@@ -163,7 +187,7 @@ class Telemetry:
 
     def traced(self, provider: KeyProvider) -> KeyProvider:
         """Wrap ``provider`` so that every KMS round trip is a client span."""
-        return _TracedProvider(provider, self.tracer)
+        return _TracedProvider(provider, self.tracer) if self.tracing else provider
 
     def shutdown(self) -> None:
         """Flush exporters."""

@@ -437,7 +437,12 @@ async def test_audit_records_and_chain(
     client = await make_client()
     enc = await _encrypted(shield_config, "dev-team")
     token = idp.token(groups=["engineering"], email="eng@example.com")
-    await client.post("/decode", json=_body(enc, _plain()), headers=_headers(token))
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await client.post(
+        "/decode",
+        json=_body(enc, _plain()),
+        headers={**_headers(token), "traceparent": traceparent},
+    )
     await client.post("/decode", json=_body(enc), headers=_headers(idp.token(), "clinic-1"))
     await client.post("/decode", json=_body(enc), headers=_headers(None))
     records = _records(audit_path)
@@ -451,7 +456,9 @@ async def test_audit_records_and_chain(
     assert first["key_ids"][0].startswith("local:")
     assert first["classifications"] == ["internal"]
     assert first["origin"] == ORIGIN
-    assert len(first["trace_id"]) == 32
+    assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # continued from the caller
+    assert len(records[1]["trace_id"]) == 32
+    assert records[1]["trace_id"] != records[2]["trace_id"]
     assert first["client"] == "127.0.0.1"
     text = audit_path.read_text()
     assert "SECRET-MARKER" not in text
@@ -540,3 +547,34 @@ async def test_verified_token_cache_never_outlives_exp(idp: Idp) -> None:
     await asyncio.sleep(2.2)
     with pytest.raises(AuthError, match="expired"):
         await auth.verify(token)
+
+
+async def test_traces_cover_the_request_and_the_kms_call(
+    idp: Idp, policy_file: Path, tmp_path: Path, shield_config: ShieldConfig
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from temporal_shield.server import create_app
+
+    from .conftest import server_config
+
+    exporter = InMemorySpanExporter()
+    app = create_app(
+        server_config(idp, policy_file, tmp_path),
+        shield_config,
+        span_processor=SimpleSpanProcessor(exporter),
+    )
+    enc = await _encrypted(shield_config, "dev-team")  # another process wrote it: KMS Decrypt
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.post(
+            "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]))
+        )
+        assert _datas(await resp.json()) == [SECRET]
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"codec decode", "kms Decrypt"}
+    assert spans["kms Decrypt"].parent is not None
+    assert spans["kms Decrypt"].parent.span_id == spans["codec decode"].context.span_id
+    record = _records(tmp_path / "audit.jsonl")[-1]
+    assert record["trace_id"] == format(spans["codec decode"].context.trace_id, "032x")
