@@ -269,23 +269,19 @@ def main(duration: int) -> None:
         )
         for n in (1, 20):
             peaks = {}
+            latency = {}
             for kind in ("shield", "sample", "echo"):
                 procs, url = start(kind, workdir)
                 try:
-                    peaks[kind] = wrk_peak(
-                        url,
-                        setup["bodies"][(kind, n)],
-                        auth if kind == "shield" else plain,
-                        duration,
-                        workdir,
-                    )
-                    if kind == "shield":
-                        rate = peaks[kind] / 2
-                        p50, p99 = latency_at(
-                            url, setup["bodies"][(kind, n)], auth, rate, min(duration, 8)
-                        )
+                    headers = auth if kind == "shield" else plain
+                    body = setup["bodies"][(kind, n)]
+                    peaks[kind] = wrk_peak(url, body, headers, duration, workdir)
+                    if kind in ("shield", "echo"):
+                        rate = peaks["shield"] / 2
+                        latency[kind] = latency_at(url, body, headers, rate, min(duration, 8))
                 finally:
                     stop(procs)
+            (p50, p99), (e50, e99) = latency["shield"], latency["echo"]
             print(
                 f"{n:>8} | {peaks['shield']:8.0f} | {peaks['sample']:10.0f} | {peaks['echo']:9.0f} | "
                 f"{peaks['shield'] / peaks['sample']:6.2f} | {peaks['shield'] / peaks['echo']:6.2f} | "
