@@ -13,11 +13,13 @@ from ._config import (
     KeysConfig,
     ShieldConfig,
     StorageConfig,
+    TemporalTlsConfig,
 )
 from ._history import iter_payloads
 from ._install import ShieldPlugin, build_codec, data_converter, key_providers
 from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
 from ._storage import Boto3S3Client, external_storage
+from ._tls import temporal_tls
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,6 +33,7 @@ __all__ = [
     "ShieldConfig",
     "ShieldPlugin",
     "StorageConfig",
+    "TemporalTlsConfig",
     "build",
     "build_codec",
     "data_converter",
@@ -40,4 +43,5 @@ __all__ = [
     "key_providers",
     "load_config",
     "read_toml",
+    "temporal_tls",
 ]

@@ -82,6 +82,31 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TemporalTlsConfig:
+    """TLS from workers and clients to the Temporal frontend (mutual TLS).
+
+    Files are in the cert-manager Secret layout: point ``dir`` at a mounted
+    Secret (``tls.crt``, ``tls.key``, ``ca.crt``) or name the files one by one.
+    """
+
+    dir: str = ""
+    """Folder with ``tls.crt`` (client certificate), ``tls.key`` and ``ca.crt``."""
+    ca_file: str = ""
+    """CA bundle that signed the frontend's certificate (overrides ``dir``)."""
+    cert_file: str = ""
+    """Client certificate (overrides ``dir``)."""
+    key_file: str = ""
+    """Client private key (overrides ``dir``)."""
+    server_name: str = ""
+    """Expected name in the frontend's certificate, when it differs from the address."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any TLS setting is present."""
+        return bool(self.dir or self.ca_file or self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShieldConfig:
     """Everything the converter needs. Defaults are the embedded, fail-closed ones."""
 
@@ -95,6 +120,8 @@ class ShieldConfig:
     """Classification labels of new payloads."""
     storage: StorageConfig = field(default_factory=StorageConfig)
     """S3 offload."""
+    tls: TemporalTlsConfig = field(default_factory=TemporalTlsConfig)
+    """Mutual TLS to the Temporal frontend (see :func:`temporal_tls`)."""
     namespace: str = "default"
     """Namespace bound into payloads encoded without a serialization context. The
     plugin replaces it with the client's namespace."""

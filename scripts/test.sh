@@ -3,14 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
-# The Web UI test drives Debian's Chromium (Playwright's own download cannot work here).
-if ! command -v chromium >/dev/null 2>&1; then
+# Real parts from Debian: Chromium for the Web UI test (Playwright's own browser
+# download cannot work here), nginx for the mutual-TLS hop.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing chromium (Debian)"
+    echo "== installing ${missing[*]} (Debian)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "== chromium not installed and not root: the Web UI test will skip (fail under CI=true)"
+    echo "== ${missing[*]} not installed and not root: those tests skip (and fail under CI=true)"
   fi
 fi
 echo "== ruff"; .venv/bin/ruff check .

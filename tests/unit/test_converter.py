@@ -215,3 +215,33 @@ def test_bad_env_is_a_clear_error() -> None:
         load_config(env={"TEMPORAL_SHIELD_S3_THRESHOLD": "lots"})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(env={"TEMPORAL_SHIELD_CONFIG": "/nonexistent/shield.toml"})
+
+
+def test_temporal_tls_from_secret_layout_env_and_toml(tmp_path: Path) -> None:
+    from temporal_shield.certs import CLIENT_AUTH, issue, make_ca, write_secret
+    from temporal_shield.converter import TemporalTlsConfig, temporal_tls
+
+    ca = make_ca()
+    write_secret(tmp_path / "worker", issue(ca, dns_names=["w"], usages=[CLIENT_AUTH]), ca.cert)
+    cfg = load_config(
+        env={
+            "TEMPORAL_SHIELD_TLS_DIR": str(tmp_path / "worker"),
+            "TEMPORAL_SHIELD_TLS_SERVER_NAME": "temporal-frontend",
+        }
+    )
+    tls = temporal_tls(cfg)
+    assert tls is not None
+    assert tls.client_cert == (tmp_path / "worker" / "tls.crt").read_bytes()
+    assert tls.client_private_key == (tmp_path / "worker" / "tls.key").read_bytes()
+    assert tls.server_root_ca_cert == (tmp_path / "worker" / "ca.crt").read_bytes()
+    assert tls.domain == "temporal-frontend"
+    assert temporal_tls(ShieldConfig()) is None
+    toml = tmp_path / "s.toml"
+    toml.write_text(f'[tls]\nca_file = "{tmp_path / "worker" / "ca.crt"}"\n')
+    only_ca = temporal_tls(load_config(toml, env={}))
+    assert only_ca is not None
+    assert only_ca.client_cert is None
+    with pytest.raises(ConfigError, match="together"):
+        temporal_tls(ShieldConfig(tls=TemporalTlsConfig(cert_file=str(toml))))
+    with pytest.raises(ConfigError, match="cannot read"):
+        temporal_tls(ShieldConfig(tls=TemporalTlsConfig(ca_file=str(tmp_path / "missing.crt"))))

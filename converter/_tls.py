@@ -1,0 +1,60 @@
+"""Map the converter's TLS settings onto ``temporalio.service.TLSConfig``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.service import TLSConfig
+
+from temporal_shield.codec import ConfigError
+
+from ._config import ShieldConfig
+
+
+def temporal_tls(config: ShieldConfig) -> TLSConfig | None:
+    """The SDK TLS settings for connecting to the Temporal frontend, or ``None``.
+
+    Example::
+
+        config = load_config()
+        client = await Client.connect(
+            address, tls=temporal_tls(config) or False, plugins=[ShieldPlugin(config)]
+        )
+
+    Raises:
+        ConfigError: a named file is missing, or only one of certificate and key is set.
+    """
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    folder = Path(tls.dir) if tls.dir else None
+
+    def pick(explicit: str, name: str) -> Path | None:
+        if explicit:
+            return Path(explicit)
+        if folder is not None and (folder / name).exists():
+            return folder / name
+        return None
+
+    ca, cert, key = (
+        pick(tls.ca_file, "ca.crt"),
+        pick(tls.cert_file, "tls.crt"),
+        pick(tls.key_file, "tls.key"),
+    )
+    if (cert is None) != (key is None):
+        raise ConfigError("TLS client certificate and key must be given together")
+
+    def read(path: Path | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
+
+    return TLSConfig(
+        server_root_ca_cert=read(ca),
+        client_cert=read(cert),
+        client_private_key=read(key),
+        domain=tls.server_name or None,
+    )
