@@ -37,34 +37,29 @@ class LeafSpec:
 
 
 LOCAL_NAMES = ("localhost",)
+"""Added by :func:`dev_pki` to server certificates so they also work on loopback."""
+
 LEAVES: tuple[LeafSpec, ...] = (
     LeafSpec(
         name="temporal-frontend-tls",
-        dns_names=(
-            "temporal-frontend",
-            "temporal-frontend.temporal.svc.cluster.local",
-            *LOCAL_NAMES,
-        ),
+        dns_names=("temporal-frontend", "temporal-frontend.temporal.svc.cluster.local"),
         usages=(SERVER_AUTH,),
     ),
     LeafSpec(
         name="temporal-internode-tls",
-        dns_names=("temporal-internode", "temporal-internode.temporal.svc.cluster.local"),
+        dns_names=("temporal-internode", "temporal-history", "temporal-matching"),
         usages=(SERVER_AUTH, CLIENT_AUTH),
     ),
     LeafSpec(name="temporal-worker-tls", dns_names=("temporal-worker",), usages=(CLIENT_AUTH,)),
     LeafSpec(name="temporal-ui-tls", dns_names=("temporal-ui",), usages=(CLIENT_AUTH,)),
     LeafSpec(
         name="temporal-shield-codec-tls",
-        dns_names=(
-            "temporal-shield-codec",
-            "temporal-shield-codec.temporal.svc.cluster.local",
-            *LOCAL_NAMES,
-        ),
+        dns_names=("temporal-shield-codec", "temporal-shield-codec.temporal.svc.cluster.local"),
         usages=(SERVER_AUTH, CLIENT_AUTH),
     ),
 )
-"""The same set, names and usages as the Certificates in ``deploy/``."""
+"""The same set, names, DNS names and usages as the Certificates in
+``deploy/base/pki`` (a test keeps the two in step)."""
 
 CA_NAME = "temporal-ca"
 
@@ -210,7 +205,8 @@ def dev_pki(out: Path) -> list[Path]:
     write_secret(out / CA_NAME, ca, ca.cert)
     folders = [out / CA_NAME]
     for spec in LEAVES:
-        pair = issue(ca, dns_names=spec.dns_names, usages=spec.usages)
+        names = spec.dns_names + (LOCAL_NAMES if SERVER_AUTH in spec.usages else ())
+        pair = issue(ca, dns_names=names, usages=spec.usages)
         write_secret(out / spec.name, pair, ca.cert)
         folders.append(out / spec.name)
     return folders

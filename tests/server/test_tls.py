@@ -43,7 +43,8 @@ def test_dev_pki_layout_and_usages(tmp_path: Path) -> None:
         names = {"serverAuth": SERVER_AUTH, "clientAuth": CLIENT_AUTH}
         assert sorted(names[u._name] for u in eku) == sorted(spec.usages)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert list(sans.get_values_for_type(x509.DNSName)) == list(spec.dns_names)
+        local = ["localhost"] if SERVER_AUTH in spec.usages else []
+        assert list(sans.get_values_for_type(x509.DNSName)) == [*spec.dns_names, *local]
 
 
 def _client_context(ca_file: Path, cert_dir: Path | None = None) -> ssl.SSLContext:
