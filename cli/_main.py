@@ -77,6 +77,35 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config, overrides)
 
 
+def _scan(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from temporalio.client import Client
+
+    from temporal_shield.converter import load_config, scan, temporal_tls, terminal_progress
+
+    config = load_config(args.config)
+    query = args.query or ""
+    if args.since:
+        since = f'StartTime > "{args.since}"'
+        query = f"({query}) AND {since}" if query else since
+
+    async def run() -> int:
+        client = await Client.connect(
+            args.address, namespace=args.namespace, tls=temporal_tls(config) or False
+        )
+        report = await scan(
+            client, query=query or None, limit=args.limit, progress=terminal_progress
+        )
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
+        return 0 if report.clean else 1
+
+    return asyncio.run(run())
+
+
 def _certs(args: argparse.Namespace) -> int:
     from temporal_shield.certs import dev_pki
 
@@ -130,6 +159,18 @@ def parser() -> argparse.ArgumentParser:
         help="no authentication: every caller may decrypt (local development only)",
     )
     serve.set_defaults(func=_serve)
+
+    scan = sub.add_parser(
+        "scan", help="report payloads in history that are not encrypted (exit 1 if any)"
+    )
+    scan.add_argument("--address", default="localhost:7233", help="Temporal frontend host:port")
+    scan.add_argument("--namespace", default="default")
+    scan.add_argument("--query", help="visibility query selecting workflow runs")
+    scan.add_argument("--since", help="only runs started after this RFC 3339 time")
+    scan.add_argument("--limit", type=int, help="stop after this many runs")
+    scan.add_argument("--json", action="store_true", help="machine-readable output")
+    scan.add_argument("--config", help="TOML file with [tls] settings (else environment)")
+    scan.set_defaults(func=_scan)
 
     certs = sub.add_parser("certs", help="local PKI in the cert-manager Secret layout")
     certs_sub = certs.add_subparsers(dest="action", required=True)

@@ -15,8 +15,9 @@ from ._config import (
     StorageConfig,
     TemporalTlsConfig,
 )
-from ._history import iter_payloads
+from ._history import iter_messages, iter_payloads
 from ._install import ShieldPlugin, build_codec, data_converter, key_providers
+from ._scan import ScanReport, scan, terminal_progress
 from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
 from ._storage import Boto3S3Client, external_storage
 from ._tls import temporal_tls
@@ -29,6 +30,7 @@ __all__ = [
     "Boto3S3Client",
     "ClassificationConfig",
     "KeysConfig",
+    "ScanReport",
     "ShieldCodec",
     "ShieldConfig",
     "ShieldPlugin",
@@ -39,9 +41,12 @@ __all__ = [
     "data_converter",
     "external_storage",
     "is_encrypted",
+    "iter_messages",
     "iter_payloads",
     "key_providers",
     "load_config",
     "read_toml",
+    "scan",
     "temporal_tls",
+    "terminal_progress",
 ]
