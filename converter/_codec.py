@@ -23,8 +23,8 @@ from temporal_shield.codec import (
     Envelope,
 )
 
-Classifier = Callable[[str], str]
-"""Maps a namespace to the classification label of payloads written there."""
+Classifier = Callable[[str, str | None], str]
+"""Maps (namespace, workflow id if known) to the classification label of a payload."""
 
 
 def is_encrypted(payload: Payload) -> bool:
@@ -67,15 +67,15 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             strict_workflow_binding: Also bind payloads to their workflow id.
         """
         self.envelope = envelope
-        self._workflow_id: str | None = None
         self._classifier = classifier
         self._strict = strict_workflow_binding
         self._bind(namespace)
 
-    def _bind(self, namespace: str) -> None:
+    def _bind(self, namespace: str, workflow_id: str | None = None) -> None:
         self._namespace = namespace
+        self._workflow_id = workflow_id
         # Resolved once per binding, not once per payload.
-        self._label = self._classifier(namespace) if self._classifier else ""
+        self._label = self._classifier(namespace, workflow_id) if self._classifier else ""
 
     @property
     def namespace(self) -> str:
@@ -86,8 +86,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         """See :class:`WithSerializationContext`."""
         if isinstance(context, WorkflowSerializationContext | ActivitySerializationContext):
             bound = copy.copy(self)
-            bound._bind(context.namespace or self._namespace)
-            bound._workflow_id = context.workflow_id or None
+            bound._bind(context.namespace or self._namespace, context.workflow_id or None)
             return bound
         return self
 

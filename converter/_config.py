@@ -43,20 +43,34 @@ class ClassificationConfig:
 
     The label is authenticated in the envelope header and repeated in metadata so
     that the codec server can decide per payload who may read it.
+
+    Rules can select by workflow id and by namespace. The SDK's serialization
+    context carries the namespace and the workflow id on every path (client,
+    workflow, activity, child, signal, query, update) but the workflow *type* and
+    task queue only on some, so a label chosen by type would differ between the
+    client that starts a workflow and the worker that runs it. Workflow ids
+    conventionally carry the type (``claim-8431``), so ``workflow_ids`` rules are
+    the reliable way to classify per kind of workflow.
     """
 
     default: str = ""
     """Label for payloads that match no rule ("" = unclassified)."""
+    workflow_ids: tuple[tuple[str, str], ...] = ()
+    """``(workflow id glob, label)`` rules, first match wins; checked first."""
     namespaces: tuple[tuple[str, str], ...] = ()
     """``(namespace glob, label)`` rules, first match wins."""
 
     def __post_init__(self) -> None:
         validate_classification(self.default)
-        for _, label in self.namespaces:
+        for _, label in (*self.workflow_ids, *self.namespaces):
             validate_classification(label)
 
-    def label_for(self, namespace: str) -> str:
-        """The label for a payload written in ``namespace``."""
+    def label_for(self, namespace: str, workflow_id: str | None = None) -> str:
+        """The label for a payload written in ``namespace`` (for ``workflow_id``)."""
+        if workflow_id:
+            for pattern, label in self.workflow_ids:
+                if fnmatch.fnmatchcase(workflow_id, pattern):
+                    return label
         for pattern, label in self.namespaces:
             if fnmatch.fnmatchcase(namespace, pattern):
                 return label

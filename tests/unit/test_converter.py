@@ -245,3 +245,47 @@ def test_temporal_tls_from_secret_layout_env_and_toml(tmp_path: Path) -> None:
         temporal_tls(ShieldConfig(tls=TemporalTlsConfig(cert_file=str(toml))))
     with pytest.raises(ConfigError, match="cannot read"):
         temporal_tls(ShieldConfig(tls=TemporalTlsConfig(ca_file=str(tmp_path / "missing.crt"))))
+
+
+async def test_classification_by_workflow_id_is_consistent_across_contexts(
+    keyring_path: Path, tmp_path: Path
+) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        f"""
+[keys]
+uri = "local://{keyring_path}"
+[classification]
+default = "internal"
+[classification.workflow_ids]
+"claim-*" = "phi"
+"invoice-*" = "pci"
+[classification.namespaces]
+"clinic-*" = "phi"
+"""
+    )
+    codec = build_codec(load_config(toml, env={}))
+    claim = "claim-8431"
+    contexts = [
+        WorkflowSerializationContext(namespace="default", workflow_id=claim),  # client + workflow
+        ActivitySerializationContext(
+            namespace="default",
+            activity_id="1",
+            activity_type="a",
+            activity_task_queue="q",
+            workflow_id=claim,
+            workflow_type="ClaimWorkflow",
+            is_local=False,
+        ),
+    ]
+    for context in contexts:
+        encoded = await codec.with_context(context).encode([_json('"x"')])
+        assert encoded[0].metadata[CLASSIFICATION_METADATA] == b"phi"
+    invoice = codec.with_context(
+        WorkflowSerializationContext(namespace="default", workflow_id="invoice-1")
+    )
+    assert (await invoice.encode([_json('"x"')]))[0].metadata[CLASSIFICATION_METADATA] == b"pci"
+    other = codec.with_context(WorkflowSerializationContext(namespace="clinic-2", workflow_id="x"))
+    assert (await other.encode([_json('"x"')]))[0].metadata[CLASSIFICATION_METADATA] == b"phi"
+    plain = codec.with_context(WorkflowSerializationContext(namespace="default", workflow_id="x"))
+    assert (await plain.encode([_json('"x"')]))[0].metadata[CLASSIFICATION_METADATA] == b"internal"
