@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap,
 )
 
-from ._errors import ConfigError, DecryptionError, KeyProviderError
+from ._errors import ConfigError, DecryptionError
 from ._provider import GeneratedDataKey, KeyProvider
 
 KEYRING_FORMAT = "temporal-shield-keyring/v1"
@@ -259,7 +259,7 @@ class LocalKeyProvider(KeyProvider):
         """See base class."""
         entry = self._entry(key_id)
         if entry is None or entry.state != "active":
-            raise KeyProviderError("key is not available for decryption")
+            raise DecryptionError()  # unknown or retired: as opaque as any other failure
         try:
             return aes_key_unwrap(_wrapping_key(entry.material, namespace), wrapped)
         except (InvalidUnwrap, ValueError) as exc:

@@ -59,3 +59,16 @@ def kms_client(aws: dict[str, Any]) -> Any:
 def s3_client(aws: dict[str, Any]) -> Any:
     """A boto3 S3 client for the moto endpoint."""
     return boto3.client("s3", **aws)
+
+
+async def wait_visible(client: Any, query: str, count: int, seconds: float = 20.0) -> None:
+    """Wait until visibility lists ``count`` runs for ``query`` (it is eventually consistent)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [e async for e in client.list_workflows(query)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.2)

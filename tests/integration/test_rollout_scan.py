@@ -17,13 +17,12 @@ from temporal_shield._devserver import DevServer
 from temporal_shield.codec import Keyring
 from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin, scan
 
+from .conftest import wait_visible
+from .test_workflows import _run_everything
 from .workflows import (
     MARK,
     ChildWorkflow,
-    EverythingWorkflow,
     WaitForSignalWorkflow,
-    echo_activity,
-    failing_activity,
     mark,
 )
 
@@ -50,6 +49,7 @@ async def test_workflow_started_before_encryption_completes_after_switch(
         assert await running.result() == f"{mark('before')}|{mark('after')}"
 
     raw = await Client.connect(dev_server.address)
+    await wait_visible(raw, f"WorkflowId = '{queue}' AND ExecutionStatus = 'Completed'", 1)
     report = await scan(raw, query=f"WorkflowId = '{queue}'")
     assert report.workflows == 1
     assert not report.clean
@@ -75,26 +75,9 @@ async def test_fully_encrypted_namespace_scans_clean_and_cli_exit_codes(
     Keyring.new().save(ring)
     config = ShieldConfig(keys=KeysConfig(uri=f"local://{ring}"))
     client = await Client.connect(dev_server.address, plugins=[ShieldPlugin(config)])
-    queue = f"clean-{uuid.uuid4().hex[:6]}"
-    async with Worker(
-        client,
-        task_queue=queue,
-        workflows=[EverythingWorkflow, ChildWorkflow],
-        activities=[echo_activity, failing_activity],
-    ):
-        from .workflows import Args
-
-        handle = await client.start_workflow(
-            EverythingWorkflow.run,
-            Args(text=mark("in")),
-            id=queue,
-            task_queue=queue,
-            memo={"m": mark("memo")},
-        )
-        await handle.execute_update(EverythingWorkflow.update, mark("u"))
-        await handle.signal(EverythingWorkflow.signal, mark("s"))
-        await handle.result()
+    queue, _ = await _run_everything(client, f"clean-{uuid.uuid4().hex[:6]}")
     raw = await Client.connect(dev_server.address)
+    await wait_visible(raw, f"WorkflowId STARTS_WITH '{queue}' AND ExecutionStatus != 'Running'", 3)
     report = await scan(raw, query=f"WorkflowId STARTS_WITH '{queue}'")
     assert report.workflows >= 3
     assert report.clean, report.as_table()
@@ -116,6 +99,7 @@ async def test_fully_encrypted_namespace_scans_clean_and_cli_exit_codes(
         await raw.execute_workflow(
             ChildWorkflow.run, mark("p"), id=plain_queue, task_queue=plain_queue
         )
+    await wait_visible(raw, f"WorkflowId = '{plain_queue}' AND ExecutionStatus = 'Completed'", 1)
     out = await asyncio.to_thread(
         subprocess.run,
         [*cli, "--query", f"WorkflowId = '{plain_queue}'"],

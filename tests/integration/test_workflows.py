@@ -23,7 +23,7 @@ from temporal_shield.converter import (
     iter_payloads,
 )
 
-from .conftest import kms_client, s3_client
+from .conftest import kms_client, s3_client, wait_visible
 from .workflows import (
     MARK,
     Args,
@@ -62,6 +62,9 @@ def _raw_bytes(history: WorkflowHistory) -> bytes:
 
 async def _histories(raw: Client, workflow_id: str) -> list[WorkflowHistory]:
     """Histories of every run of ``workflow_id`` and of its child, without a codec."""
+    await wait_visible(
+        raw, f"WorkflowId STARTS_WITH '{workflow_id}' AND ExecutionStatus != 'Running'", 3
+    )
     out = []
     async for execution in raw.list_workflows(f"WorkflowId STARTS_WITH '{workflow_id}'"):
         handle = raw.get_workflow_handle(execution.id, run_id=execution.run_id)
