@@ -20,9 +20,49 @@ def _keyring_path(value: str | None) -> Path:
     return Path(DEFAULT_KEY_URI.removeprefix("local://")).expanduser()
 
 
+def _rewrap(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import boto3
+
+    from temporal_shield.converter import build_codec, load_config, rewrap
+
+    config = load_config(args.config)
+    bucket = args.bucket or config.storage.s3_bucket
+    if not bucket:
+        print("temporal-shield: error: no bucket (--bucket or storage.s3_bucket)", file=sys.stderr)
+        return 2
+    s3 = boto3.client(
+        "s3", region_name=config.storage.s3_region, endpoint_url=config.storage.s3_endpoint_url
+    )
+    envelope = build_codec(config).envelope
+    report = asyncio.run(
+        rewrap(
+            s3,
+            bucket,
+            envelope,
+            prefix=args.prefix,
+            start_after=args.start_after,
+            dry_run=args.dry_run,
+        )
+    )
+    verb = "would re-encrypt" if args.dry_run else "re-encrypted"
+    print(
+        f"{report.scanned} objects: {verb} {report.rewrapped}, already current {report.current}, "
+        f"not ours {report.foreign}, failed {len(report.failed)}"
+    )
+    for key in report.failed:
+        print(f"  failed: {key}")
+    if report.last_key:
+        print(f"resume with --start-after {report.last_key!r}")
+    return 1 if report.failed else 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from temporal_shield.codec import ConfigError, Keyring
 
+    if args.action == "rewrap":
+        return _rewrap(args)
     path = _keyring_path(args.keyring)
     if args.action == "init":
         if path.exists():
@@ -138,6 +178,14 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--keyring", help="keyring file (default ~/.config/temporal-shield/)")
         if name == "retire":
             sp.add_argument("key_id")
+    rw = keys_sub.add_parser(
+        "rewrap", help="re-encrypt S3-offloaded payloads under the current primary key"
+    )
+    rw.add_argument("--config", help="TOML file (keys and [storage]); else environment")
+    rw.add_argument("--bucket", help="bucket (default storage.s3_bucket)")
+    rw.add_argument("--prefix", default="", help="only objects under this key prefix")
+    rw.add_argument("--start-after", default="", help="resume after this object key")
+    rw.add_argument("--dry-run", action="store_true", help="report, change nothing")
     keys.set_defaults(func=_keys)
 
     audit = sub.add_parser("audit", help="work with the codec server's audit log")

@@ -12,7 +12,7 @@ from cryptography.exceptions import InvalidTag
 from ._compression import CompressionConfig, compress, decompress
 from ._datakeys import DataKeyManager
 from ._errors import ConfigError, DecryptionError, PayloadTooLargeError
-from ._format import NONCE_SIZE, Header, pack_fixed, parse
+from ._format import NONCE_SIZE, Header, origin_field, pack_fixed, parse
 
 _CLASSIFICATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
@@ -87,8 +87,12 @@ class Envelope:
         namespace: str,
         workflow_id: str = "",
         classification: str = "",
+        origin: bytes = b"",
     ) -> Sealed:
         """Compress and encrypt ``plaintext``, bound to the namespace (and workflow id).
+
+        ``origin`` (format version 2) records, authenticated, the SHA-256 of a
+        stored object this payload replaces: see ``keys rewrap``.
 
         Raises:
             PayloadTooLargeError: ``plaintext`` is over ``max_plaintext``.
@@ -102,8 +106,9 @@ class Envelope:
         key = await self.keys.encryption_key(namespace, len(plaintext))
         nonce = self._random(NONCE_SIZE)
         header = (
-            pack_fixed(algorithm, len(plaintext))
+            pack_fixed(algorithm, len(plaintext), origin=bool(origin))
             + key.header_middle(workflow_id, classification)
+            + origin_field(origin)
             + nonce
         )
         ciphertext = key.aead.encrypt(nonce, body, header + key.aad_suffix)

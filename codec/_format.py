@@ -1,4 +1,4 @@
-"""The byte layout of an encrypted payload (format version 1).
+"""The byte layout of an encrypted payload (format versions 1 and 2).
 
 See ``docs/format.md`` for the normative description and ``tests/vectors/`` for
 test vectors. Everything in the header is authenticated: the header bytes
@@ -17,8 +17,12 @@ Layout (integers big-endian)::
     classification   1 + n   u8 length, ASCII label (may be empty)
     wrapped_dek      2 + n   u16 length, bytes as returned by the key provider
     commitment       32 HKDF-derived key commitment of the data key
+    origin           v2 only: 1 + 32, u8 length (32) and the SHA-256 of the
+                     stored object this one re-encrypts (``keys rewrap``)
     nonce            12 AES-GCM nonce
     ciphertext       rest (ciphertext || 16-byte tag)
+
+Writers produce version 1 unless an origin is recorded; readers accept both.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from ._errors import DecryptionError
 
 MAGIC = b"TS"
 VERSION = 1
+VERSION_WITH_ORIGIN = 2
+ORIGIN_SIZE = 32
 ALG_AES256_GCM_HKDF_COMMIT = 1
 COMMITMENT_SIZE = 32
 NONCE_SIZE = 12
@@ -72,7 +78,9 @@ class Header(NamedTuple):
     nonce: bytes
     """AES-GCM nonce."""
     algorithm: int = ALG_AES256_GCM_HKDF_COMMIT
-    """Algorithm id; only :data:`ALG_AES256_GCM_HKDF_COMMIT` exists in version 1."""
+    """Algorithm id; only :data:`ALG_AES256_GCM_HKDF_COMMIT` exists."""
+    origin: bytes = b""
+    """SHA-256 of the stored object this payload re-encrypts (version 2), else empty."""
 
     def pack(self) -> bytes:
         """Serialize the header.
@@ -125,10 +133,28 @@ def header_middle(namespace: bytes, workflow_id: str, classification: str, key: 
 
 
 def pack_fixed(
-    compression: int, original_length: int, algorithm: int = ALG_AES256_GCM_HKDF_COMMIT
+    compression: int,
+    original_length: int,
+    algorithm: int = ALG_AES256_GCM_HKDF_COMMIT,
+    *,
+    origin: bool = False,
 ) -> bytes:
-    """The fixed 9-byte start of a header."""
-    return _FIXED.pack(MAGIC, VERSION, algorithm, compression, original_length)
+    """The fixed 9-byte start of a header (version 2 when an origin follows)."""
+    version = VERSION_WITH_ORIGIN if origin else VERSION
+    return _FIXED.pack(MAGIC, version, algorithm, compression, original_length)
+
+
+def origin_field(origin: bytes) -> bytes:
+    """The version-2 origin field, or nothing for version 1.
+
+    Raises:
+        ValueError: ``origin`` is neither empty nor 32 bytes.
+    """
+    if not origin:
+        return b""
+    if len(origin) != ORIGIN_SIZE:
+        raise ValueError("origin must be a 32-byte SHA-256 digest")
+    return bytes((ORIGIN_SIZE,)) + origin
 
 
 def parse(data: bytes) -> tuple[Header, int]:
@@ -138,12 +164,16 @@ def parse(data: bytes) -> tuple[Header, int]:
         The header and the offset where the ciphertext starts.
 
     Raises:
-        DecryptionError: the bytes are not a version-1 envelope (bad magic,
+        DecryptionError: the bytes are not a version-1/2 envelope (bad magic,
             unknown version or algorithm, truncation, invalid text).
     """
     try:
         magic, version, algorithm, compression, original_length = _FIXED.unpack_from(data, 0)
-        if magic != MAGIC or version != VERSION or algorithm != ALG_AES256_GCM_HKDF_COMMIT:
+        if (
+            magic != MAGIC
+            or version not in (VERSION, VERSION_WITH_ORIGIN)
+            or algorithm != ALG_AES256_GCM_HKDF_COMMIT
+        ):
             raise DecryptionError()
         (size,) = _U16.unpack_from(data, 9)
         pos = 11 + size
@@ -157,7 +187,15 @@ def parse(data: bytes) -> tuple[Header, int]:
         (size,) = _U16.unpack_from(data, pos)
         wrapped = data[pos + 2 : pos + 2 + size]
         pos += 2 + size
-        end = pos + COMMITMENT_SIZE + NONCE_SIZE
+        commitment = data[pos : pos + COMMITMENT_SIZE]
+        pos += COMMITMENT_SIZE
+        origin = b""
+        if version == VERSION_WITH_ORIGIN:
+            if data[pos] != ORIGIN_SIZE:
+                raise DecryptionError()
+            origin = data[pos + 1 : pos + 1 + ORIGIN_SIZE]
+            pos += 1 + ORIGIN_SIZE
+        end = pos + NONCE_SIZE
         # Slices stop silently at the end: one bound check covers every field.
         if len(data) < end + TAG_SIZE:
             raise DecryptionError()
@@ -168,9 +206,10 @@ def parse(data: bytes) -> tuple[Header, int]:
             workflow_id.decode(),
             classification.decode("ascii"),
             wrapped,
-            data[pos : pos + COMMITMENT_SIZE],
-            data[pos + COMMITMENT_SIZE : end],
+            commitment,
+            data[pos:end],
             algorithm,
+            origin,
         )
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise DecryptionError() from exc

@@ -17,9 +17,10 @@ from ._config import (
 )
 from ._history import iter_messages, iter_payloads
 from ._install import ShieldPlugin, build_codec, data_converter, key_providers
+from ._rewrap import RewrapReport, rewrap
 from ._scan import ScanReport, scan, terminal_progress
 from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
-from ._storage import Boto3S3Client, external_storage
+from ._storage import Boto3S3Client, ShieldS3Driver, external_storage
 from ._tls import temporal_tls
 
 __all__ = [
@@ -30,10 +31,12 @@ __all__ = [
     "Boto3S3Client",
     "ClassificationConfig",
     "KeysConfig",
+    "RewrapReport",
     "ScanReport",
     "ShieldCodec",
     "ShieldConfig",
     "ShieldPlugin",
+    "ShieldS3Driver",
     "StorageConfig",
     "TemporalTlsConfig",
     "build",
@@ -46,6 +49,7 @@ __all__ = [
     "key_providers",
     "load_config",
     "read_toml",
+    "rewrap",
     "scan",
     "temporal_tls",
     "terminal_progress",

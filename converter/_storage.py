@@ -1,19 +1,32 @@
 """S3 offload of large payloads through the SDK's ``ExternalStorage`` and S3 driver.
 
 The SDK applies external storage *after* the codec, so what lands in the bucket is
-the already-encrypted payload. We only supply the small client adapter the SDK's
-S3 driver asks for, over plain boto3 (already a worker dependency).
+the already-encrypted payload. We supply the small client adapter the SDK's S3
+driver asks for, over plain boto3 (already a worker dependency), and one
+extension of the driver: history references carry the SHA-256 of the stored
+bytes, so an object that ``keys rewrap`` re-encrypted under a new KEK no longer
+matches. :class:`ShieldS3Driver` accepts such an object only when its
+*authenticated* header records that very hash as its origin (format version 2);
+the codec then authenticates the whole header when it decrypts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import boto3
+from temporalio.api.common.v1 import Payload
 from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClient
-from temporalio.converter import ExternalStorage
+from temporalio.converter import (
+    ExternalStorage,
+    StorageDriverClaim,
+    StorageDriverRetrieveContext,
+)
+
+from temporal_shield.codec import ENCODING, DecryptionError, parse
 
 from ._config import StorageConfig
 
@@ -52,10 +65,48 @@ class Boto3S3Client(S3StorageDriverClient):
         return {"region": str(self._client.meta.region_name)}
 
 
+class ShieldS3Driver(S3StorageDriver):
+    """The SDK's S3 driver, also accepting objects re-encrypted by ``keys rewrap``."""
+
+    async def retrieve(
+        self, context: StorageDriverRetrieveContext, claims: Sequence[StorageDriverClaim]
+    ) -> list[Payload]:
+        """Fetch the claimed objects; verify each against its reference.
+
+        Raises:
+            ValueError: an object matches neither the referenced hash nor, as a
+                re-encryption, records it as its origin.
+        """
+        return list(await asyncio.gather(*(self._retrieve_one(c) for c in claims)))
+
+    async def _retrieve_one(self, claim: StorageDriverClaim) -> Payload:
+        bucket, key = claim.claim_data["bucket"], claim.claim_data["key"]
+        if claim.claim_data.get("hash_algorithm") != "sha256" or not claim.claim_data.get(
+            "hash_value"
+        ):
+            raise ValueError(f"S3 reference without a sha256 content hash [key={key}]")
+        expected = claim.claim_data["hash_value"].lower()
+        data = await self._client.get_object(bucket=bucket, key=key)
+        payload = Payload.FromString(data)
+        if hashlib.sha256(data).hexdigest() != expected and _origin(payload) != expected:
+            raise ValueError(f"S3 object does not match its reference [key={key}]")
+        return payload
+
+
+def _origin(payload: Payload) -> str | None:
+    if payload.metadata.get("encoding") != ENCODING:
+        return None
+    try:
+        header, _ = parse(payload.data)
+    except DecryptionError:
+        return None
+    return header.origin.hex() or None
+
+
 def external_storage(config: StorageConfig) -> ExternalStorage | None:
     """The SDK external-storage settings for ``config``, or ``None`` if offload is off."""
     if not config.s3_bucket:
         return None
     client = boto3.client("s3", region_name=config.s3_region, endpoint_url=config.s3_endpoint_url)
-    driver = S3StorageDriver(client=Boto3S3Client(client), bucket=config.s3_bucket)
+    driver = ShieldS3Driver(client=Boto3S3Client(client), bucket=config.s3_bucket)
     return ExternalStorage(drivers=[driver], payload_size_threshold=config.threshold)

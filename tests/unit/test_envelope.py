@@ -204,3 +204,21 @@ async def test_garbage_and_wrong_types(envelope: Envelope) -> None:
     fixed = struct.pack(">2sBBBI", b"TS", 1, 1, 9, 5)  # unknown compression id
     with pytest.raises(DecryptionError):
         await envelope.open(fixed + b"\xff" * 200, key_id="local:x", namespace="default")
+
+
+async def test_origin_is_version_2_and_authenticated(envelope: Envelope) -> None:
+    origin = bytes(range(32))
+    sealed = await envelope.seal(b"payload", namespace="default", origin=origin)
+    assert sealed.data[2] == 2  # version
+    opened = await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    assert opened.header.origin == origin
+    assert opened.plaintext == b"payload"
+    at = sealed.data.index(origin)
+    forged = bytearray(sealed.data)
+    forged[at + 5] ^= 0x80
+    with pytest.raises(DecryptionError):
+        await envelope.open(bytes(forged), key_id=sealed.key_id, namespace="default")
+    with pytest.raises(ValueError, match="32-byte"):
+        await envelope.seal(b"x", namespace="default", origin=b"short")
+    plain = await envelope.seal(b"payload", namespace="default")
+    assert plain.data[2] == 1  # no origin: version 1

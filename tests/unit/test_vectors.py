@@ -57,6 +57,7 @@ async def test_positive_vectors_open(case: dict[str, Any]) -> None:
     assert opened.plaintext.hex() == case["plaintext_hex"]
     assert opened.header.classification == case["classification"]
     assert opened.header.workflow_id == case["workflow_id"]
+    assert opened.header.origin.hex() == case["origin_hex"]
 
 
 @pytest.mark.parametrize("case", VECTORS["negative"], ids=lambda c: c["name"])
@@ -70,7 +71,8 @@ async def test_negative_vectors_fail(case: dict[str, Any]) -> None:
 def _independent_open(data: bytes, key_id: str, kek: bytes) -> bytes:
     """A from-the-spec reader (docs/format.md) using only pyca primitives and zstd."""
     magic, version, alg, comp, orig_len = struct.unpack_from(">2sBBBI", data, 0)
-    assert (magic, version, alg) == (b"TS", 1, 1)
+    assert (magic, alg) == (b"TS", 1)
+    assert version in (1, 2)
     pos = 9
     fields = []
     for width in (2, 2, 1, 2):
@@ -78,8 +80,13 @@ def _independent_open(data: bytes, key_id: str, kek: bytes) -> bytes:
         fields.append(data[pos + width : pos + width + size])
         pos += width + size
     namespace, _workflow, _cls, wrapped = fields
-    commitment, nonce = data[pos : pos + 32], data[pos + 32 : pos + 44]
-    header_end = pos + 44
+    commitment = data[pos : pos + 32]
+    pos += 32
+    if version == 2:  # origin: u8 length (32) + SHA-256
+        assert data[pos] == 32
+        pos += 33
+    nonce = data[pos : pos + 12]
+    header_end = pos + 12
     wrap_key = HKDF(
         hashes.SHA256(), 32, None, b"temporal-shield/v1/local-wrap\x00" + namespace
     ).derive(kek)

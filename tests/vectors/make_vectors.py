@@ -8,6 +8,7 @@ caught. The keys here are test keys, published on purpose.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -40,6 +41,12 @@ CASES: list[dict[str, Any]] = [
         "namespace": "clinic",
         "classification": "phi",
         "plaintext": b'{"ssn":"078-05-1120","notes":"' + b"ab" * 400 + b'"}',
+    },
+    {
+        "name": "rewrapped-v2-origin",
+        "namespace": "default",
+        "origin": hashlib.sha256(b"the object this one re-encrypts").digest(),
+        "plaintext": b'{"note":"re-encrypted by keys rewrap"}',
     },
     {
         "name": "workflow-bound",
@@ -87,6 +94,7 @@ async def _seal_all(tmp: Path) -> list[dict[str, Any]]:
             namespace=case["namespace"],
             workflow_id=case.get("workflow_id", ""),
             classification=case.get("classification", ""),
+            origin=case.get("origin", b""),
         )
         out.append(
             {
@@ -94,6 +102,7 @@ async def _seal_all(tmp: Path) -> list[dict[str, Any]]:
                 "namespace": case["namespace"],
                 "workflow_id": case.get("workflow_id", ""),
                 "classification": case.get("classification", ""),
+                "origin_hex": case.get("origin", b"").hex(),
                 "key_id": sealed.key_id,
                 "plaintext_hex": case["plaintext"].hex(),
                 "data_hex": sealed.data.hex(),
@@ -141,7 +150,7 @@ def build_vectors() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         positive = asyncio.run(_seal_all(Path(tmp)))
     return {
-        "format": "temporal-shield envelope v1 test vectors (see docs/format.md)",
+        "format": "temporal-shield envelope test vectors, versions 1 and 2 (see docs/format.md)",
         "kek_hex": KEK.hex(),
         "kek_name": KEY_NAME,
         "dek_hex": DEK.hex(),

@@ -1,0 +1,120 @@
+"""``keys rewrap``: re-encrypt S3-offloaded payloads under the current primary KEK.
+
+Idempotent (objects already under the primary are left alone), resumable (keys
+are processed in S3's lexicographic order; ``start_after`` skips ahead), and
+with a dry run. Each object is decrypted and sealed again with a fresh data key,
+the same namespace, workflow binding and classification, and an authenticated
+*origin*: the SHA-256 of the bytes the history reference was made for (carried
+over if the object was already re-encrypted once). :class:`ShieldS3Driver`
+accepts the new object for that reference; nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from temporalio.api.common.v1 import Payload
+
+from temporal_shield.codec import (
+    CLASSIFICATION_METADATA,
+    ENCODING,
+    KEY_ID_METADATA,
+    DecryptionError,
+    Envelope,
+    parse,
+)
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+
+@dataclass
+class RewrapReport:
+    """What a rewrap run did (object keys only, never contents)."""
+
+    scanned: int = 0
+    rewrapped: int = 0
+    current: int = 0
+    """Already under the primary KEK (left alone)."""
+    foreign: int = 0
+    """Not temporal-shield ciphertext (left alone)."""
+    failed: list[str] = field(default_factory=list)
+    """Objects that could not be decrypted (e.g. a retired or unknown key)."""
+    last_key: str = ""
+    """The last object key processed: pass it as ``start_after`` to resume."""
+
+
+async def rewrap(
+    s3: S3Client,
+    bucket: str,
+    envelope: Envelope,
+    *,
+    prefix: str = "",
+    start_after: str = "",
+    dry_run: bool = False,
+    progress: Callable[[RewrapReport], None] | None = None,
+) -> RewrapReport:
+    """Re-encrypt every temporal-shield object under ``prefix`` with the primary KEK.
+
+    Raises:
+        KeyProviderError: the KMS failed (the run stops; resume later).
+    """
+    report = RewrapReport()
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, StartAfter=start_after
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            report.scanned += 1
+            await _one(s3, bucket, key, envelope, report, dry_run)
+            report.last_key = key
+            if progress is not None:
+                progress(report)
+    return report
+
+
+async def _one(
+    s3: Any, bucket: str, key: str, envelope: Envelope, report: RewrapReport, dry_run: bool
+) -> None:
+    data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    try:
+        payload = Payload.FromString(data)
+        if payload.metadata.get("encoding") != ENCODING:
+            raise ValueError
+        header, _ = parse(payload.data)
+        key_id = payload.metadata[KEY_ID_METADATA].decode()
+    except (ValueError, KeyError, DecryptionError, UnicodeDecodeError):
+        report.foreign += 1
+        return
+    # The key id this process would write for the namespace right now.
+    primary = (await envelope.keys.encryption_key(header.namespace, 0)).key_id
+    if key_id == primary:
+        report.current += 1
+        return
+    if dry_run:
+        report.rewrapped += 1
+        return
+    try:
+        opened = await envelope.open(payload.data, key_id=key_id, namespace=header.namespace)
+    except DecryptionError:
+        report.failed.append(key)
+        return
+    sealed = await envelope.seal(
+        opened.plaintext,
+        namespace=header.namespace,
+        workflow_id=header.workflow_id,
+        classification=header.classification,
+        origin=header.origin or hashlib.sha256(data).digest(),
+    )
+    metadata = {"encoding": ENCODING, KEY_ID_METADATA: sealed.key_id.encode()}
+    if sealed.classification:
+        metadata[CLASSIFICATION_METADATA] = sealed.classification.encode()
+    replacement = Payload(metadata=metadata, data=sealed.data).SerializeToString()
+    # A PUT replaces the object atomically: readers see the old or the new one,
+    # and both decrypt.
+    s3.put_object(Bucket=bucket, Key=key, Body=replacement)
+    report.rewrapped += 1
