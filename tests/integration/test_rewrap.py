@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,22 @@ async def test_rotate_rewrap_retire_keeps_every_object_readable(
     new_key = f"local:{Keyring.load(ring).primary}"
     envelope = build_codec(config).envelope
 
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "temporal_shield", "keys", "rewrap", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "TEMPORAL_SHIELD_KEY_URI": f"local://{ring}",
+            "TEMPORAL_SHIELD_S3_BUCKET": bucket,
+            "TEMPORAL_SHIELD_S3_ENDPOINT_URL": aws_env["endpoint_url"],
+        },
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert f"would re-encrypt {len(originals)}" in cli.stdout
     dry = await rewrap(s3, bucket, envelope, dry_run=True)
     assert dry.rewrapped == len(originals)
     assert _objects(s3, bucket) == originals  # a dry run changes nothing
