@@ -101,6 +101,9 @@ class DataKeyPolicy:
     """Payloads encrypted under one DEK (nonce budget, see module docs)."""
     max_bytes: int = 2**36
     """Plaintext bytes encrypted under one DEK (64 GiB)."""
+    encrypt_cache_size: int = 1024
+    """Namespaces with a cached encryption DEK (LRU): bounds memory and KMS calls
+    when callers name many namespaces (e.g. the codec server's ``/encode``)."""
     decrypt_cache_size: int = 1024
     """Unwrapped DEKs kept for decryption (LRU)."""
     decrypt_cache_ttl: float = 3600.0
@@ -111,8 +114,8 @@ class DataKeyPolicy:
             raise ConfigError(f"max_messages must be in 1..{MAX_MESSAGES_HARD_LIMIT}")
         if self.max_age <= 0 or self.max_bytes <= 0 or self.decrypt_cache_ttl < 0:
             raise ConfigError("data-key bounds must be positive")
-        if self.decrypt_cache_size < 0:
-            raise ConfigError("decrypt_cache_size must be >= 0")
+        if self.decrypt_cache_size < 0 or self.encrypt_cache_size < 1:
+            raise ConfigError("decrypt_cache_size must be >= 0, encrypt_cache_size >= 1")
 
 
 @dataclass
@@ -205,7 +208,7 @@ class DataKeyManager:
     """Monotonic time source (injectable for tests)."""
     stats: KeyStats = field(default_factory=KeyStats)
     """Counters, read by the metrics exporters."""
-    _active: dict[str, _Active] = field(default_factory=dict, init=False, repr=False)
+    _active: OrderedDict[str, _Active] = field(default_factory=OrderedDict, init=False, repr=False)
     _decrypted: OrderedDict[tuple[str, bytes, str], _Cached] = field(
         default_factory=OrderedDict, init=False, repr=False
     )
@@ -229,6 +232,7 @@ class DataKeyManager:
         while True:
             entry = self._active.get(namespace)
             if entry is not None and self._admits(entry, nbytes):
+                self._active.move_to_end(namespace)
                 entry.messages += 1
                 entry.nbytes += nbytes
                 self.stats.encrypt_cache_hits += 1
@@ -266,6 +270,9 @@ class DataKeyManager:
         )
         entry = _Active(key=key, created=self.clock())
         self._active[namespace] = entry
+        self._active.move_to_end(namespace)
+        while len(self._active) > self.policy.encrypt_cache_size:
+            self._active.popitem(last=False)
         # Our own payloads decode without a round trip to the KMS (when the
         # allow-list lets this process decrypt them at all).
         if any(p.can_decrypt(gen.key_id) for p in self.providers):

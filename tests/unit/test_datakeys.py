@@ -155,3 +155,17 @@ def test_policy_validation() -> None:
         DataKeyPolicy(max_age=0)
     with pytest.raises(ConfigError):
         DataKeyManager([])
+
+
+async def test_encryption_cache_is_bounded_per_namespace() -> None:
+    kms = FakeKms()
+    keys = DataKeyManager([kms], policy=DataKeyPolicy(encrypt_cache_size=2))
+    for ns in ("a", "b", "a", "c"):  # "b" is least recently used when "c" arrives
+        await keys.encryption_key(ns, 1)
+    assert kms.generate_calls == 3
+    await keys.encryption_key("a", 1)
+    assert kms.generate_calls == 3  # still cached
+    await keys.encryption_key("b", 1)
+    assert kms.generate_calls == 4  # was evicted
+    with pytest.raises(ConfigError):
+        DataKeyPolicy(encrypt_cache_size=0)
