@@ -28,10 +28,13 @@ class AuditError(ShieldError):
     """An audit record could not be written: the request must fail closed (503)."""
 
 
-def _digest(record: dict[str, Any]) -> str:
+def _canonical(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(record: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(record).encode()).hexdigest()
 
 
 class AuditLog:
@@ -64,8 +67,12 @@ class AuditLog:
             AuditError: any sink failed. The chain does not advance.
         """
         record = {**event, "prev": self._prev}
-        record["hash"] = _digest(record)
-        line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = _canonical(record)
+        record["hash"] = hashlib.sha256(canonical.encode()).hexdigest()
+        # The written line is the canonical body with the hash appended: one
+        # serialisation per record (verify() re-derives the body from the JSON).
+        line = f'{canonical[:-1]},"hash":"{record["hash"]}"}}'
+
         try:
             if self._file is not None:
                 self._file.write(line + "\n")

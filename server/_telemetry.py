@@ -151,13 +151,17 @@ class Telemetry:
         Without a trace exporter no span is recorded, but the request still gets
         a trace id (the caller's, or a fresh one) for the audit record.
         """
-        context = propagate.extract(dict(request.headers))
         if not self.tracing:
-            parent = trace.get_current_span(context).get_span_context()
-            trace_id = parent.trace_id if parent.is_valid else secrets.randbits(128)
+            trace_id = 0
+            if "traceparent" in request.headers:
+                context = propagate.extract(dict(request.headers))
+                parent = trace.get_current_span(context).get_span_context()
+                trace_id = parent.trace_id if parent.is_valid else 0
+            trace_id = trace_id or secrets.randbits(128)
             request[TRACE_ID] = format(trace_id, "032x")
             yield trace.INVALID_SPAN
             return
+        context = propagate.extract(dict(request.headers))
         with self.tracer.start_as_current_span(
             name, context=context, kind=trace.SpanKind.SERVER
         ) as span:
