@@ -266,6 +266,7 @@ def main(duration: int) -> None:
         print(f"peak requests/s (wrk -c32 -d{duration}s), one server process\n")
         print(
             f"{'payloads':>8} | {'shield':>8} | {'sample (a)':>10} | {'echo (b)':>9} | {'vs (a)':>6} | {'vs (b)':>6} | {'p50 ms':>6} {'p99 ms':>6} @ rps"
+            " | echo p50/p99 ms at that rate (client floor)"
         )
         for n in (1, 20):
             peaks = {}
