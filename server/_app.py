@@ -13,6 +13,7 @@ import binascii
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -132,8 +133,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(503, "audit_unavailable", "audit log unavailable; no data returned", request)
     except KeyProviderError as exc:
         return _error(503, "kms_unavailable", str(exc), request)
-    except Exception:
-        log.exception("unhandled error in request %s", request.get(REQUEST_ID))
+    except Exception as exc:
+        # Type and location only: an exception message could carry payload data.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error(
+            "unhandled %s at %s in request %s", type(exc).__name__, where, request.get(REQUEST_ID)
+        )
         return _error(500, "internal", "internal error", request)
 
 
@@ -286,6 +292,10 @@ async def codec_handler(request: web.Request) -> web.StreamResponse:
             raise
         except KeyProviderError as exc:
             audit("error", 503, str(exc))
+            raise
+        except Exception as exc:
+            # Unexpected failures are decisions too: recorded, then a bare 500.
+            audit("error", 500, f"internal error: {type(exc).__name__}")
             raise
         span.set_attribute("temporal_shield.decision", outcome.decision)
         # The record is written before any plaintext leaves; a failed write is a 503.

@@ -578,3 +578,29 @@ async def test_traces_cover_the_request_and_the_kms_call(
     assert spans["kms Decrypt"].parent.span_id == spans["codec decode"].context.span_id
     record = _records(tmp_path / "audit.jsonl")[-1]
     assert record["trace_id"] == format(spans["codec decode"].context.trace_id, "032x")
+
+
+async def test_unexpected_failure_is_audited_and_opaque(
+    make_client: ClientFactory,
+    idp: Idp,
+    shield_config: ShieldConfig,
+    audit_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from temporal_shield.server import CodecService
+
+    async def boom(*_: Any) -> Any:
+        raise RuntimeError("secret detail that must not leak")
+
+    monkeypatch.setattr(CodecService, "decode", boom)
+    client = await make_client()
+    enc = await _encrypted(shield_config, "dev-team")
+    resp = await client.post("/decode", json=_body(enc), headers=_headers(idp.token()))
+    assert resp.status == 500
+    assert "secret detail" not in await resp.text()
+    record = _records(audit_path)[-1]
+    assert (record["decision"], record["status"]) == ("error", 500)
+    assert record["reason"] == "internal error: RuntimeError"
+    assert "RuntimeError" in caplog.text
+    assert "secret detail" not in caplog.text  # logs name the failure, never its message
