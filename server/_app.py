@@ -8,6 +8,7 @@ route that reveals data; health and metrics routes reveal none.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -386,7 +387,8 @@ def create_app(
         yield
         if audit is not None:
             audit.close()
-        telemetry.shutdown()
+        # Exporters flush over blocking HTTP: keep the event loop free meanwhile.
+        await asyncio.to_thread(telemetry.shutdown)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)

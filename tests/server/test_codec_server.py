@@ -604,3 +604,69 @@ async def test_unexpected_failure_is_audited_and_opaque(
     assert record["reason"] == "internal error: RuntimeError"
     assert "RuntimeError" in caplog.text
     assert "secret detail" not in caplog.text  # logs name the failure, never its message
+
+
+async def test_otlp_export_when_otel_variables_say_so(
+    idp: Idp,
+    policy_file: Path,
+    tmp_path: Path,
+    shield_config: ShieldConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real OTLP/HTTP receiver on 127.0.0.1 gets traces and metrics."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from temporal_shield.server import create_app
+
+    from .conftest import server_config
+
+    received: dict[str, list[bytes]] = {"/v1/traces": [], "/v1/metrics": []}
+
+    async def collect(request: web.Request) -> web.Response:
+        received[request.path].append(await request.read())
+        return web.Response(status=200)
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", collect)
+    collector.router.add_post("/v1/metrics", collect)
+    async with TestServer(collector, host="127.0.0.1") as otlp:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp.port}")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "codec-under-test")
+        app = create_app(server_config(idp, policy_file, tmp_path), shield_config)
+        enc = await _encrypted(shield_config, "dev-team")
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            resp = await client.post(
+                "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]))
+            )
+            assert resp.status == 200
+        # Closing the app shut the providers down, which flushes both exporters.
+        for _ in range(50):
+            if received["/v1/traces"] and received["/v1/metrics"]:
+                break
+            await asyncio.sleep(0.1)
+    spans = [
+        span.name
+        for body in received["/v1/traces"]
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+    assert "codec decode" in spans
+    assert "kms Decrypt" in spans
+    metric_names = {
+        metric.name
+        for body in received["/v1/metrics"]
+        for rm in ExportMetricsServiceRequest.FromString(body).resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
+    assert {"codec_requests", "codec_request_duration", "kms_calls"} <= metric_names
+    resource = ExportTraceServiceRequest.FromString(received["/v1/traces"][0]).resource_spans[0]
+    assert any(a.value.string_value == "codec-under-test" for a in resource.resource.attributes)
