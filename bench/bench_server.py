@@ -8,6 +8,9 @@ Servers, each in its own process on 127.0.0.1, loaded from a separate process:
   no auth (the shape of Temporal's sample codec server, written here);
 * ``echo``     — a bare aiohttp endpoint returning the body (the ceiling).
 
+It also measures the shield server with authentication, RBAC and audit off
+(``--insecure-dev``) to show what those cost.
+
 For one-payload requests (the Web UI's pattern) and 20-payload requests it
 prints peak requests/s (wrk, 32 connections) and, at half of the shield
 server's peak, p50/p99 latency from an open-loop Python client. Then the peak
@@ -78,24 +81,26 @@ def _body(payloads: list[Payload]) -> bytes:
 def serve(kind: str, port: int, workdir: Path) -> None:
     from aiohttp import web
 
-    if kind == "shield":
-        from temporal_shield.codec import Keyring  # noqa: F401 - keyring made by prepare()
+    if kind in ("shield", "shield-insecure"):
         from temporal_shield.converter import KeysConfig, ShieldConfig
         from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
 
-        app = create_app(
-            ServerConfig(
-                host="127.0.0.1",
-                port=port,
-                policy_file=str(workdir / "policy.yaml"),
-                auth=AuthConfig(
-                    issuer=ISSUER,
-                    audience=(AUDIENCE,),
-                    algorithms=("ES256",),
-                    public_key_files=(str(workdir / "idp.pem"),),
-                ),
-                audit=AuditConfig(file=str(workdir / f"audit-{os.getpid()}.jsonl")),
+        secure = ServerConfig(
+            host="127.0.0.1",
+            port=port,
+            policy_file=str(workdir / "policy.yaml"),
+            auth=AuthConfig(
+                issuer=ISSUER,
+                audience=(AUDIENCE,),
+                algorithms=("ES256",),
+                public_key_files=(str(workdir / "idp.pem"),),
             ),
+            audit=AuditConfig(file=str(workdir / f"audit-{os.getpid()}.jsonl")),
+        )
+        # The reference without authentication, RBAC and audit: what they cost.
+        insecure = ServerConfig(host="127.0.0.1", port=port, insecure_dev=True)
+        app = create_app(
+            secure if kind == "shield" else insecure,
             ShieldConfig(keys=KeysConfig(uri=f"local://{workdir / 'keyring.json'}")),
         )
     elif kind == "sample":
@@ -288,6 +293,15 @@ def main(duration: int) -> None:
                 f"{peaks['shield'] / peaks['sample']:6.2f} | {peaks['shield'] / peaks['echo']:6.2f} | "
                 f"{p50:6.2f} {p99:6.2f} @ {rate:.0f} | {e50:.2f}/{e99:.2f}"
             )
+        procs, url = start("shield-insecure", workdir)
+        try:
+            bare = wrk_peak(url, setup["bodies"][("shield", 1)], auth, duration, workdir)
+        finally:
+            stop(procs)
+        print(
+            f"\nthe same server with authentication, RBAC and audit off (--insecure-dev), "
+            f"one-payload requests: {bare:.0f} requests/s"
+        )
         print("\nscaling, shield server, one-payload requests")
         for processes in (1, 2):
             procs, url = start("shield", workdir, processes)
