@@ -74,10 +74,15 @@ async def _page_text(browser: Any, url: str, token: str, codec_url: str) -> tupl
     )
     await page.goto(url, wait_until="domcontentloaded")
     text = ""
-    for _ in range(60):  # up to ~30 s for the UI to load, call the codec and render
+    # Up to ~30 s for the UI to load, call the codec server and render. Once the
+    # codec has answered and the page has content, 10 s more is ample for the
+    # decoded text to show: after that its absence is the answer.
+    for attempt in range(60):
         await asyncio.sleep(0.5)
         text = await page.inner_text("body")
-        if mark("ui-input") in text or (statuses and len(text) > 200 and _ > 20):
+        if mark("ui-input") in text:
+            break
+        if statuses and len(text) > 200 and attempt >= 20:
             break
     await context.close()
     return text, statuses
