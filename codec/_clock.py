@@ -14,6 +14,5 @@ class Clock(Protocol):
         ...
 
 
-def monotonic() -> float:
-    """The default :class:`Clock`: :func:`time.monotonic`."""
-    return time.monotonic()
+monotonic: Clock = time.monotonic
+"""The default :class:`Clock`."""

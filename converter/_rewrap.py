@@ -11,6 +11,7 @@ accepts the new object for that reference; nothing else does.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,24 +64,39 @@ async def rewrap(
         KeyProviderError: the KMS failed (the run stops; resume later).
     """
     report = RewrapReport()
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix, StartAfter=start_after
+    # The KEK id this process writes, per namespace: looked up once, not per object.
+    primaries: dict[str, str] = {}
+    pages = iter(
+        s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, StartAfter=start_after
+        )
     )
-    for page in pages:
+    # boto3 is blocking: every S3 round trip runs off the event loop.
+    while (page := await asyncio.to_thread(next, pages, None)) is not None:
         for item in page.get("Contents", []):
             key = item["Key"]
             report.scanned += 1
-            await _one(s3, bucket, key, envelope, report, dry_run)
+            await _one(s3, bucket, key, envelope, report, dry_run, primaries)
             report.last_key = key
             if progress is not None:
                 progress(report)
     return report
 
 
+def _read(s3: Any, bucket: str, key: str) -> bytes:
+    return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
 async def _one(
-    s3: Any, bucket: str, key: str, envelope: Envelope, report: RewrapReport, dry_run: bool
+    s3: Any,
+    bucket: str,
+    key: str,
+    envelope: Envelope,
+    report: RewrapReport,
+    dry_run: bool,
+    primaries: dict[str, str],
 ) -> None:
-    data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    data = await asyncio.to_thread(_read, s3, bucket, key)
     try:
         payload = Payload.FromString(data)
         if payload.metadata.get("encoding") != ENCODING:
@@ -90,8 +106,10 @@ async def _one(
     except (ValueError, KeyError, DecryptionError, UnicodeDecodeError):
         report.foreign += 1
         return
-    # The key id this process would write for the namespace right now.
-    primary = (await envelope.keys.encryption_key(header.namespace, 0)).key_id
+    primary = primaries.get(header.namespace)
+    if primary is None:
+        primary = (await envelope.keys.encryption_key(header.namespace, 0)).key_id
+        primaries[header.namespace] = primary
     if key_id == primary:
         report.current += 1
         return
@@ -116,5 +134,5 @@ async def _one(
     replacement = Payload(metadata=metadata, data=sealed.data).SerializeToString()
     # A PUT replaces the object atomically: readers see the old or the new one,
     # and both decrypt.
-    s3.put_object(Bucket=bucket, Key=key, Body=replacement)
+    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=replacement)
     report.rewrapped += 1
