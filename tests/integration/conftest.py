@@ -72,3 +72,30 @@ async def wait_visible(client: Any, query: str, count: int, seconds: float = 20.
         if len(found) >= count or time.monotonic() > deadline:
             return
         await asyncio.sleep(0.2)
+
+
+def offload_setup(
+    aws: dict[str, Any], tmp_path: Any, *, threshold: int
+) -> tuple[Any, str, Any, Any]:
+    """A fresh bucket on moto, a fresh keyring, and a config offloading to them.
+
+    Returns:
+        (S3 client, bucket, keyring path, ShieldConfig)
+    """
+    import uuid
+
+    from temporal_shield.codec import Keyring
+    from temporal_shield.converter import KeysConfig, ShieldConfig, StorageConfig
+
+    bucket = f"shield-{uuid.uuid4().hex[:8]}"
+    s3 = s3_client(aws)
+    s3.create_bucket(Bucket=bucket)
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    config = ShieldConfig(
+        keys=KeysConfig(uri=f"local://{ring}"),
+        storage=StorageConfig(
+            s3_bucket=bucket, threshold=threshold, s3_endpoint_url=aws["endpoint_url"]
+        ),
+    )
+    return s3, bucket, ring, config

@@ -19,15 +19,12 @@ from temporalio.worker import Worker
 from temporal_shield._devserver import DevServer
 from temporal_shield.codec import DecryptionError, Keyring, parse
 from temporal_shield.converter import (
-    KeysConfig,
-    ShieldConfig,
     ShieldPlugin,
-    StorageConfig,
     build_codec,
     rewrap,
 )
 
-from .conftest import s3_client
+from .conftest import offload_setup
 from .workflows import EchoWorkflow, mark
 
 pytestmark = pytest.mark.integration
@@ -45,18 +42,8 @@ def _key_id(data: bytes) -> str:
 async def test_rotate_rewrap_retire_keeps_every_object_readable(
     dev_server: DevServer, tmp_path: Path, aws_env: dict[str, Any]
 ) -> None:
-    bucket = f"rewrap-{uuid.uuid4().hex[:8]}"
-    s3 = s3_client(aws_env)
-    s3.create_bucket(Bucket=bucket)
-    ring = tmp_path / "keyring.json"
-    Keyring.new().save(ring)
+    s3, bucket, ring, config = offload_setup(aws_env, tmp_path, threshold=4096)
     old_key = f"local:{Keyring.load(ring).primary}"
-    config = ShieldConfig(
-        keys=KeysConfig(uri=f"local://{ring}"),
-        storage=StorageConfig(
-            s3_bucket=bucket, threshold=4096, s3_endpoint_url=aws_env["endpoint_url"]
-        ),
-    )
     big = mark("large") + os.urandom(16 * 1024).hex()
     queue = f"rewrap-{uuid.uuid4().hex[:6]}"
     client = await Client.connect(dev_server.address, plugins=[ShieldPlugin(config)])

@@ -19,11 +19,10 @@ from temporal_shield.converter import (
     ShieldCodec,
     ShieldConfig,
     ShieldPlugin,
-    StorageConfig,
     iter_payloads,
 )
 
-from .conftest import kms_client, s3_client, wait_visible
+from .conftest import kms_client, offload_setup, wait_visible
 from .workflows import (
     MARK,
     Args,
@@ -211,17 +210,7 @@ async def test_key_rotation_while_workflows_run(dev_server: DevServer, tmp_path:
 async def test_s3_offload_stores_ciphertext(
     dev_server: DevServer, tmp_path: Path, aws_env: dict[str, Any]
 ) -> None:
-    bucket = f"shield-{uuid.uuid4().hex[:8]}"
-    s3 = s3_client(aws_env)
-    s3.create_bucket(Bucket=bucket)
-    ring = tmp_path / "keyring.json"
-    Keyring.new().save(ring)
-    config = ShieldConfig(
-        keys=KeysConfig(uri=f"local://{ring}"),
-        storage=StorageConfig(
-            s3_bucket=bucket, threshold=8 * 1024, s3_endpoint_url=aws_env["endpoint_url"]
-        ),
-    )
+    s3, bucket, _, config = offload_setup(aws_env, tmp_path, threshold=8 * 1024)
     client = await Client.connect(dev_server.address, plugins=[ShieldPlugin(config)])
     # Random hex does not compress below the threshold.
     big = mark("large") + os.urandom(16 * 1024).hex()
