@@ -121,6 +121,7 @@ class Envelope:
         key_id: str,
         namespace: str | None,
         workflow_id: str | None = None,
+        parsed: tuple[Header, int] | None = None,
     ) -> Opened:
         """Authenticate and decrypt ``data`` sealed under KEK ``key_id``.
 
@@ -132,13 +133,15 @@ class Envelope:
                 is then used to unwrap the data key.
             workflow_id: The workflow the caller is acting for, if known. A payload
                 strictly bound to another workflow is refused.
+            parsed: ``parse(data)``, when the caller already inspected the header
+                (it is authenticated here all the same, as part of the AAD).
 
         Raises:
             DecryptionError: any authentication or format failure, a namespace or
                 workflow mismatch, or an unknown/disallowed key id.
             KeyProviderError: the key provider failed.
         """
-        header, offset = parse(data)
+        header, offset = parsed or parse(data)
         if namespace is not None and header.namespace != namespace:
             raise DecryptionError()
         if header.workflow_id and workflow_id is not None and header.workflow_id != workflow_id:

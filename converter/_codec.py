@@ -21,6 +21,7 @@ from temporal_shield.codec import (
     KEY_ID_METADATA,
     DecryptionError,
     Envelope,
+    Header,
 )
 
 Classifier = Callable[[str, str | None], str]
@@ -122,11 +123,32 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         """Decode a single payload (pass-through for foreign encodings)."""
         if not is_encrypted(payload):
             return payload
+        return await self.open(payload, namespace=self._namespace, workflow_id=self._workflow_id)
+
+    async def open(
+        self,
+        payload: Payload,
+        *,
+        namespace: str,
+        workflow_id: str | None = None,
+        parsed: tuple[Header, int] | None = None,
+    ) -> Payload:
+        """Decrypt one encrypted payload bound to ``namespace``.
+
+        For callers that decide per payload before decrypting (the codec server
+        reads the classification from the header): ``parsed`` is the header they
+        already parsed, so it is not parsed twice.
+
+        Raises:
+            DecryptionError: authentication failed, wrong namespace, bad metadata.
+            KeyProviderError: the key provider failed.
+        """
         opened = await self.envelope.open(
             payload.data,
             key_id=_text(payload, KEY_ID_METADATA),
-            namespace=self._namespace,
-            workflow_id=self._workflow_id,
+            namespace=namespace,
+            workflow_id=workflow_id,
+            parsed=parsed,
         )
         # The metadata copy of the label must agree with the authenticated one.
         label = payload.metadata.get(CLASSIFICATION_METADATA, b"")

@@ -1,21 +1,20 @@
 """The aiohttp application: protocol, CORS, limits, authentication, audit.
 
-Middlewares, outermost first, each with one job: request id and timing → CORS
-(on every response, errors included) → error mapping (one JSON error shape).
-Authentication and authorisation happen in the codec handler, which is the only
-route that reveals data; health and metrics routes reveal none.
+One middleware does the edge work for every route (a request id and start
+time, CORS headers on every response including errors, one JSON error shape);
+authentication, authorisation and audit happen in the codec handler, the only
+route that reveals data. Health and metrics routes reveal none.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
+import functools
+import itertools
 import logging
+import secrets
 import time
 import traceback
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor
-from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import KeyProvider, KeyProviderError, ShieldError
 from temporal_shield.converter import ShieldCodec, ShieldConfig, build_codec
@@ -35,19 +33,12 @@ from ._identity import DEV_IDENTITY, Identity
 from ._policy import Policy
 from ._service import CodecService, Forbidden, Outcome
 from ._telemetry import TRACE_ID, Telemetry
+from ._wire import BadRequest, TooLarge, read_payloads, write_payloads
 
 log = logging.getLogger("temporal_shield.server")
 
 ALLOW_HEADERS = "content-type, x-namespace, authorization, authorization-extras"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class BadRequest(ShieldError):
-    """The request is malformed (HTTP 400)."""
-
-
-class TooLarge(ShieldError):
-    """The request exceeds a size limit (HTTP 413)."""
 
 
 @dataclass
@@ -66,6 +57,12 @@ class State:
 STATE: web.AppKey[State] = web.AppKey("temporal_shield_state", State)
 REQUEST_ID = web.RequestKey("temporal_shield_request_id", str)
 STARTED = web.RequestKey("temporal_shield_started", float)
+DECISION = web.RequestKey("temporal_shield_decision", str)
+
+# Request ids only need to be unique, not secret: a random per-process prefix
+# and a counter (a uuid4 per request costs a getrandom() system call).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
 
 
 def _error(status: int, code: str, message: str, request: web.Request) -> web.Response:
@@ -75,25 +72,44 @@ def _error(status: int, code: str, message: str, request: web.Request) -> web.Re
     )
 
 
+def _map_error(exc: Exception, request: web.Request) -> web.Response:
+    """One JSON shape for every failure; never a stack trace, never a secret."""
+    if isinstance(exc, web.HTTPException):  # raised by aiohttp itself (404, 405, 413)
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, request)
+    if isinstance(exc, AuthError):
+        return _error(401, "unauthorized", str(exc), request)
+    if isinstance(exc, Forbidden):
+        return _error(403, "forbidden", str(exc), request)
+    if isinstance(exc, BadRequest):
+        return _error(400, "bad_request", str(exc), request)
+    if isinstance(exc, TooLarge):
+        return _error(413, "too_large", str(exc), request)
+    if isinstance(exc, AuditError):
+        log.error("audit sink failed; refusing to return data")
+        return _error(503, "audit_unavailable", "audit log unavailable; no data returned", request)
+    if isinstance(exc, KeyProviderError):
+        return _error(503, "kms_unavailable", str(exc), request)
+    # Type and location only: an exception message could carry payload data.
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    log.error(
+        "unhandled %s at %s in request %s", type(exc).__name__, where, request.get(REQUEST_ID)
+    )
+    return _error(500, "internal", "internal error", request)
+
+
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (echoed as ``X-Request-Id``) and a start time."""
-    request[REQUEST_ID] = uuid.uuid4().hex
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id and timing, CORS on every response (errors too), error mapping."""
+    request[REQUEST_ID] = request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
     request[STARTED] = time.perf_counter()
-    response = await handler(request)
-    response.headers["X-Request-Id"] = request[REQUEST_ID]
-    return response
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer preflights and put CORS headers on every response, errors included."""
     config = request.app[STATE].config
     origin = request.headers.get("Origin")
     allowed = origin is not None and origin in config.cors_origins
+    response: web.StreamResponse
     if request.method == "OPTIONS":
         if not allowed:
-            response: web.StreamResponse = _error(403, "cors", "origin not allowed", request)
+            response = _error(403, "cors", "origin not allowed", request)
         else:
             response = web.Response(status=204)
             response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
@@ -102,46 +118,18 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     else:
         try:
             response = await handler(request)
-        except web.HTTPException as exc:  # raised by aiohttp itself (404, 405, 413)
-            response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, request)
-    response.headers["Vary"] = "Origin"
+        except Exception as exc:
+            response = _map_error(exc, request)
+    headers = response.headers
+    headers["X-Request-Id"] = request_id
+    headers["Vary"] = "Origin"
     if allowed:
         assert origin is not None
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = "X-Request-Id"
         if config.cors_credentials:
-            response.headers["Access-Control-Allow-Credentials"] = "true"
+            headers["Access-Control-Allow-Credentials"] = "true"
     return response
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to one JSON shape; never a stack trace, never a secret."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except AuthError as exc:
-        return _error(401, "unauthorized", str(exc), request)
-    except Forbidden as exc:
-        return _error(403, "forbidden", str(exc), request)
-    except BadRequest as exc:
-        return _error(400, "bad_request", str(exc), request)
-    except TooLarge as exc:
-        return _error(413, "too_large", str(exc), request)
-    except AuditError:
-        log.error("audit sink failed; refusing to return data", exc_info=False)
-        return _error(503, "audit_unavailable", "audit log unavailable; no data returned", request)
-    except KeyProviderError as exc:
-        return _error(503, "kms_unavailable", str(exc), request)
-    except Exception as exc:
-        # Type and location only: an exception message could carry payload data.
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        log.error(
-            "unhandled %s at %s in request %s", type(exc).__name__, where, request.get(REQUEST_ID)
-        )
-        return _error(500, "internal", "internal error", request)
 
 
 def _namespace(request: web.Request) -> str | None:
@@ -152,56 +140,20 @@ def _namespace(request: web.Request) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
-async def _read_payloads(request: web.Request, config: ServerConfig) -> list[Payload]:
+async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
     try:
-        body = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(f"request body over {config.max_body_bytes} bytes") from None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("payloads", []), list):
-        raise BadRequest('body must be {"payloads": [...]}')
-    if len(doc.get("payloads", [])) > config.max_payloads:
-        raise BadRequest(f"more than {config.max_payloads} payloads in one request")
-    for item in doc.get("payloads", []):
-        data = item.get("data", "") if isinstance(item, dict) else ""
-        if isinstance(data, str) and len(data) * 3 // 4 > config.max_payload_bytes:
-            raise TooLarge(f"a payload is over {config.max_payload_bytes} bytes")
-    return [_payload(item) for item in doc.get("payloads", [])]
 
 
-def _payload(item: object) -> Payload:
-    """One ``temporal.api.common.v1.Payload`` from its protobuf-JSON form.
-
-    Written out rather than using ``json_format.ParseDict``, which costs more than
-    the decryption on this hot path; unknown fields are ignored like the parser's
-    ``ignore_unknown_fields``.
-    """
-    if not isinstance(item, dict):
-        raise BadRequest("each payload must be an object")
-    metadata = item.get("metadata", {})
-    data = item.get("data", "")
-    if not isinstance(metadata, dict) or not isinstance(data, str):
-        raise BadRequest("payload metadata must be an object and data a base64 string")
-    try:
-        decoded = {str(k): base64.b64decode(v, validate=True) for k, v in metadata.items()}
-        return Payload(metadata=decoded, data=base64.b64decode(data, validate=True))
-    except (binascii.Error, TypeError, ValueError):
-        raise BadRequest("payload metadata and data must be base64") from None
+@functools.lru_cache(maxsize=1)
+def _utc_second(second: int) -> str:
+    """ISO 8601 text of a Unix second (cached: records in one second share it)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
-def _payloads_json(payloads: list[Payload]) -> dict[str, Any]:
-    return {
-        "payloads": [
-            {
-                "metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
-                "data": base64.b64encode(p.data).decode(),
-            }
-            for p in payloads
-        ]
-    }
+_NO_OUTCOME = Outcome()  # read only: what a request that failed early did
 
 
 def _audit_event(
@@ -215,10 +167,10 @@ def _audit_event(
     reason: str,
     status: int,
 ) -> dict[str, Any]:
-    outcome = outcome or Outcome()
+    done = outcome or _NO_OUTCOME
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "request_id": request.get(REQUEST_ID, ""),
+        "time": _utc_second(int(time.time())),
+        "request_id": request[REQUEST_ID],
         "trace_id": request.get(TRACE_ID, ""),
         "subject": identity.subject if identity else "",
         "email": identity.email if identity else "",
@@ -227,16 +179,16 @@ def _audit_event(
         "origin": request.headers.get("Origin", ""),
         "namespace": namespace or "",
         "operation": operation,
-        "decoded": outcome.decoded,
-        "encoded": outcome.encoded,
-        "denied": outcome.denied,
-        "passed_through": outcome.passed_through,
-        "failed": outcome.failed,
-        "key_ids": sorted(outcome.key_ids),
-        "classifications": sorted(outcome.classifications),
-        "roles": sorted(outcome.roles),
+        "decoded": done.decoded,
+        "encoded": done.encoded,
+        "denied": done.denied,
+        "passed_through": done.passed_through,
+        "failed": done.failed,
+        "key_ids": sorted(done.key_ids),
+        "classifications": sorted(done.classifications),
+        "roles": sorted(done.roles),
         "decision": decision,
-        "reason": reason or "; ".join(sorted(outcome.reasons)),
+        "reason": reason or "; ".join(sorted(done.reasons)),
         "status": status,
         "latency_ms": round((time.perf_counter() - request[STARTED]) * 1000, 3),
     }
@@ -250,14 +202,28 @@ async def codec_handler(request: web.Request) -> web.StreamResponse:
         return _error(404, "not_supported", "download is not supported", request)
     if operation not in ("decode", "encode"):
         return _error(404, "not_found", "no such endpoint", request)
+    telemetry = state.telemetry
+    if not telemetry.tracing:
+        # No span to build; the audit record still gets a trace id.
+        request[TRACE_ID] = telemetry.trace_id(request.headers)
+        return await _codec(request, state, operation)
+    with telemetry.span(f"codec {operation}", request) as span:
+        try:
+            return await _codec(request, state, operation)
+        finally:
+            span.set_attribute("temporal_shield.decision", request.get(DECISION, ""))
+
+
+async def _codec(request: web.Request, state: State, operation: str) -> web.Response:
     namespace = _namespace(request)
     identity: Identity | None = None
     outcome: Outcome | None = None
 
-    def audit(decision: str, status: int, reason: str = "") -> None:
+    async def audit(decision: str, status: int, reason: str = "") -> None:
+        request[DECISION] = decision
         state.telemetry.request_done(operation, decision, status, outcome, request[STARTED])
         if state.audit is not None:
-            state.audit.record(
+            await state.audit.commit(
                 _audit_event(
                     request,
                     operation=operation,
@@ -270,38 +236,41 @@ async def codec_handler(request: web.Request) -> web.StreamResponse:
                 )
             )
 
-    with state.telemetry.span(f"codec {operation}", request) as span:
-        try:
-            if state.authenticator is None:
-                identity = DEV_IDENTITY
-            else:
-                identity = await state.authenticator.authenticate(request.headers)
-            payloads = await _read_payloads(request, state.config)
-            if operation == "decode":
-                result, outcome = await state.service.decode(identity, namespace, payloads)
-            else:
-                result, outcome = await state.service.encode(identity, namespace, payloads)
-        except AuthError as exc:
-            audit("deny", 401, f"unauthenticated: {exc}")
-            raise
-        except Forbidden as exc:
-            outcome = exc.outcome
-            audit("deny", 403, str(exc))
-            raise
-        except (BadRequest, TooLarge) as exc:
-            audit("deny", 413 if isinstance(exc, TooLarge) else 400, str(exc))
-            raise
-        except KeyProviderError as exc:
-            audit("error", 503, str(exc))
-            raise
-        except Exception as exc:
-            # Unexpected failures are decisions too: recorded, then a bare 500.
-            audit("error", 500, f"internal error: {type(exc).__name__}")
-            raise
-        span.set_attribute("temporal_shield.decision", outcome.decision)
-        # The record is written before any plaintext leaves; a failed write is a 503.
-        audit(outcome.decision, 200)
-        return web.json_response(_payloads_json(result))
+    config = state.config
+    try:
+        if state.authenticator is None:
+            identity = DEV_IDENTITY
+        else:
+            identity = await state.authenticator.authenticate(request.headers)
+        payloads = read_payloads(
+            await _read_body(request, config),
+            max_payloads=config.max_payloads,
+            max_payload_bytes=config.max_payload_bytes,
+        )
+        if operation == "decode":
+            result, outcome = await state.service.decode(identity, namespace, payloads)
+        else:
+            result, outcome = await state.service.encode(identity, namespace, payloads)
+    except AuthError as exc:
+        await audit("deny", 401, f"unauthenticated: {exc}")
+        raise
+    except Forbidden as exc:
+        outcome = exc.outcome
+        await audit("deny", 403, str(exc))
+        raise
+    except (BadRequest, TooLarge) as exc:
+        await audit("deny", 413 if isinstance(exc, TooLarge) else 400, str(exc))
+        raise
+    except KeyProviderError as exc:
+        await audit("error", 503, str(exc))
+        raise
+    except Exception as exc:
+        # Unexpected failures are decisions too: recorded, then a bare 500.
+        await audit("error", 500, f"internal error: {type(exc).__name__}")
+        raise
+    # The record is written before any plaintext leaves; a failed write is a 503.
+    await audit(outcome.decision, 200)
+    return web.Response(body=write_payloads(result), content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -366,7 +335,7 @@ def create_app(
     keys.providers = [telemetry.traced(p) for p in keys.providers]
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[request_id_middleware, cors_middleware, error_middleware],
+        middlewares=[edge_middleware],
     )
     app[STATE] = State(
         config=config,
@@ -394,5 +363,9 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    # The common paths first: static routes are a dictionary lookup, the
+    # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
+    app.router.add_post("/decode", codec_handler)
+    app.router.add_post("/encode", codec_handler)
     app.router.add_post("/{tail:.*}", codec_handler)
     return app

@@ -29,8 +29,9 @@ it names (and only where the role's own patterns also allow that namespace).
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ from ._identity import Identity
 
 OPERATIONS = frozenset({"decode", "encode"})
 UNCLASSIFIED = "unclassified"
+DECISION_CACHE_SIZE = 4096
+
+
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled matcher for a list of glob patterns (none: matches nothing)."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
 
 
 @dataclass(frozen=True)
@@ -53,14 +62,20 @@ class Role:
     namespaces: tuple[str, ...]
     operations: frozenset[str]
     classifications: tuple[str, ...]
+    _namespace_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _classification_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Compiled once: glob matching is on the per-payload path.
+        object.__setattr__(self, "_namespace_re", _globs(self.namespaces))
+        object.__setattr__(self, "_classification_re", _globs(self.classifications))
 
     def allows(self, namespace: str, operation: str, classification: str) -> bool:
         """Whether this role permits ``operation`` on ``classification`` in ``namespace``."""
-        label = classification or UNCLASSIFIED
         return (
             operation in self.operations
-            and any(fnmatch.fnmatchcase(namespace, p) for p in self.namespaces)
-            and any(fnmatch.fnmatchcase(label, p) for p in self.classifications)
+            and self._namespace_re.match(namespace) is not None
+            and self._classification_re.match(classification or UNCLASSIFIED) is not None
         )
 
 
@@ -101,6 +116,9 @@ class Policy:
     """Temporal permission role name → policy role name."""
     permissions_claim: str = "permissions"
     groups_claim: str = "groups"
+    _decisions: dict[tuple[Identity, str, str, str], Decision] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def roles_for(self, identity: Identity, namespace: str) -> list[Role]:
         """Roles ``identity`` holds in ``namespace``."""
@@ -115,7 +133,24 @@ class Policy:
     def decide(
         self, identity: Identity, namespace: str, operation: str, classification: str
     ) -> Decision:
-        """Allow or deny one operation on one payload class; denied by default."""
+        """Allow or deny one operation on one payload class; denied by default.
+
+        The policy is immutable, so decisions are memoised (bounded) per identity,
+        namespace, operation and classification: a busy caller asks the same
+        question for every payload.
+        """
+        key = (identity, namespace, operation, classification)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decide(identity, namespace, operation, classification)
+            if len(self._decisions) >= DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
+    def _decide(
+        self, identity: Identity, namespace: str, operation: str, classification: str
+    ) -> Decision:
         for role in self.roles_for(identity, namespace):
             if role.allows(namespace, operation, classification):
                 return Decision(True, role.name)

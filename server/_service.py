@@ -76,7 +76,6 @@ class CodecService:
             KeyProviderError: the KMS failed (the whole request fails, 503).
         """
         outcome = Outcome()
-        codec = self._codec.with_namespace(namespace) if namespace else None
         out: list[Payload] = []
         for payload in payloads:
             if not is_encrypted(payload):
@@ -84,17 +83,18 @@ class CodecService:
                 out.append(payload)
                 continue
             try:
-                header, _ = parse(payload.data)
+                parsed = parse(payload.data)
             except DecryptionError:
                 outcome.failed += 1
                 outcome.reasons.add("malformed ciphertext")
                 out.append(payload)
                 continue
+            header = parsed[0]
             outcome.classifications.add(header.classification or "unclassified")
-            if codec is None or header.namespace != namespace:
+            if not namespace or header.namespace != namespace:
                 # Never even try to decrypt a payload bound to another namespace.
                 outcome.denied += 1
-                outcome.reasons.add("namespace mismatch" if codec else "namespace unknown")
+                outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
                 out.append(payload)
                 continue
             if not self._allowed(identity, namespace, "decode", header.classification, outcome):
@@ -105,7 +105,7 @@ class CodecService:
                 out.append(payload)
                 continue
             try:
-                decoded = await codec.decode_one(payload)
+                decoded = await self._codec.open(payload, namespace=namespace, parsed=parsed)
             except DecryptionError:
                 outcome.failed += 1
                 outcome.reasons.add("ciphertext failed authentication")

@@ -9,7 +9,7 @@ switches on when the standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables are set
 from __future__ import annotations
 
 import os
-import secrets
+import random
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,21 +18,24 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from opentelemetry import propagate, trace
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from temporal_shield.codec import GeneratedDataKey, KeyProvider, KeyStats
+
+from ._latency import LatencyHistogram, PeriodicReader, PrometheusReader
 
 if TYPE_CHECKING:
     from ._service import Outcome
 
 TRACE_ID = web.RequestKey("temporal_shield_trace_id", str)
+SCOPE = "temporal_shield.server"
 
 
 def _otlp(env: Mapping[str, str], signal: str) -> bool:
@@ -64,11 +67,12 @@ class Telemetry:
             {"service.name": env.get("OTEL_SERVICE_NAME", "temporal-shield-codec-server")}
         )
         self.registry = CollectorRegistry()
-        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        self.latency = LatencyHistogram(InstrumentationScope(SCOPE), resource)
+        readers: list[MetricReader] = [PrometheusReader(self.latency, registry=self.registry)]
         if _otlp(env, "METRICS"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            readers.append(PeriodicReader(self.latency, OTLPMetricExporter()))
         # Exemplars cost more than the rest of a request's metrics; traces carry
         # the same correlation (and the audit record has the trace id).
         self.meter_provider = MeterProvider(
@@ -84,18 +88,18 @@ class Telemetry:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        self.tracer = self.tracer_provider.get_tracer("temporal_shield.server")
-        meter = self.meter_provider.get_meter("temporal_shield.server")
+        self.tracer = self.tracer_provider.get_tracer(SCOPE)
+        meter = self.meter_provider.get_meter(SCOPE)
         # Counters are plain dictionaries on the hot path, read by observable
         # instruments at collection time: the SDK's synchronous add() costs tens
         # of microseconds per call, more than the decryption itself.
-        self._requests: Counter[tuple[str, str, str]] = Counter()
+        self._requests: Counter[tuple[str, str, int]] = Counter()
         self._payloads: Counter[tuple[str, str]] = Counter()
         meter.create_observable_counter(
             "codec_requests",
             callbacks=[
                 lambda _: [
-                    Observation(n, {"operation": op, "decision": d, "status": st})
+                    Observation(n, {"operation": op, "decision": d, "status": str(st)})
                     for (op, d, st), n in list(self._requests.items())
                 ]
             ],
@@ -112,9 +116,6 @@ class Telemetry:
             ],
             unit="1",
             description="Payloads by operation and result",
-        )
-        self._latency = meter.create_histogram(
-            "codec_request_duration", unit="s", description="Codec request latency"
         )
 
         def observe(*fields: str) -> Any:
@@ -144,23 +145,25 @@ class Telemetry:
             description="Data-key cache hits and misses",
         )
 
+    def trace_id(self, headers: Mapping[str, str]) -> str:
+        """The caller's trace id (W3C ``traceparent``) or a fresh random one.
+
+        Used when no span is recorded, so the audit record still correlates.
+        """
+        trace_id = 0
+        if "traceparent" in headers:
+            context = propagate.extract(dict(headers))
+            parent = trace.get_current_span(context).get_span_context()
+            trace_id = parent.trace_id if parent.is_valid else 0
+        # Like the SDK's own id generator: random, not secret.
+        return format(trace_id or random.getrandbits(128), "032x")
+
     @contextmanager
     def span(self, name: str, request: web.Request) -> Iterator[trace.Span]:
         """A server span for ``request`` (continuing a ``traceparent`` if sent).
 
-        Without a trace exporter no span is recorded, but the request still gets
-        a trace id (the caller's, or a fresh one) for the audit record.
+        Only called when :attr:`tracing` is on; sets the request's trace id.
         """
-        if not self.tracing:
-            trace_id = 0
-            if "traceparent" in request.headers:
-                context = propagate.extract(dict(request.headers))
-                parent = trace.get_current_span(context).get_span_context()
-                trace_id = parent.trace_id if parent.is_valid else 0
-            trace_id = trace_id or secrets.randbits(128)
-            request[TRACE_ID] = format(trace_id, "032x")
-            yield trace.INVALID_SPAN
-            return
         context = propagate.extract(dict(request.headers))
         with self.tracer.start_as_current_span(
             name, context=context, kind=trace.SpanKind.SERVER
@@ -177,11 +180,16 @@ class Telemetry:
         started: float,
     ) -> None:
         """Record one finished request."""
-        self._requests[(operation, decision, str(status))] += 1
-        self._latency.record(time.perf_counter() - started, {"operation": operation})
+        self._requests[(operation, decision, status)] += 1
+        self.latency.observe(operation, time.perf_counter() - started)
         if outcome is not None:
-            for result in ("decoded", "encoded", "denied", "passed_through", "failed"):
-                count = getattr(outcome, result)
+            for result, count in (
+                ("decoded", outcome.decoded),
+                ("encoded", outcome.encoded),
+                ("denied", outcome.denied),
+                ("passed_through", outcome.passed_through),
+                ("failed", outcome.failed),
+            ):
                 if count:
                     self._payloads[(operation, result)] += count
 

@@ -1,0 +1,113 @@
+"""The audit log itself: group commit, failure rewinds, canonical form."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from temporal_shield.server import AuditConfig, AuditError, AuditLog, verify
+from temporal_shield.server._audit import _CANONICAL, GENESIS
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_group_commit_writes_one_chain_in_call_order(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditConfig(file=str(path)))
+    records = await asyncio.gather(*(log.commit({"n": i}) for i in range(50)))
+    log.record({"n": 50})  # the synchronous path continues the same chain
+    records.append(await log.commit({"n": 51}))
+    log.close()
+    written = _lines(path)
+    assert [r["n"] for r in written] == list(range(52))
+    assert [r["hash"] for r in records] == [written[i]["hash"] for i in (*range(50), 51)]
+    assert written[0]["prev"] == GENESIS
+    result = verify(path)
+    assert result.ok
+    assert result.records == 52
+
+
+class _FlakyStream(io.StringIO):
+    """A stdout sink that fails while ``broken`` is set."""
+
+    broken = False
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            raise OSError("disk full")
+        return super().write(text)
+
+
+async def test_failed_batch_fails_every_waiter_and_rewinds_the_chain(tmp_path: Path) -> None:
+    sink = _FlakyStream()
+    log = AuditLog(AuditConfig(stdout=True), stdout=sink)
+    first = await log.commit({"n": 0})
+    sink.broken = True
+    results = await asyncio.gather(
+        *(log.commit({"n": i}) for i in (1, 2, 3)), return_exceptions=True
+    )
+    assert all(isinstance(r, AuditError) for r in results)
+    assert len({id(r) for r in results}) == 3  # each waiter raises its own error
+    sink.broken = False
+    after = await log.commit({"n": 4})
+    # The failed records were never written, so the chain continues from the last one that was.
+    assert after["prev"] == first["hash"]
+    path = tmp_path / "copy.jsonl"
+    path.write_text(sink.getvalue())
+    assert [r["n"] for r in _lines(path)] == [0, 4]
+    assert verify(path).ok
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditConfig(file=str(path)))
+    doomed = asyncio.create_task(log.commit({"n": 0}))
+    kept = asyncio.create_task(log.commit({"n": 1}))
+    await asyncio.sleep(0)  # both are chained into one pending batch
+    doomed.cancel()
+    record = await kept
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    log.close()
+    # The cancelled caller's decision is on record all the same (it was chained first).
+    assert [r["n"] for r in _lines(path)] == [0, 1]
+    assert record["prev"] == _lines(path)[0]["hash"]
+    assert verify(path).ok
+
+
+async def test_unserialisable_record_fails_closed_without_advancing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditConfig(file=str(path)))
+    with pytest.raises(AuditError):
+        await log.commit({"subject": "\ud800"})  # a lone surrogate is not UTF-8
+    record = await log.commit({"subject": "ok"})
+    log.close()
+    assert record["prev"] == GENESIS
+    assert verify(path).ok
+
+
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+_values = st.one_of(
+    _text,
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(min_value=0, max_value=1e9).map(lambda f: round(f, 3)),
+    st.lists(_text, max_size=4),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_text, _values, max_size=12))
+def test_canonical_form_is_the_stdlib_json_form(record: dict[str, Any]) -> None:
+    # Logs written by earlier releases (stdlib json) must keep verifying.
+    stdlib = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert _CANONICAL.encode(record) == stdlib.encode()
