@@ -6,7 +6,7 @@ Typical use in a worker or client::
     client = await Client.connect("localhost:7233", plugins=[ShieldPlugin()])
 """
 
-from ._codec import ShieldCodec, is_encrypted
+from ._codec import PayloadLike, ShieldCodec, is_encrypted
 from ._config import (
     DEFAULT_KEY_URI,
     ClassificationConfig,
@@ -31,6 +31,7 @@ __all__ = [
     "Boto3S3Client",
     "ClassificationConfig",
     "KeysConfig",
+    "PayloadLike",
     "RewrapReport",
     "ScanReport",
     "ShieldCodec",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Self
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, Self
 
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
@@ -28,7 +28,21 @@ Classifier = Callable[[str, str | None], str]
 """Maps (namespace, workflow id if known) to the classification label of a payload."""
 
 
-def is_encrypted(payload: Payload) -> bool:
+class PayloadLike(Protocol):
+    """What reading a payload needs: a ``Payload``, or the codec server's wire form."""
+
+    @property
+    def metadata(self) -> Mapping[str, bytes]:
+        """The payload's metadata."""
+        ...
+
+    @property
+    def data(self) -> bytes:
+        """The payload's bytes."""
+        ...
+
+
+def is_encrypted(payload: PayloadLike) -> bool:
     """Whether ``payload`` carries the temporal-shield encoding."""
     return payload.metadata.get("encoding") == ENCODING
 
@@ -127,7 +141,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
 
     async def open(
         self,
-        payload: Payload,
+        payload: PayloadLike,
         *,
         namespace: str,
         workflow_id: str | None = None,
@@ -162,7 +176,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         return inner
 
 
-def _text(payload: Payload, key: str) -> str:
+def _text(payload: PayloadLike, key: str) -> str:
     raw = payload.metadata.get(key)
     if raw is None:
         raise DecryptionError()

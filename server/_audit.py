@@ -49,6 +49,7 @@ class _Batch:
 
     prev: str
     """The chain head before the batch (restored if the write fails)."""
+    loop: asyncio.AbstractEventLoop
     lines: list[bytes] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
@@ -80,7 +81,8 @@ class AuditLog:
                 raise AuditError(f"cannot open audit log {path}: {exc}") from None
 
     def _chain(self, event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        record = {**event, "prev": self._prev}
+        record = event  # owned by the log from here on (documented on the callers)
+        record["prev"] = self._prev
         try:
             canonical = _CANONICAL.encode(record)
         except (UnicodeEncodeError, msgspec.EncodeError, TypeError) as exc:
@@ -105,6 +107,8 @@ class AuditLog:
     def record(self, event: dict[str, Any]) -> dict[str, Any]:
         """Chain and write one record now; returns it with ``prev`` and ``hash``.
 
+        ``event`` becomes the record (``prev`` and ``hash`` are added to it).
+
         Raises:
             AuditError: any sink failed. The chain does not advance.
         """
@@ -118,6 +122,8 @@ class AuditLog:
     async def commit(self, event: dict[str, Any]) -> dict[str, Any]:
         """Chain one record and return once it is written (group commit).
 
+        ``event`` becomes the record (``prev`` and ``hash`` are added to it).
+
         Records chained during one turn of the event loop are written together
         by a single ``write`` (and ``fsync``, if configured) at the start of the
         next: under load one system call serves many requests, and no caller
@@ -128,14 +134,16 @@ class AuditLog:
                 fails and the chain rewinds to the last written record.
         """
         record, line = self._chain(event)
-        loop = asyncio.get_running_loop()
-        if self._pending is None:
-            self._pending = _Batch(self._prev)
+        batch = self._pending
+        if batch is None:
+            # Looked up once per batch: on Python 3.11 every lookup is a getpid().
+            loop = asyncio.get_running_loop()
+            batch = self._pending = _Batch(self._prev, loop)
             loop.call_soon(self._flush)
         # One future per waiter: a cancelled caller cannot cancel the others'.
-        written = loop.create_future()
-        self._pending.lines.append(line)
-        self._pending.waiters.append(written)
+        written = batch.loop.create_future()
+        batch.lines.append(line)
+        batch.waiters.append(written)
         self._prev = record["hash"]
         await written
         return record

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import DecryptionError, parse
-from temporal_shield.converter import ShieldCodec, ShieldConfig, is_encrypted
+from temporal_shield.converter import PayloadLike, ShieldCodec, ShieldConfig, is_encrypted
 
 from ._identity import Identity
 from ._policy import Policy
@@ -68,15 +68,18 @@ class CodecService:
         return decision.allowed
 
     async def decode(
-        self, identity: Identity, namespace: str | None, payloads: Sequence[Payload]
-    ) -> tuple[list[Payload], Outcome]:
+        self, identity: Identity, namespace: str | None, payloads: Sequence[PayloadLike]
+    ) -> tuple[list[PayloadLike], Outcome]:
         """Decode what ``identity`` may read; everything else comes back unchanged.
+
+        Unchanged payloads are the input objects themselves; decoded ones are
+        :class:`Payload` messages.
 
         Raises:
             KeyProviderError: the KMS failed (the whole request fails, 503).
         """
         outcome = Outcome()
-        out: list[Payload] = []
+        out: list[PayloadLike] = []
         for payload in payloads:
             if not is_encrypted(payload):
                 outcome.passed_through += 1
@@ -119,8 +122,8 @@ class CodecService:
         return out, outcome
 
     async def encode(
-        self, identity: Identity, namespace: str | None, payloads: Sequence[Payload]
-    ) -> tuple[list[Payload], Outcome]:
+        self, identity: Identity, namespace: str | None, payloads: Sequence[PayloadLike]
+    ) -> tuple[list[PayloadLike], Outcome]:
         """Encrypt payloads for ``namespace`` (e.g. a signal sent from the Web UI).
 
         Raises:
@@ -140,7 +143,13 @@ class CodecService:
             outcome.denied = len(payloads)
             outcome.reasons.add("encode not permitted")
             raise Forbidden(f"not permitted to encode in namespace {namespace}", outcome)
-        encoded = await self._codec.with_namespace(namespace).encode(payloads)
+        messages = [
+            p if isinstance(p, Payload) else Payload(metadata=p.metadata, data=p.data)
+            for p in payloads
+        ]
+        encoded: list[PayloadLike] = list(
+            await self._codec.with_namespace(namespace).encode(messages)
+        )
         outcome.encoded = len(encoded)
         outcome.key_ids.update(p.metadata["encryption-key-id"].decode() for p in encoded)
         return encoded, outcome
