@@ -12,12 +12,14 @@ It also measures the shield server with authentication, RBAC and audit off
 (``--insecure-dev``) to show what those cost.
 
 For one-payload requests (the Web UI's pattern) and 20-payload requests it
-prints peak requests/s (wrk, 32 connections) and, at half of the shield
-server's peak, p50/p99 latency from an open-loop Python client. Then the peak
-with 1 and 2 server processes (SO_REUSEPORT). The machine has 2 cores shared by
-server and load generator, so scaling figures are a floor.
+prints peak requests/s (wrk, 32 connections) and the server's CPU time per
+request, as medians of alternating runs, and, at half of the shield server's
+peak, p50/p99 latency from an open-loop client (requests on a fixed schedule,
+latency counted from the scheduled time, like wrk2). With ``taskset`` the
+server gets CPU 0 and the load generator CPU 1. Then the peak with 1 and 2
+server processes (SO_REUSEPORT), which share the 2 cores with wrk.
 
-    .venv/bin/python -m bench.bench_server [--duration 10]
+    .venv/bin/python -m bench.bench_server [--duration 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -81,7 +84,7 @@ def _body(payloads: list[Payload]) -> bytes:
 def serve(kind: str, port: int, workdir: Path) -> None:
     from aiohttp import web
 
-    if kind in ("shield", "shield-insecure"):
+    if kind.startswith("shield"):
         from temporal_shield.converter import KeysConfig, ShieldConfig
         from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
 
@@ -100,7 +103,7 @@ def serve(kind: str, port: int, workdir: Path) -> None:
         # The reference without authentication, RBAC and audit: what they cost.
         insecure = ServerConfig(host="127.0.0.1", port=port, insecure_dev=True)
         app = create_app(
-            secure if kind == "shield" else insecure,
+            insecure if kind == "shield-insecure" else secure,
             ShieldConfig(keys=KeysConfig(uri=f"local://{workdir / 'keyring.json'}")),
         )
     elif kind == "sample":
@@ -140,7 +143,7 @@ def serve(kind: str, port: int, workdir: Path) -> None:
 
 def prepare(workdir: Path) -> dict[str, Any]:
     from bench.bench_codec import StaticKeyCodec
-    from temporal_shield.codec import Keyring
+    from temporal_shield.codec import CompressionConfig, Keyring
     from temporal_shield.converter import KeysConfig, ShieldConfig, build_codec
 
     Keyring.new().save(workdir / "keyring.json")
@@ -158,7 +161,12 @@ def prepare(workdir: Path) -> dict[str, Any]:
         algorithm="ES256",
         headers={"kid": "idp"},
     )
-    codec = build_codec(ShieldConfig(keys=KeysConfig(uri=f"local://{workdir / 'keyring.json'}")))
+    keys = KeysConfig(uri=f"local://{workdir / 'keyring.json'}")
+    codec = build_codec(ShieldConfig(keys=keys))
+    # The same payloads sealed by workers that run with compression off.
+    uncompressed = build_codec(
+        ShieldConfig(keys=keys, compression=CompressionConfig(enabled=False))
+    )
     static = StaticKeyCodec()
     (workdir / "static.key").write_bytes(static.key)
     plain = Payload(metadata={"encoding": b"json/plain"}, data=json_like(512))
@@ -167,6 +175,9 @@ def prepare(workdir: Path) -> dict[str, Any]:
         bodies = {}
         for n in (1, 20):
             bodies[("shield", n)] = _body(await codec.with_namespace("default").encode([plain] * n))
+            bodies[("shield-raw", n)] = _body(
+                await uncompressed.with_namespace("default").encode([plain] * n)
+            )
             bodies[("sample", n)] = _body(await static.encode([plain] * n))
             bodies[("echo", n)] = bodies[("shield", n)]
         return bodies
@@ -174,13 +185,38 @@ def prepare(workdir: Path) -> dict[str, Any]:
     return {"token": token, "bodies": asyncio.run(encode())}
 
 
+def _pinning() -> tuple[list[str], list[str]]:
+    """``taskset`` prefixes giving the server CPU 0 and the load generator CPU 1.
+
+    On a shared 2-core machine this keeps the two from taking turns on one core,
+    which otherwise moves the figures by 20% from run to run.
+    """
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return [], []
+    return ["taskset", "-c", "0"], ["taskset", "-c", "1"]
+
+
+SERVER_CPU, CLIENT_CPU = _pinning()
+
+
 def start(
     kind: str, workdir: Path, processes: int = 1
 ) -> tuple[list[subprocess.Popen[bytes]], str]:
     port = _free_port()
+    # One process gets a core of its own; several share the machine with wrk.
+    prefix = SERVER_CPU if processes == 1 else []
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_server", "--serve", kind, str(port), str(workdir)],
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "bench.bench_server",
+                "--serve",
+                kind,
+                str(port),
+                str(workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -203,7 +239,21 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait(10)
 
 
-def wrk_peak(url: str, body: bytes, headers: dict[str, str], duration: int, workdir: Path) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_peak(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    duration: int,
+    workdir: Path,
+    server: subprocess.Popen[bytes] | None = None,
+) -> tuple[float, float]:
+    """Peak requests/s, and the server's CPU microseconds per request (0 if not given)."""
     script = workdir / "post.lua"
     (workdir / "body.json").write_bytes(body)
     lines = [
@@ -212,51 +262,164 @@ def wrk_peak(url: str, body: bytes, headers: dict[str, str], duration: int, work
         *[f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()],
     ]
     script.write_text("\n".join(lines) + "\n")
+    cpu_before = _cpu_seconds(server.pid) if server else 0.0
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(script), url],
+        [*CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = _cpu_seconds(server.pid) - cpu_before if server else 0.0
     if "Non-2xx" in out:
         raise RuntimeError(f"errors under load:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rate, cpu / requests * 1e6
+
+
+# -- open-loop latency ---------------------------------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection sending a fixed request."""
+
+    def __init__(self, request: bytes, done: Any) -> None:
+        self.request = request
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.scheduled = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self, scheduled: float) -> None:
+        assert self.transport is not None
+        self.scheduled = scheduled
+        self.buffer = b""
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head, sep, body = self.buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+        if len(body) >= length:
+            self.done(self, head.split(b" ", 2)[1] == b"200")
 
 
 async def _open_loop(
     url: str, body: bytes, headers: dict[str, str], rate: float, seconds: float
 ) -> list[float]:
+    """Latencies of requests sent on a fixed schedule, measured from their scheduled time.
+
+    A request whose time comes while every connection is busy waits in a queue
+    and that wait counts (no coordinated omission), as in wrk2.
+    """
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
+    ).encode() + body
+    loop = asyncio.get_running_loop()
+    idle: list[_Connection] = []
+    backlog: collections.deque[float] = collections.deque()
     latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    errors = 0
+    total = int(rate * seconds)
+    finished = loop.create_future()
 
-        async def one() -> None:
-            t0 = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                await resp.read()
-                assert resp.status == 200
-            latencies.append(time.perf_counter() - t0)
+    def done(conn: _Connection, ok: bool) -> None:
+        nonlocal errors
+        latencies.append(time.perf_counter() - conn.scheduled)
+        errors += not ok
+        if backlog:
+            conn.send(backlog.popleft())
+        else:
+            idle.append(conn)
+        if len(latencies) == total and not finished.done():
+            finished.set_result(None)
 
-        tasks = []
-        start = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+    for _ in range(64):
+        _, conn = await loop.create_connection(lambda: _Connection(request, done), host, int(port))
+        idle.append(conn)
+    begin = time.perf_counter()
+    sent = 0
+    while sent < total:
+        now = time.perf_counter()
+        due = min(total, int((now - begin) * rate) + 1)
+        while sent < due:
+            scheduled = begin + sent / rate
+            if idle:
+                idle.pop().send(scheduled)
+            else:
+                backlog.append(scheduled)
+            sent += 1
+        await asyncio.sleep(max(0.0, begin + sent / rate - time.perf_counter()))
+    await asyncio.wait_for(finished, 60)
+    for conn in idle:
+        assert conn.transport is not None
+        conn.transport.close()
+    if errors:
+        raise RuntimeError(f"{errors} non-200 responses in the latency run")
     return sorted(latencies)
 
 
 def latency_at(
     url: str, body: bytes, headers: dict[str, str], rate: float, seconds: float
 ) -> tuple[float, float]:
-    lat = asyncio.run(_open_loop(url, body, headers, rate, seconds))
-    return lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+    """p50 and p99 latency in ms at ``rate`` requests/s, from a client on its own core."""
+    out = subprocess.run(
+        [
+            *CLIENT_CPU,
+            sys.executable,
+            "-m",
+            "bench.bench_server",
+            "--latency",
+            url,
+            json.dumps(headers),
+            str(rate),
+            str(seconds),
+        ],
+        input=body,
+        capture_output=True,
+        check=True,
+    ).stdout
+    p50, p99 = json.loads(out)
+    return float(p50), float(p99)
 
 
-def main(duration: int) -> None:
+def _latency_main(url: str, headers: str, rate: float, seconds: float) -> None:
+    lat = asyncio.run(_open_loop(url, sys.stdin.buffer.read(), json.loads(headers), rate, seconds))
+    print(json.dumps([lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000]))
+
+
+def _median_peaks(
+    kinds: list[str], setup: dict[str, Any], n: int, duration: int, rounds: int, workdir: Path
+) -> dict[str, tuple[float, float]]:
+    """Median (requests/s, CPU µs/request) per kind over ``rounds`` alternating runs."""
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            procs, url = start(kind, workdir)
+            try:
+                body = setup["bodies"][("shield" if kind == "shield-insecure" else kind, n)]
+                runs[kind].append(
+                    wrk_peak(url, body, setup["headers"][kind], duration, workdir, procs[0])
+                )
+            finally:
+                stop(procs)
+    return {
+        k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+        for k, v in runs.items()
+    }
+
+
+def main(duration: int, rounds: int) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,45 +431,51 @@ def main(duration: int) -> None:
             "Authorization": f"Bearer {setup['token']}",
         }
         plain = {"Content-Type": "application/json", "X-Namespace": "default"}
-        print(f"peak requests/s (wrk -c32 -d{duration}s), one server process\n")
+        setup["headers"] = {
+            "shield": auth,
+            "shield-insecure": auth,
+            "shield-raw": auth,
+            "sample": plain,
+            "echo": plain,
+        }
+        pinned = "server on CPU 0, load on CPU 1" if SERVER_CPU else "unpinned"
         print(
-            f"{'payloads':>8} | {'shield':>8} | {'sample (a)':>10} | {'echo (b)':>9} | {'vs (a)':>6} | {'vs (b)':>6} | {'p50 ms':>6} {'p99 ms':>6} @ rps"
-            " | echo p50/p99 ms at that rate (client floor)"
+            f"peak (wrk -t1 -c32 -d{duration}s, median of {rounds} alternating runs, {pinned});"
+            " cpu = server CPU µs per request; ratios of requests/s (of cpu cost)\n"
+        )
+        print(
+            f"{'payloads':>8} | {'shield':>15} | {'sample (a)':>15} | {'echo (b)':>15} |"
+            f" {'vs (a)':>11} | {'vs (b)':>11} | p50 / p99 ms @ ½ peak | echo p50 / p99 ms"
         )
         for n in (1, 20):
-            peaks = {}
+            peaks = _median_peaks(["shield", "sample", "echo"], setup, n, duration, rounds, workdir)
+            rate = peaks["shield"][0] / 2
             latency = {}
-            for kind in ("shield", "sample", "echo"):
+            for kind in ("shield", "echo"):
                 procs, url = start(kind, workdir)
                 try:
-                    headers = auth if kind == "shield" else plain
                     body = setup["bodies"][(kind, n)]
-                    peaks[kind] = wrk_peak(url, body, headers, duration, workdir)
-                    if kind in ("shield", "echo"):
-                        rate = peaks["shield"] / 2
-                        latency[kind] = latency_at(url, body, headers, rate, min(duration, 8))
+                    latency[kind] = latency_at(url, body, setup["headers"][kind], rate, duration)
                 finally:
                     stop(procs)
+            (rs, cs), (ra, ca), (rb, cb) = peaks["shield"], peaks["sample"], peaks["echo"]
             (p50, p99), (e50, e99) = latency["shield"], latency["echo"]
             print(
-                f"{n:>8} | {peaks['shield']:8.0f} | {peaks['sample']:10.0f} | {peaks['echo']:9.0f} | "
-                f"{peaks['shield'] / peaks['sample']:6.2f} | {peaks['shield'] / peaks['echo']:6.2f} | "
-                f"{p50:6.2f} {p99:6.2f} @ {rate:.0f} | {e50:.2f}/{e99:.2f}"
+                f"{n:>8} | {rs:6.0f} {cs:5.1f}µs | {ra:6.0f} {ca:5.1f}µs | {rb:6.0f} {cb:5.1f}µs |"
+                f" {rs / ra:4.2f} ({ca / cs:4.2f}) | {rs / rb:4.2f} ({cb / cs:4.2f}) |"
+                f" {p50:5.2f} / {p99:6.2f} @ {rate:.0f}/s | {e50:5.2f} / {e99:6.2f}"
             )
-        procs, url = start("shield-insecure", workdir)
-        try:
-            bare = wrk_peak(url, setup["bodies"][("shield", 1)], auth, duration, workdir)
-        finally:
-            stop(procs)
+        bare = _median_peaks(["shield-insecure"], setup, 1, duration, rounds, workdir)
+        rate, cpu = bare["shield-insecure"]
         print(
-            f"\nthe same server with authentication, RBAC and audit off (--insecure-dev), "
-            f"one-payload requests: {bare:.0f} requests/s"
+            "\nthe same server with authentication, RBAC and audit off (--insecure-dev),"
+            f" one-payload requests: {rate:.0f} requests/s, {cpu:.1f} µs CPU per request"
         )
-        print("\nscaling, shield server, one-payload requests")
+        print("\nscaling, shield server, one-payload requests (unpinned: wrk shares the cores)")
         for processes in (1, 2):
             procs, url = start("shield", workdir, processes)
             try:
-                peak = wrk_peak(url, setup["bodies"][("shield", 1)], auth, duration, workdir)
+                peak, _ = wrk_peak(url, setup["bodies"][("shield", 1)], auth, duration, workdir)
             finally:
                 stop(procs)
             print(f"  {processes} process(es): {peak:8.0f} requests/s")
@@ -314,10 +483,15 @@ def main(duration: int) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per figure")
     ap.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "WORKDIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--latency", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args.serve[0], int(args.serve[1]), Path(args.serve[2]))
+    elif args.latency:
+        url, headers, rate, seconds = args.latency
+        _latency_main(url, headers, float(rate), float(seconds))
     else:
-        main(args.duration)
+        main(args.duration, args.rounds)

@@ -192,7 +192,8 @@ def _audit_event(
         "decision": decision,
         "reason": reason or "; ".join(sorted(done.reasons)),
         "status": status,
-        "latency_ms": round((time.perf_counter() - request[STARTED]) * 1000, 3),
+        # Microseconds as milliseconds with three decimals (round() is slower).
+        "latency_ms": int((time.perf_counter() - request[STARTED]) * 1_000_000) / 1000,
     }
 
 
