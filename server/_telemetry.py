@@ -183,15 +183,17 @@ class Telemetry:
         self._requests[(operation, decision, status)] += 1
         self.latency.observe(operation, time.perf_counter() - started)
         if outcome is not None:
-            for result, count in (
-                ("decoded", outcome.decoded),
-                ("encoded", outcome.encoded),
-                ("denied", outcome.denied),
-                ("passed_through", outcome.passed_through),
-                ("failed", outcome.failed),
-            ):
-                if count:
-                    self._payloads[(operation, result)] += count
+            payloads = self._payloads
+            if outcome.decoded:
+                payloads[(operation, "decoded")] += outcome.decoded
+            if outcome.encoded:
+                payloads[(operation, "encoded")] += outcome.encoded
+            if outcome.denied:
+                payloads[(operation, "denied")] += outcome.denied
+            if outcome.passed_through:
+                payloads[(operation, "passed_through")] += outcome.passed_through
+            if outcome.failed:
+                payloads[(operation, "failed")] += outcome.failed
 
     def prometheus(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
