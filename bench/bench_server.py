@@ -465,12 +465,17 @@ def main(duration: int, rounds: int) -> None:
                 f" {rs / ra:4.2f} ({ca / cs:4.2f}) | {rs / rb:4.2f} ({cb / cs:4.2f}) |"
                 f" {p50:5.2f} / {p99:6.2f} @ {rate:.0f}/s | {e50:5.2f} / {e99:6.2f}"
             )
-        bare = _median_peaks(["shield-insecure"], setup, 1, duration, rounds, workdir)
-        rate, cpu = bare["shield-insecure"]
-        print(
-            "\nthe same server with authentication, RBAC and audit off (--insecure-dev),"
-            f" one-payload requests: {rate:.0f} requests/s, {cpu:.1f} µs CPU per request"
+        print("\nwhat the parts cost, one-payload requests (shield server unless noted):")
+        parts = _median_peaks(
+            ["shield", "shield-raw", "shield-insecure"], setup, 1, duration, rounds, workdir
         )
+        for kind, label in (
+            ("shield", "everything on (as above)"),
+            ("shield-raw", "payloads sealed with compression off (no zstd on decode)"),
+            ("shield-insecure", "authentication, RBAC and audit off (--insecure-dev)"),
+        ):
+            rate, cpu = parts[kind]
+            print(f"  {label:60} {rate:7.0f} requests/s {cpu:6.1f} µs CPU per request")
         print("\nscaling, shield server, one-payload requests (unpinned: wrk shares the cores)")
         for processes in (1, 2):
             procs, url = start("shield", workdir, processes)

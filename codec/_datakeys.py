@@ -288,13 +288,9 @@ class DataKeyManager:
             KeyProviderError: the provider failed.
         """
         cache_key = (key_id, wrapped, namespace)
-        cached = self._decrypted.get(cache_key)
-        # Only keys that an allowing provider unwrapped are ever cached, and the
-        # providers' allow-lists are fixed at construction: a hit is allowed.
-        if cached is not None and cached.expires > self.clock():
-            self._decrypted.move_to_end(cache_key)
-            self.stats.decrypt_cache_hits += 1
-            return cached.key
+        cached = self.cached_decryption_key(key_id, wrapped, namespace)
+        if cached is not None:
+            return cached
         provider = next((p for p in self.providers if p.can_decrypt(key_id)), None)
         if provider is None:
             raise DecryptionError()
@@ -314,6 +310,22 @@ class DataKeyManager:
             return key
 
         return await self._dec_flight.do(cache_key, unwrap)
+
+    def cached_decryption_key(self, key_id: str, wrapped: bytes, namespace: str) -> DataKey | None:
+        """The cached DEK for these arguments, or ``None`` (then call :meth:`decryption_key`).
+
+        The synchronous half of :meth:`decryption_key`, for the per-payload hot
+        path: a cache hit needs no coroutine.
+        """
+        cache_key = (key_id, wrapped, namespace)
+        cached = self._decrypted.get(cache_key)
+        # Only keys that an allowing provider unwrapped are ever cached, and the
+        # providers' allow-lists are fixed at construction: a hit is allowed.
+        if cached is not None and cached.expires > self.clock():
+            self._decrypted.move_to_end(cache_key)
+            self.stats.decrypt_cache_hits += 1
+            return cached.key
+        return None
 
     def _remember(self, cache_key: tuple[str, bytes, str], key: DataKey) -> None:
         if self.policy.decrypt_cache_size == 0:

@@ -148,7 +148,9 @@ class Envelope:
             raise DecryptionError()
         if header.original_length > self.max_plaintext:
             raise DecryptionError()
-        key = await self.keys.decryption_key(key_id, header.wrapped_dek, header.namespace)
+        key = self.keys.cached_decryption_key(
+            key_id, header.wrapped_dek, header.namespace
+        ) or await self.keys.decryption_key(key_id, header.wrapped_dek, header.namespace)
         if not hmac.compare_digest(key.commitment, header.commitment):
             raise DecryptionError()
         try:

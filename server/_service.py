@@ -22,7 +22,7 @@ class Forbidden(Exception):
         self.outcome = outcome
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to one request's payloads (feeds the audit record and metrics)."""
 
@@ -80,6 +80,8 @@ class CodecService:
         """
         outcome = Outcome()
         out: list[PayloadLike] = []
+        allowed = self._allowed
+        open_payload = self._codec.open
         for payload in payloads:
             if not is_encrypted(payload):
                 outcome.passed_through += 1
@@ -100,7 +102,7 @@ class CodecService:
                 outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
                 out.append(payload)
                 continue
-            if not self._allowed(identity, namespace, "decode", header.classification, outcome):
+            if not allowed(identity, namespace, "decode", header.classification, outcome):
                 outcome.denied += 1
                 outcome.reasons.add(
                     f"classification {header.classification or 'unclassified'} not permitted"
@@ -108,7 +110,7 @@ class CodecService:
                 out.append(payload)
                 continue
             try:
-                decoded = await self._codec.open(payload, namespace=namespace, parsed=parsed)
+                decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
             except DecryptionError:
                 outcome.failed += 1
                 outcome.reasons.add("ciphertext failed authentication")
