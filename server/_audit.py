@@ -10,6 +10,7 @@ keys or tokens: the server builds them from counts, ids and labels only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -68,6 +69,8 @@ class AuditLog:
         self._file: IO[bytes] | None = None
         self._prev = GENESIS
         self._pending: _Batch | None = None
+        self._size = 0
+        """Bytes in the file as this log last wrote it."""
         if config.file:
             path = Path(config.file)
             try:
@@ -77,6 +80,7 @@ class AuditLog:
                 # Unbuffered: every record is one write() straight to the kernel
                 # before the response that it records is sent.
                 self._file = os.fdopen(fd, "ab", buffering=0)
+                self._size = os.fstat(fd).st_size
             except (OSError, ValueError) as exc:
                 raise AuditError(f"cannot open audit log {path}: {exc}") from None
 
@@ -93,16 +97,39 @@ class AuditLog:
         return record, b'%s,"hash":"%s"}\n' % (canonical[:-1], record["hash"].encode())
 
     def _write(self, lines: bytes) -> None:
+        written = 0
         try:
             if self._file is not None:
-                _write_all(self._file, lines)
+                view = memoryview(lines)
+                while written < len(lines):
+                    step = self._file.write(view[written:])
+                    if not step:
+                        raise OSError("short write")
+                    written += step
                 if self._config.fsync:
                     os.fsync(self._file.fileno())
             if self._stdout is not None:
                 self._stdout.write(lines.decode())
                 self._stdout.flush()
         except (OSError, ValueError) as exc:
+            if self._file is not None:
+                self._cut_back(written)
             raise AuditError(f"audit write failed: {type(exc).__name__}") from None
+        if self._file is not None:
+            self._size += written
+
+    def _cut_back(self, written: int) -> None:
+        """Cut a failed batch back off the file, so it ends at the last written record.
+
+        Otherwise a half-written batch (disk full mid-write) would leave records
+        of requests that were refused, and a chain that breaks at the next one.
+        Only when the file is exactly as this log left it plus this batch's
+        bytes: another writer's records (a misconfiguration) are never cut.
+        """
+        assert self._file is not None
+        with contextlib.suppress(OSError, ValueError):  # the write error is what counts
+            if os.fstat(self._file.fileno()).st_size == self._size + written:
+                os.ftruncate(self._file.fileno(), self._size)
 
     def record(self, event: dict[str, Any]) -> dict[str, Any]:
         """Chain and write one record now; returns it with ``prev`` and ``hash``.
@@ -165,19 +192,12 @@ class AuditLog:
                     waiter.set_result(None)
 
     def close(self) -> None:
-        """Close the file sink."""
+        """Write any pending batch, then close the file sink."""
+        if self._pending is not None:
+            self._flush()
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def _write_all(file: IO[bytes], data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = file.write(view)
-        if not written:
-            raise OSError("short write")
-        view = view[written:]
 
 
 def _last_hash(path: Path) -> str:

@@ -67,6 +67,50 @@ async def test_failed_batch_fails_every_waiter_and_rewinds_the_chain(tmp_path: P
     assert verify(path).ok
 
 
+class _HalfWrites:
+    """A disk filling up mid-batch: write() takes half, then fails with ENOSPC (as write(2))."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.full = False
+
+    def write(self, data: bytes) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        self.full = True
+        return int(self.inner.write(bytes(data[: len(data) // 2])))
+
+    def fileno(self) -> int:
+        return int(self.inner.fileno())
+
+
+async def test_half_written_batch_is_cut_back_off_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditConfig(file=str(path)))
+    await log.commit({"n": 0})
+    before = path.read_bytes()
+    real = log._file
+    log._file = _HalfWrites(real)  # type: ignore[assignment]
+    results = await asyncio.gather(*(log.commit({"n": i}) for i in (1, 2)), return_exceptions=True)
+    assert all(isinstance(r, AuditError) for r in results)
+    assert path.read_bytes() == before  # no partial line, no record of a refused request
+    log._file = real
+    await log.commit({"n": 3})
+    log.close()
+    assert [r["n"] for r in _lines(path)] == [0, 3]
+    assert verify(path).ok
+
+
+async def test_close_writes_a_pending_batch(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditConfig(file=str(path)))
+    task = asyncio.create_task(log.commit({"n": 0}))
+    await asyncio.sleep(0)  # chained, not yet written
+    log.close()
+    assert (await task)["n"] == 0
+    assert [r["n"] for r in _lines(path)] == [0]
+
+
 async def test_a_cancelled_caller_does_not_cancel_the_batch(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(AuditConfig(file=str(path)))
