@@ -243,21 +243,26 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     outcome: Outcome | None = None
 
     async def audit(decision: str, status: int, reason: str = "") -> None:
-        request[DECISION] = decision
-        state.telemetry.request_done(operation, decision, status, outcome, request[STARTED])
-        if state.audit is not None:
-            await state.audit.commit(
-                _audit_event(
-                    request,
-                    operation=operation,
-                    namespace=namespace,
-                    identity=identity,
-                    outcome=outcome,
-                    decision=decision,
-                    reason=reason,
-                    status=status,
+        try:
+            if state.audit is not None:
+                await state.audit.commit(
+                    _audit_event(
+                        request,
+                        operation=operation,
+                        namespace=namespace,
+                        identity=identity,
+                        outcome=outcome,
+                        decision=decision,
+                        reason=reason,
+                        status=status,
+                    )
                 )
-            )
+        except AuditError:
+            decision, status = "error", 503  # what the caller gets, so what is counted
+            raise
+        finally:
+            request[DECISION] = decision
+            state.telemetry.request_done(operation, decision, status, outcome, request[STARTED])
 
     config = state.config
     try:

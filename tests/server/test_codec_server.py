@@ -529,6 +529,11 @@ async def test_failing_audit_sink_returns_503_and_no_plaintext(
     text = await resp.text()
     assert "SECRET-MARKER" not in text
     assert json.loads(text)["error"] == "audit_unavailable"
+    # Counted as what the caller got, not as the decision that could not be recorded.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'decision="error"' in metrics
+    assert 'status="503"' in metrics
+    assert 'status="200"' not in metrics
 
 
 def test_audit_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
