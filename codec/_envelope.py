@@ -133,8 +133,10 @@ class Envelope:
                 is then used to unwrap the data key.
             workflow_id: The workflow the caller is acting for, if known. A payload
                 strictly bound to another workflow is refused.
-            parsed: ``parse(data)``, when the caller already inspected the header
-                (it is authenticated here all the same, as part of the AAD).
+            parsed: Exactly ``parse(data)``, when the caller already parsed the
+                header to inspect it. Its fields are used as given (the header
+                bytes themselves are authenticated as AAD), so it must never come
+                from anything but ``data``.
 
         Raises:
             DecryptionError: any authentication or format failure, a namespace or

@@ -150,8 +150,8 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         """Decrypt one encrypted payload bound to ``namespace``.
 
         For callers that decide per payload before decrypting (the codec server
-        reads the classification from the header): ``parsed`` is the header they
-        already parsed, so it is not parsed twice.
+        reads the classification from the header): ``parsed`` is exactly
+        ``parse(payload.data)`` as they computed it, so it is not parsed twice.
 
         Raises:
             DecryptionError: authentication failed, wrong namespace, bad metadata.
