@@ -27,7 +27,7 @@ class TooLarge(ShieldError):
     """The request exceeds a size limit (HTTP 413)."""
 
 
-class WirePayload(msgspec.Struct, omit_defaults=False):
+class WirePayload(msgspec.Struct):
     """One payload as protobuf JSON; ``bytes`` fields travel as base64."""
 
     metadata: dict[str, bytes] = {}
