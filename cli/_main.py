@@ -25,6 +25,7 @@ def _rewrap(args: argparse.Namespace) -> int:
 
     import boto3
 
+    from temporal_shield.codec import aws_client_config
     from temporal_shield.converter import build_codec, load_config, rewrap
 
     config = load_config(args.config)
@@ -32,8 +33,12 @@ def _rewrap(args: argparse.Namespace) -> int:
     if not bucket:
         print("temporal-shield: error: no bucket (--bucket or storage.s3_bucket)", file=sys.stderr)
         return 2
+    aws = config.storage.aws
     s3 = boto3.client(
-        "s3", region_name=config.storage.s3_region, endpoint_url=config.storage.s3_endpoint_url
+        "s3",
+        region_name=aws.region,
+        endpoint_url=aws.endpoint_url,
+        config=aws_client_config(aws),
     )
     envelope = build_codec(config).envelope
     report = asyncio.run(
@@ -85,20 +90,6 @@ def _keys(args: argparse.Namespace) -> int:
             mark = "primary" if key.id == ring.primary else ""
             print(f"{key.id}\t{key.created}\t{key.state}\t{mark}".rstrip())
     return 0
-
-
-def _audit(args: argparse.Namespace) -> int:
-    from temporal_shield.server import verify
-
-    result = verify(Path(args.file))
-    if result.ok:
-        print(f"{args.file}: chain intact, {result.records} records")
-        return 0
-    print(
-        f"{args.file}: chain broken at line {result.broken_line} ({result.reason}); "
-        f"{result.records} records before it are intact"
-    )
-    return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -188,13 +179,9 @@ def parser() -> argparse.ArgumentParser:
     rw.add_argument("--dry-run", action="store_true", help="report, change nothing")
     keys.set_defaults(func=_keys)
 
-    audit = sub.add_parser("audit", help="work with the codec server's audit log")
-    audit_sub = audit.add_subparsers(dest="action", required=True)
-    verify = audit_sub.add_parser(
-        "verify", help="check the hash chain; report the first broken link"
-    )
-    verify.add_argument("file")
-    audit.set_defaults(func=_audit)
+    from ._audit_cli import add_parser as add_audit
+
+    add_audit(sub)
 
     serve = sub.add_parser("serve", help="run the remote codec server for the Web UI and CLI")
     serve.add_argument("--config", help="TOML file (default $TEMPORAL_SHIELD_CONFIG)")

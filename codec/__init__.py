@@ -4,6 +4,7 @@ This package imports nothing else of temporal-shield and nothing of Temporal: it
 turns bytes into authenticated, self-describing ciphertext and back.
 """
 
+from ._aws import AwsSettings, aws_client_config
 from ._compression import Compression, CompressionConfig
 from ._datakeys import DataKey, DataKeyManager, DataKeyPolicy, KeyStats, SingleFlight
 from ._envelope import Envelope, Opened, Sealed, validate_classification
@@ -17,7 +18,7 @@ from ._errors import (
 from ._format import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, Header, parse
 from ._local import KEY_ID_PREFIX, Keyring, KeyringEntry, LocalKeyProvider
 from ._provider import GeneratedDataKey, KeyProvider
-from ._uri import AwsSettings, provider_from_uri
+from ._uri import provider_from_uri
 
 __all__ = [
     "CLASSIFICATION_METADATA",
@@ -46,6 +47,7 @@ __all__ = [
     "Sealed",
     "ShieldError",
     "SingleFlight",
+    "aws_client_config",
     "parse",
     "provider_from_uri",
     "validate_classification",

@@ -4,13 +4,74 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, DecryptionError, KeyProviderError
 from ._provider import GeneratedDataKey, KeyProvider
 
 if TYPE_CHECKING:
+    from botocore.config import Config
     from types_boto3_kms import KMSClient
+
+# Defaults for every AWS client we create (KMS and S3). botocore's own defaults
+# (60 s connect, 60 s read, legacy retries: 5 attempts) hold a caller for about
+# three minutes when an endpoint accepts connections and never answers.
+DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds: an in-region or VPC endpoint connects in milliseconds; 2 s still
+covers one lost SYN (Linux retransmits it after 1 s)."""
+DEFAULT_READ_TIMEOUT = 5.0
+"""Seconds between bytes of an answer: KMS answers in tens of milliseconds and
+S3 streams continuously, so 5 s is two orders of magnitude of headroom."""
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts per call, first one included: the standard retry mode rides out a
+single throttle or dropped connection without multiplying a real outage."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwsSettings:
+    """How to reach an AWS service; unset fields fall back to the usual AWS configuration.
+
+    One call takes at most about ``max_attempts * (connect_timeout +
+    read_timeout)`` plus the standard mode's jittered back-off between attempts
+    (under 1 s, then under 2 s, ...): about 24 s with the defaults against an
+    endpoint that accepts connections and never answers, 9 s against an
+    address that never accepts one.
+    """
+
+    region: str | None = None
+    """AWS region (else ``AWS_REGION`` / profile)."""
+    endpoint_url: str | None = None
+    """Endpoint URL, e.g. a VPC endpoint or a local emulator."""
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    """Seconds to establish a connection."""
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    """Seconds to wait for (more of) an answer on an open connection."""
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    """Attempts per call including the first (botocore ``standard`` retry mode)."""
+
+    def __post_init__(self) -> None:
+        if not (self.connect_timeout > 0 and self.read_timeout > 0):
+            raise ConfigError("AWS connect and read timeouts must be positive seconds")
+        if self.max_attempts < 1:
+            raise ConfigError("AWS max_attempts must be at least 1")
+
+
+def aws_client_config(settings: AwsSettings) -> Config:
+    """The botocore ``Config`` every AWS client of ours is created with.
+
+    Pass it as ``boto3.client(service, config=aws_client_config(settings), ...)``
+    so that a hung or unreachable endpoint fails within the bound that
+    :class:`AwsSettings` documents instead of botocore's minutes.
+    """
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+    )
+
 
 CONTEXT_NAMESPACE = "temporal-shield:namespace"
 """Encryption-context key carrying the namespace; KMS refuses to unwrap for another."""

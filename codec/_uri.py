@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
+from ._aws import AwsSettings, aws_client_config
 from ._errors import ConfigError
 from ._provider import KeyProvider
 
 LOCAL_SCHEME = "local://"
 AWS_KMS_SCHEME = "aws-kms://"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AwsSettings:
-    """How to reach AWS KMS; unset fields fall back to the usual AWS configuration."""
-
-    region: str | None = None
-    """AWS region (else ``AWS_REGION`` / profile)."""
-    endpoint_url: str | None = None
-    """KMS endpoint URL, e.g. a VPC endpoint or a local emulator."""
 
 
 def provider_from_uri(
@@ -40,7 +30,7 @@ def provider_from_uri(
             their primary.
         allowed_key_ids: Restrict decryption to these KEKs (local key names, or
             AWS key ids/ARNs/aliases added to the primary).
-        aws: AWS connection settings.
+        aws: AWS connection settings (endpoint, region, timeouts, retries).
 
     Raises:
         ConfigError: unknown scheme, or the provider cannot be set up.
@@ -61,7 +51,10 @@ def provider_from_uri(
             raise ConfigError("aws-kms:// URI needs a key id, ARN or alias")
         settings = aws or AwsSettings()
         client = boto3.client(
-            "kms", region_name=settings.region, endpoint_url=settings.endpoint_url
+            "kms",
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            config=aws_client_config(settings),
         )
         return AwsKmsKeyProvider(
             None if decrypt_only else key,

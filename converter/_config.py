@@ -10,6 +10,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from temporal_shield.codec import (
+    AwsSettings,
     CompressionConfig,
     ConfigError,
     DataKeyPolicy,
@@ -17,6 +18,7 @@ from temporal_shield.codec import (
 )
 
 DEFAULT_KEY_URI = "local://~/.config/temporal-shield/keyring.json"
+_AWS = AwsSettings()  # the timeout and retry defaults (and why) live with AwsSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +37,28 @@ class KeysConfig:
     """AWS region for KMS (else the usual AWS configuration)."""
     aws_endpoint_url: str | None = None
     """KMS endpoint URL (VPC endpoint, or a local emulator in tests)."""
+    kms_connect_timeout: float = _AWS.connect_timeout
+    """Seconds to connect to KMS (botocore's default is 60)."""
+    kms_read_timeout: float = _AWS.read_timeout
+    """Seconds to wait for a KMS answer on an open connection (botocore's default is 60)."""
+    kms_max_attempts: int = _AWS.max_attempts
+    """Attempts per KMS call including the first, in botocore's ``standard`` retry
+    mode. A hung KMS fails a call after about ``attempts * (connect + read)``
+    seconds plus back-off; the codec server answers 503 ``kms_unavailable``."""
+
+    def __post_init__(self) -> None:
+        self.aws  # noqa: B018 - validates the timeouts now, not at the first KMS call
+
+    @property
+    def aws(self) -> AwsSettings:
+        """The KMS connection settings, for :func:`~temporal_shield.codec.provider_from_uri`."""
+        return AwsSettings(
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
+            connect_timeout=self.kms_connect_timeout,
+            read_timeout=self.kms_read_timeout,
+            max_attempts=self.kms_max_attempts,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,10 +113,28 @@ class StorageConfig:
     """S3 region (else the usual AWS configuration)."""
     s3_endpoint_url: str | None = None
     """S3 endpoint URL (a local emulator in tests)."""
+    s3_connect_timeout: float = _AWS.connect_timeout
+    """Seconds to connect to S3 (botocore's default is 60)."""
+    s3_read_timeout: float = _AWS.read_timeout
+    """Seconds to wait for (more of) an S3 answer; a stalled download fails after it."""
+    s3_max_attempts: int = _AWS.max_attempts
+    """Attempts per S3 call including the first (botocore ``standard`` retry mode)."""
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
             raise ConfigError("storage threshold must be >= 0")
+        self.aws  # noqa: B018 - validates the timeouts now, not at the first S3 call
+
+    @property
+    def aws(self) -> AwsSettings:
+        """The S3 connection settings (for a client made with ``aws_client_config``)."""
+        return AwsSettings(
+            region=self.s3_region,
+            endpoint_url=self.s3_endpoint_url,
+            connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+            max_attempts=self.s3_max_attempts,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

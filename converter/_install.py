@@ -15,7 +15,6 @@ from temporalio.converter import (
 from temporalio.plugin import SimplePlugin
 
 from temporal_shield.codec import (
-    AwsSettings,
     DataKeyManager,
     Envelope,
     KeyProvider,
@@ -32,7 +31,7 @@ PLUGIN_NAME = "temporal-shield"
 
 def key_providers(config: ShieldConfig) -> list[KeyProvider]:
     """The key providers ``config`` names: the primary first, then decrypt-only ones."""
-    aws = AwsSettings(region=config.keys.aws_region, endpoint_url=config.keys.aws_endpoint_url)
+    aws = config.keys.aws
     allowed = config.keys.allowed_key_ids
     providers = [provider_from_uri(config.keys.uri, allowed_key_ids=allowed, aws=aws)]
     providers += [

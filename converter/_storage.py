@@ -26,7 +26,7 @@ from temporalio.converter import (
     StorageDriverRetrieveContext,
 )
 
-from temporal_shield.codec import ENCODING, DecryptionError, parse
+from temporal_shield.codec import ENCODING, DecryptionError, aws_client_config, parse
 
 from ._config import StorageConfig
 
@@ -107,6 +107,12 @@ def external_storage(config: StorageConfig) -> ExternalStorage | None:
     """The SDK external-storage settings for ``config``, or ``None`` if offload is off."""
     if not config.s3_bucket:
         return None
-    client = boto3.client("s3", region_name=config.s3_region, endpoint_url=config.s3_endpoint_url)
+    aws = config.aws
+    client = boto3.client(
+        "s3",
+        region_name=aws.region,
+        endpoint_url=aws.endpoint_url,
+        config=aws_client_config(aws),
+    )
     driver = ShieldS3Driver(client=Boto3S3Client(client), bucket=config.s3_bucket)
     return ExternalStorage(drivers=[driver], payload_size_threshold=config.threshold)
