@@ -6,13 +6,14 @@ classification), audited (hash-chained JSON Lines), traced and metered
 """
 
 from ._app import STATE, State, create_app
-from ._audit import AuditError, AuditLog, VerifyResult, verify
+from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
 from ._config import AuditConfig, AuthConfig, ServerConfig, TlsConfig, load_server_config
 from ._identity import DEV_IDENTITY, Identity
 from ._policy import Decision, Policy, Role
 from ._service import CodecService, Forbidden, Outcome
 from ._telemetry import Telemetry
+from ._verify import VerifyResult, verify
 
 __all__ = [
     "DEV_IDENTITY",

@@ -307,7 +307,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: every key provider answers."""
+    """Readiness: the audit sink works and every key provider answers."""
+    audit = request.app[STATE].audit
+    if audit is not None and audit.failing:
+        return _error(503, "not_ready", "audit log failing (write or checkpoint)", request)
     try:
         await request.app[STATE].codec.envelope.keys.check()
     except ShieldError as exc:
@@ -383,9 +386,11 @@ def create_app(
         # otherwise walk ~100k objects (~40 ms) now and then under load.
         gc.collect()
         gc.freeze()
+        if audit is not None:
+            await audit.start()  # periodic checkpoints and sink probes
         yield
         if audit is not None:
-            audit.close()
+            await audit.aclose()  # signs the final head off the event loop
         # Exporters flush over blocking HTTP: keep the event loop free meanwhile.
         await asyncio.to_thread(telemetry.shutdown)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from temporal_shield.codec import ConfigError
 from temporal_shield.converter import ShieldConfig, build, load_config, read_toml
 from temporal_shield.converter._settings import CONFIG_ENV, ENV_PREFIX, EnvValue
+
+from ._checkpoint import REPLICA_ID
 
 ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -63,6 +66,50 @@ class AuditConfig:
     """Also write each record to standard output."""
     fsync: bool = False
     """fsync after every record (slower; survives a host crash, not just a process crash)."""
+    replica_id: str = field(default_factory=socket.gethostname)
+    """This replica's id in checkpoints (default: the host name, which a StatefulSet
+    pod keeps across restarts). Each replica writes its own file; letters, digits,
+    ``.``, ``_``, ``-``."""
+    signing_key: str = ""
+    """Key that signs checkpoints: ``ed25519://PATH`` (a private key file outside the
+    log's directory, mode 0600) or ``aws-kms://KEY`` (an ECC_NIST_P256 signing key).
+    Empty: no checkpoints (the file is then protected only by its hash chain)."""
+    checkpoint_every: int = 1000
+    """Sign a checkpoint after this many records."""
+    checkpoint_interval: float = 60.0
+    """...or after this many seconds, when records were written since the last one."""
+    checkpoint_stdout: bool = False
+    """Also write each checkpoint as one JSON line (``"type": "audit_checkpoint"``) to stdout."""
+    s3_bucket: str = ""
+    """Bucket with Object Lock enabled that receives one object per checkpoint."""
+    s3_prefix: str = "audit-checkpoints"
+    """Key prefix: objects are ``<prefix>/<replica>/<seq:020d>.json``."""
+    s3_retention_days: int = 0
+    """Put each object with COMPLIANCE retention for this many days; 0 = the bucket's
+    default retention rule (which must then be COMPLIANCE)."""
+    s3_region: str | None = None
+    """Region of the checkpoint bucket (else the usual AWS configuration)."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint URL (VPC endpoint, emulator)."""
+    kms_region: str | None = None
+    """Region of an ``aws-kms://`` signing key."""
+    kms_endpoint_url: str | None = None
+    """KMS endpoint URL for the signing key."""
+
+    def __post_init__(self) -> None:
+        if not REPLICA_ID.fullmatch(self.replica_id):
+            raise ConfigError(
+                "audit.replica_id must be 1-128 letters, digits, '.', '_' or '-' "
+                "(starting with a letter or digit)"
+            )
+        if self.checkpoint_every <= 0 or self.checkpoint_interval <= 0:
+            raise ConfigError("audit.checkpoint_every and checkpoint_interval must be positive")
+        if self.s3_retention_days < 0:
+            raise ConfigError("audit.s3_retention_days must not be negative")
+        if self.signing_key and not self.file:
+            raise ConfigError("audit.signing_key needs audit.file (checkpoints count its records)")
+        if (self.s3_bucket or self.checkpoint_stdout) and not self.signing_key:
+            raise ConfigError("checkpoint sinks need audit.signing_key")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +187,18 @@ SERVER_ENV: dict[str, str] = {
     "SERVER_JWT_PUBLIC_KEY_FILES": "auth.public_key_files",
     "SERVER_AUDIT_FILE": "audit.file",
     "SERVER_AUDIT_STDOUT": "audit.stdout",
+    "SERVER_AUDIT_REPLICA_ID": "audit.replica_id",
+    "SERVER_AUDIT_SIGNING_KEY": "audit.signing_key",
+    "SERVER_AUDIT_CHECKPOINT_EVERY": "audit.checkpoint_every",
+    "SERVER_AUDIT_CHECKPOINT_INTERVAL": "audit.checkpoint_interval",
+    "SERVER_AUDIT_CHECKPOINT_STDOUT": "audit.checkpoint_stdout",
+    "SERVER_AUDIT_S3_BUCKET": "audit.s3_bucket",
+    "SERVER_AUDIT_S3_PREFIX": "audit.s3_prefix",
+    "SERVER_AUDIT_S3_RETENTION_DAYS": "audit.s3_retention_days",
+    "SERVER_AUDIT_S3_REGION": "audit.s3_region",
+    "SERVER_AUDIT_S3_ENDPOINT_URL": "audit.s3_endpoint_url",
+    "SERVER_AUDIT_KMS_REGION": "audit.kms_region",
+    "SERVER_AUDIT_KMS_ENDPOINT_URL": "audit.kms_endpoint_url",
     "SERVER_TLS_DIR": "tls.dir",
     "SERVER_TLS_CLIENT_AUTH": "tls.client_auth",
 }
