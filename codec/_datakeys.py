@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,23 @@ from ._provider import KeyProvider
 
 _DERIVE_INFO = b"temporal-shield/v1/aes-256-gcm+commitment"
 MAX_MESSAGES_HARD_LIMIT = 2**32
+
+
+def _failure_key(cache_key: tuple[str, bytes, str]) -> bytes:
+    """A fixed-size digest of (KEK id, wrapped DEK, namespace) for the negative cache.
+
+    Failed unwraps come from hostile input: their fields can be up to 64 KiB each,
+    so the negative cache keeps 32-byte digests, never the attacker's bytes.
+    """
+    h = hashlib.sha256()
+    for part in (
+        cache_key[0].encode("utf-8", "surrogatepass"),
+        cache_key[1],
+        cache_key[2].encode("utf-8", "surrogatepass"),
+    ):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
 
 
 class DataKey:
@@ -108,6 +126,12 @@ class DataKeyPolicy:
     """Unwrapped DEKs kept for decryption (LRU)."""
     decrypt_cache_ttl: float = 3600.0
     """Seconds an unwrapped DEK stays in the decryption cache."""
+    failed_cache_size: int = 4096
+    """Wrapped keys remembered as not unwrappable (LRU): a flood of forged payloads
+    that all carry the same wrapped key costs one KMS call, not one each."""
+    failed_cache_ttl: float = 300.0
+    """Seconds a wrapped key that failed to unwrap is refused without asking the KMS
+    (short: a key the KMS refused because of a transient state is retried)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.max_messages <= MAX_MESSAGES_HARD_LIMIT:
@@ -116,6 +140,8 @@ class DataKeyPolicy:
             raise ConfigError("data-key bounds must be positive")
         if self.decrypt_cache_size < 0 or self.encrypt_cache_size < 1:
             raise ConfigError("decrypt_cache_size must be >= 0, encrypt_cache_size >= 1")
+        if self.failed_cache_size < 0 or self.failed_cache_ttl < 0:
+            raise ConfigError("failed_cache_size and failed_cache_ttl must be >= 0")
 
 
 @dataclass
@@ -129,6 +155,8 @@ class KeyStats:
     encrypt_cache_misses: int = 0
     decrypt_cache_hits: int = 0
     decrypt_cache_misses: int = 0
+    failed_cache_hits: int = 0
+    """Unwraps refused from the negative cache, without a KMS call."""
 
     @property
     def kms_calls(self) -> int:
@@ -146,6 +174,7 @@ class KeyStats:
             "encrypt_cache_misses": self.encrypt_cache_misses,
             "decrypt_cache_hits": self.decrypt_cache_hits,
             "decrypt_cache_misses": self.decrypt_cache_misses,
+            "failed_cache_hits": self.failed_cache_hits,
         }
 
 
@@ -212,6 +241,7 @@ class DataKeyManager:
     _decrypted: OrderedDict[tuple[str, bytes, str], _Cached] = field(
         default_factory=OrderedDict, init=False, repr=False
     )
+    _failed: OrderedDict[bytes, float] = field(default_factory=OrderedDict, init=False, repr=False)
     _gen_flight: SingleFlight[str, _Active] = field(
         default_factory=SingleFlight, init=False, repr=False
     )
@@ -246,6 +276,15 @@ class DataKeyManager:
                 fresh.messages = 1
                 fresh.nbytes = nbytes
                 return fresh.key
+
+    def needs_data_key(self, namespace: str) -> bool:
+        """Whether encrypting in ``namespace`` now would ask the KMS for a new DEK.
+
+        For callers that budget KMS calls (the codec server's ``/encode``); it
+        changes no counter and no cache order.
+        """
+        entry = self._active.get(namespace)
+        return entry is None or not self._admits(entry, 0)
 
     def _admits(self, entry: _Active, nbytes: int) -> bool:
         p = self.policy
@@ -291,8 +330,12 @@ class DataKeyManager:
         cached = self.cached_decryption_key(key_id, wrapped, namespace)
         if cached is not None:
             return cached
-        provider = next((p for p in self.providers if p.can_decrypt(key_id)), None)
+        provider = self._provider_for(key_id)
         if provider is None:
+            raise DecryptionError()
+        failure_key = _failure_key(cache_key)
+        if self._known_bad(failure_key):
+            self.stats.failed_cache_hits += 1
             raise DecryptionError()
         self.stats.decrypt_cache_misses += 1
 
@@ -301,11 +344,18 @@ class DataKeyManager:
             try:
                 plaintext = await provider.decrypt_data_key(key_id, wrapped, namespace)
             except DecryptionError:
+                self._remember_failure(failure_key)
                 raise
             except Exception:
                 self.stats.kms_errors += 1
                 raise
-            key = DataKey(key_id=key_id, wrapped=wrapped, namespace=namespace, plaintext=plaintext)
+            try:
+                key = DataKey(
+                    key_id=key_id, wrapped=wrapped, namespace=namespace, plaintext=plaintext
+                )
+            except DecryptionError:
+                self._remember_failure(failure_key)
+                raise
             self._remember(cache_key, key)
             return key
 
@@ -326,6 +376,42 @@ class DataKeyManager:
             self.stats.decrypt_cache_hits += 1
             return cached.key
         return None
+
+    def needs_unwrap(self, key_id: str, wrapped: bytes, namespace: str) -> bool:
+        """Whether :meth:`decryption_key` would call a key provider for these arguments.
+
+        False when the DEK is cached, when no provider may unwrap ``key_id``,
+        or when this wrapped key recently failed to unwrap: those are answered
+        without a KMS call. Callers that budget KMS calls (the codec server)
+        ask this first; it changes no counter and no cache order.
+        """
+        cache_key = (key_id, wrapped, namespace)
+        cached = self._decrypted.get(cache_key)
+        if cached is not None and cached.expires > self.clock():
+            return False
+        return self._provider_for(key_id) is not None and not self._known_bad(
+            _failure_key(cache_key)
+        )
+
+    def _provider_for(self, key_id: str) -> KeyProvider | None:
+        return next((p for p in self.providers if p.can_decrypt(key_id)), None)
+
+    def _known_bad(self, failure_key: bytes) -> bool:
+        expires = self._failed.get(failure_key)
+        if expires is None:
+            return False
+        if expires <= self.clock():
+            del self._failed[failure_key]
+            return False
+        return True
+
+    def _remember_failure(self, failure_key: bytes) -> None:
+        if self.policy.failed_cache_size == 0:
+            return
+        self._failed[failure_key] = self.clock() + self.policy.failed_cache_ttl
+        self._failed.move_to_end(failure_key)
+        while len(self._failed) > self.policy.failed_cache_size:
+            self._failed.popitem(last=False)
 
     def _remember(self, cache_key: tuple[str, bytes, str], key: DataKey) -> None:
         if self.policy.decrypt_cache_size == 0:

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EofStream
+from aiohttp.web_protocol import RequestPayloadError
 from opentelemetry.sdk.trace import SpanProcessor
 
 from temporal_shield.codec import KeyProvider, KeyProviderError, ShieldError
@@ -33,10 +36,19 @@ from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
 from ._config import ServerConfig
 from ._identity import DEV_IDENTITY, Identity
+from ._limits import RequestLimits
 from ._policy import Policy
-from ._service import CodecService, Forbidden, Outcome
+from ._service import CodecService, Forbidden, Outcome, RateLimited
 from ._telemetry import TRACE_ID, Telemetry
 from ._wire import BadRequest, TooLarge, read_payloads, write_payloads
+
+AUDIT_TEXT_LIMIT = 256
+"""Longest free-text field (from headers or token claims) an audit record keeps."""
+
+
+class BodyTimeout(ShieldError):
+    """The request body did not arrive within ``body_read_timeout`` (HTTP 408)."""
+
 
 log = logging.getLogger("temporal_shield.server")
 
@@ -87,6 +99,14 @@ def _map_error(exc: Exception, request: web.Request) -> web.Response:
         return _error(400, "bad_request", str(exc), request)
     if isinstance(exc, TooLarge):
         return _error(413, "too_large", str(exc), request)
+    if isinstance(exc, BodyTimeout):
+        response = _error(408, "request_timeout", str(exc), request)
+        response.force_close()
+        return response
+    if isinstance(exc, RateLimited):
+        response = _error(429, "rate_limited", str(exc), request)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, AuditError):
         log.error("audit sink failed; refusing to return data")
         return _error(503, "audit_unavailable", "audit log unavailable; no data returned", request)
@@ -163,10 +183,52 @@ def _namespace(request: web.Request) -> str | None:
 
 
 async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
+    """The whole body, within ``max_body_bytes`` and ``body_read_timeout``.
+
+    Raises:
+        TooLarge: over ``max_body_bytes``.
+        BodyTimeout: the body was not complete in time (a slow or stalled sender).
+        BadRequest: the body could not be read: a broken ``Content-Encoding``,
+            bad chunking, or a client that went away mid-body.
+    """
     try:
-        return await request.read()
+        async with asyncio.timeout(config.body_read_timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(f"request body over {config.max_body_bytes} bytes") from None
+    except TimeoutError:
+        raise BodyTimeout(
+            f"request body not received within {config.body_read_timeout:g} s"
+        ) from None
+    except (
+        HttpProcessingError,
+        RequestPayloadError,
+        ClientPayloadError,
+        ConnectionError,
+        EofStream,
+    ) as exc:
+        # aiohttp's own parsing of the body (content coding, chunking) or the
+        # peer closing: the caller's fault, never a 500.
+        raise BadRequest(f"request body could not be read ({type(exc).__name__})") from None
+
+
+def _text(value: str) -> str:
+    r"""A header- or claim-derived string that the audit record can always hold.
+
+    Header bytes that are not UTF-8 arrive as lone surrogates, which no JSON
+    encoder writes: escape them (and anything else unprintable) as ``\uXXXX``,
+    and cut overlong values, so that every request leaves its record whatever
+    bytes it carries.
+    """
+    if value.isascii() and value.isprintable() and len(value) <= AUDIT_TEXT_LIMIT:
+        return value  # the common case, without a copy
+    escaped = "".join(
+        ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else f"\\u{ord(ch):04x}"
+        for ch in value[: AUDIT_TEXT_LIMIT + 1]
+    )
+    if len(value) > AUDIT_TEXT_LIMIT or len(escaped) > AUDIT_TEXT_LIMIT:
+        escaped = escaped[:AUDIT_TEXT_LIMIT] + "...[truncated]"
+    return escaped
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,23 +256,24 @@ def _audit_event(
         "time": _utc_second(int(time.time())),
         "request_id": request[REQUEST_ID],
         "trace_id": request.get(TRACE_ID, ""),
-        "subject": identity.subject if identity else "",
-        "email": identity.email if identity else "",
-        "token_id": identity.token_id if identity else "",
+        "subject": _text(identity.subject) if identity else "",
+        "email": _text(identity.email) if identity else "",
+        "token_id": _text(identity.token_id) if identity else "",
         "client": request.remote or "",
-        "origin": request.headers.get("Origin", ""),
-        "namespace": namespace or "",
+        "origin": _text(request.headers.get("Origin", "")),
+        "namespace": _text(namespace or ""),
         "operation": operation,
         "decoded": done.decoded,
         "encoded": done.encoded,
         "denied": done.denied,
         "passed_through": done.passed_through,
         "failed": done.failed,
+        "withheld": done.withheld,
         "key_ids": sorted(done.key_ids),
         "classifications": sorted(done.classifications),
         "roles": sorted(done.roles),
         "decision": decision,
-        "reason": reason or "; ".join(sorted(done.reasons)),
+        "reason": _text(reason or "; ".join(sorted(done.reasons))),
         "status": status,
         # Microseconds as milliseconds with three decimals (round() is slower).
         "latency_ms": int((time.perf_counter() - request[STARTED]) * 1_000_000) / 1000,
@@ -286,6 +349,13 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
         outcome = exc.outcome
         await audit("deny", 403, str(exc))
         raise
+    except RateLimited as exc:
+        outcome = exc.outcome
+        await audit("deny", 429, str(exc))
+        raise
+    except BodyTimeout as exc:
+        await audit("deny", 408, str(exc))
+        raise
     except (BadRequest, TooLarge) as exc:
         await audit("deny", 413 if isinstance(exc, TooLarge) else 400, str(exc))
         raise
@@ -296,9 +366,12 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
         # Unexpected failures are decisions too: recorded, then a bare 500.
         await audit("error", 500, f"internal error: {type(exc).__name__}")
         raise
-    # The record is written before any plaintext leaves; a failed write is a 503.
-    await audit(outcome.decision, 200)
-    return web.Response(body=write_payloads(result), content_type="application/json")
+    try:
+        # The record is written before any plaintext leaves; a failed write is a 503.
+        await audit(outcome.decision, 200)
+        return web.Response(body=write_payloads(result), content_type="application/json")
+    finally:
+        state.service.release(outcome)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -369,7 +442,19 @@ def create_app(
         config=config,
         shield=shield,
         codec=codec,
-        service=CodecService(codec, shield, policy),
+        service=CodecService(
+            codec,
+            shield,
+            policy,
+            RequestLimits(
+                max_decoded_payload_bytes=config.max_decoded_payload_bytes,
+                max_decoded_request_bytes=config.max_decoded_request_bytes,
+                max_decoded_bytes_in_flight=config.max_decoded_bytes_in_flight,
+                max_unwraps_per_request=config.max_unwraps_per_request,
+                principal_unwraps_per_minute=config.principal_unwraps_per_minute,
+                principal_unwrap_burst=config.principal_unwrap_burst,
+            ),
+        ),
         authenticator=authenticator,
         audit=audit,
         telemetry=telemetry,

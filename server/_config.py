@@ -148,6 +148,26 @@ class ServerConfig:
     """Most payloads in one request (400 above)."""
     max_payload_bytes: int = 4 * 1024 * 1024
     """Largest single payload ``data`` after base64 decoding (413 above)."""
+    max_decoded_payload_bytes: int = 4 * 1024 * 1024
+    """Largest payload the server decodes (its authenticated original length);
+    a larger one comes back unchanged and is counted as withheld."""
+    max_decoded_request_bytes: int = 16 * 1024 * 1024
+    """Most decoded bytes in one response; payloads past it come back unchanged."""
+    max_decoded_bytes_in_flight: int = 256 * 1024 * 1024
+    """Most decoded bytes held by all requests of the process at once (bounds its
+    memory under concurrent load); payloads past it come back unchanged."""
+    max_unwraps_per_request: int = 32
+    """Most data-key unwraps (KMS ``Decrypt`` calls) one request may cause; payloads
+    needing more come back unchanged. Cached keys and known-bad keys cost none."""
+    principal_unwraps_per_minute: float = 120.0
+    """Sustained unwraps (and new data keys for ``/encode``) per caller (``sub``)."""
+    principal_unwrap_burst: int = 60
+    """Unwraps a caller may spend at once before the per-minute rate applies."""
+    body_read_timeout: float = 10.0
+    """Seconds allowed to receive a request body (a slow sender gets 408)."""
+    max_header_bytes: int = 65536
+    """Largest request line and header field (IdP tokens with many groups exceed
+    aiohttp's 8 KiB default); larger ones get 431 JSON."""
     policy_file: str = ""
     """RBAC policy (YAML or TOML). Required unless insecure_dev."""
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -158,8 +178,24 @@ class ServerConfig:
     """HTTPS and client certificates."""
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes <= 0 or self.max_payloads <= 0 or self.max_payload_bytes <= 0:
+        limits = (
+            self.max_body_bytes,
+            self.max_payloads,
+            self.max_payload_bytes,
+            self.max_decoded_payload_bytes,
+            self.max_decoded_request_bytes,
+            self.max_decoded_bytes_in_flight,
+            self.body_read_timeout,
+            self.max_header_bytes,
+        )
+        if any(value <= 0 for value in limits):
             raise ConfigError("server limits must be positive")
+        if (
+            self.max_unwraps_per_request < 0
+            or self.principal_unwraps_per_minute < 0
+            or self.principal_unwrap_burst < 0
+        ):
+            raise ConfigError("KMS budgets must be zero or positive")
         if not self.insecure_dev:
             if not self.auth.enabled:
                 raise ConfigError(

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from temporalio.api.common.v1 import Payload
 
-from temporal_shield.codec import DecryptionError, parse
+from temporal_shield.codec import KEY_ID_METADATA, DecryptionError, parse
 from temporal_shield.converter import PayloadLike, ShieldCodec, ShieldConfig, is_encrypted
 
 from ._identity import Identity
+from ._limits import (
+    LIMIT_DATA_KEYS_PRINCIPAL,
+    LIMIT_IN_FLIGHT,
+    LIMIT_PAYLOAD_BYTES,
+    LIMIT_REQUEST_BYTES,
+    LIMIT_UNWRAPS_PRINCIPAL,
+    LIMIT_UNWRAPS_REQUEST,
+    InFlight,
+    RequestLimits,
+    TokenBuckets,
+)
 from ._policy import Policy
+
+YIELD_EVERY_BYTES = 1 << 20
+"""Decoded bytes after which a request lets the event loop serve other callers."""
 
 
 class Forbidden(Exception):
@@ -19,6 +34,16 @@ class Forbidden(Exception):
 
     def __init__(self, message: str, outcome: Outcome) -> None:
         super().__init__(message)
+        self.outcome = outcome
+
+
+class RateLimited(Exception):
+    """The caller used up a budget and the request cannot be served in part (HTTP 429)."""
+
+    def __init__(self, message: str, *, retry_after: int, limit: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit
         self.outcome = outcome
 
 
@@ -31,6 +56,12 @@ class Outcome:
     passed_through: int = 0
     failed: int = 0
     encoded: int = 0
+    withheld: int = 0
+    """Payloads returned unchanged because a budget (see ``_limits``) was used up."""
+    limits: dict[str, int] | None = None
+    """Withheld payloads by budget name (``None`` when nothing was withheld)."""
+    reserved: int = 0
+    """Decoded bytes reserved in the process budget (released after the response)."""
     key_ids: set[str] = field(default_factory=set)
     classifications: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
@@ -39,23 +70,52 @@ class Outcome:
     @property
     def decision(self) -> str:
         """``allow`` (all permitted), ``partial`` or ``deny`` (nothing revealed)."""
-        if self.denied == 0 and self.failed == 0:
+        if self.denied == 0 and self.failed == 0 and self.withheld == 0:
             return "allow"
         return "partial" if self.decoded or self.encoded else "deny"
+
+    def withhold(self, limit: str, reason: str) -> None:
+        """Count one payload returned unchanged because budget ``limit`` is used up."""
+        self.withheld += 1
+        self.reasons.add(reason)
+        if self.limits is None:
+            self.limits = {}
+        self.limits[limit] = self.limits.get(limit, 0) + 1
 
 
 class CodecService:
     """Decides per payload who may read what, and decrypts what is allowed.
 
     Contract: :meth:`decode` returns exactly one payload per input, in order;
-    payloads the caller may not or cannot read are returned unchanged.
+    payloads the caller may not or cannot read, and payloads over a budget
+    (decoded bytes, KMS unwraps), are returned unchanged. Every check that
+    needs no key (namespace, policy, classification, size) runs before any
+    KMS call, so a refused payload never costs one.
     """
 
-    def __init__(self, codec: ShieldCodec, config: ShieldConfig, policy: Policy | None) -> None:
+    def __init__(
+        self,
+        codec: ShieldCodec,
+        config: ShieldConfig,
+        policy: Policy | None,
+        limits: RequestLimits,
+    ) -> None:
         """Create the service. ``policy=None`` allows everything (insecure dev only)."""
         self._codec = codec
         self._config = config
         self._policy = policy
+        self._limits = limits
+        self._keys = codec.envelope.keys
+        self._unwraps = TokenBuckets(
+            limits.principal_unwraps_per_minute, limits.principal_unwrap_burst
+        )
+        self.in_flight = InFlight(limits.max_decoded_bytes_in_flight)
+
+    def release(self, outcome: Outcome) -> None:
+        """Return the decoded bytes ``outcome`` reserved (once its response is built)."""
+        if outcome.reserved:
+            self.in_flight.release(outcome.reserved)
+            outcome.reserved = 0
 
     def _allowed(
         self, identity: Identity, namespace: str, operation: str, label: str, outcome: Outcome
@@ -82,45 +142,84 @@ class CodecService:
         out: list[PayloadLike] = []
         allowed = self._allowed
         open_payload = self._codec.open
-        for payload in payloads:
-            if not is_encrypted(payload):
-                outcome.passed_through += 1
-                out.append(payload)
-                continue
-            try:
-                parsed = parse(payload.data)
-            except DecryptionError:
-                outcome.failed += 1
-                outcome.reasons.add("malformed ciphertext")
-                out.append(payload)
-                continue
-            header = parsed[0]
-            outcome.classifications.add(header.classification or "unclassified")
-            if not namespace or header.namespace != namespace:
-                # Never even try to decrypt a payload bound to another namespace.
-                outcome.denied += 1
-                outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
-                out.append(payload)
-                continue
-            if not allowed(identity, namespace, "decode", header.classification, outcome):
-                outcome.denied += 1
-                outcome.reasons.add(
-                    f"classification {header.classification or 'unclassified'} not permitted"
-                )
-                out.append(payload)
-                continue
-            try:
-                decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
-            except DecryptionError:
-                outcome.failed += 1
-                outcome.reasons.add("ciphertext failed authentication")
-                out.append(payload)
-                continue
-            outcome.decoded += 1
-            outcome.key_ids.add(
-                payload.metadata.get("encryption-key-id", b"").decode(errors="replace")
-            )
-            out.append(decoded)
+        limits = self._limits
+        keys = self._keys
+        decoded_bytes = since_yield = unwraps = 0
+        try:
+            for payload in payloads:
+                if not is_encrypted(payload):
+                    outcome.passed_through += 1
+                    out.append(payload)
+                    continue
+                try:
+                    parsed = parse(payload.data)
+                    key_id = payload.metadata[KEY_ID_METADATA].decode()
+                except (DecryptionError, KeyError, UnicodeDecodeError):
+                    outcome.failed += 1
+                    outcome.reasons.add("malformed ciphertext")
+                    out.append(payload)
+                    continue
+                header = parsed[0]
+                outcome.classifications.add(header.classification or "unclassified")
+                if not namespace or header.namespace != namespace:
+                    # Never even try to decrypt a payload bound to another namespace.
+                    outcome.denied += 1
+                    outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
+                    out.append(payload)
+                    continue
+                if not allowed(identity, namespace, "decode", header.classification, outcome):
+                    outcome.denied += 1
+                    outcome.reasons.add(
+                        f"classification {header.classification or 'unclassified'} not permitted"
+                    )
+                    out.append(payload)
+                    continue
+                # The header's original length is what decoding would produce (it
+                # is authenticated: a lie fails decryption). Check it before any key.
+                size = header.original_length
+                if size > limits.max_decoded_payload_bytes:
+                    outcome.withhold(LIMIT_PAYLOAD_BYTES, "decoded payload over the limit")
+                    out.append(payload)
+                    continue
+                if decoded_bytes + size > limits.max_decoded_request_bytes:
+                    outcome.withhold(LIMIT_REQUEST_BYTES, "decoded request over the limit")
+                    out.append(payload)
+                    continue
+                if keys.needs_unwrap(key_id, header.wrapped_dek, namespace):
+                    if unwraps >= limits.max_unwraps_per_request:
+                        outcome.withhold(LIMIT_UNWRAPS_REQUEST, "KMS unwraps per request used up")
+                        out.append(payload)
+                        continue
+                    if not self._unwraps.take(identity.subject):
+                        outcome.withhold(LIMIT_UNWRAPS_PRINCIPAL, "KMS unwraps per caller used up")
+                        out.append(payload)
+                        continue
+                    unwraps += 1
+                if not self.in_flight.reserve(size):
+                    outcome.withhold(LIMIT_IN_FLIGHT, "server decode capacity busy")
+                    out.append(payload)
+                    continue
+                outcome.reserved += size
+                try:
+                    decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
+                except DecryptionError:
+                    outcome.failed += 1
+                    outcome.reasons.add("ciphertext failed authentication")
+                    out.append(payload)
+                    continue
+                outcome.decoded += 1
+                outcome.key_ids.add(key_id)
+                out.append(decoded)
+                decoded_bytes += size
+                since_yield += size
+                if since_yield >= YIELD_EVERY_BYTES:
+                    # Decryption and decompression are synchronous: let the
+                    # event loop serve other callers between large payloads.
+                    since_yield = 0
+                    await asyncio.sleep(0)
+        except BaseException:
+            self.release(outcome)
+            raise
         return out, outcome
 
     async def encode(
@@ -130,6 +229,7 @@ class CodecService:
 
         Raises:
             Forbidden: no namespace, or the caller may not encode there.
+            RateLimited: a new data key is needed and the caller's KMS budget is used up.
             KeyProviderError: the KMS failed.
         """
         outcome = Outcome()
@@ -145,6 +245,18 @@ class CodecService:
             outcome.denied = len(payloads)
             outcome.reasons.add("encode not permitted")
             raise Forbidden(f"not permitted to encode in namespace {namespace}", outcome)
+        if self._keys.needs_data_key(namespace) and not self._unwraps.take(identity.subject):
+            # Each new namespace mints a data key (a KMS call): budgeted per caller
+            # like unwraps. Encode cannot hand payloads back unencrypted, so 429.
+            outcome.denied = len(payloads)
+            outcome.reasons.add("KMS data keys per caller used up")
+            outcome.limits = {LIMIT_DATA_KEYS_PRINCIPAL: len(payloads)}
+            raise RateLimited(
+                "too many new data keys requested; retry later",
+                retry_after=self._unwraps.retry_after(),
+                limit=LIMIT_DATA_KEYS_PRINCIPAL,
+                outcome=outcome,
+            )
         messages = [
             p if isinstance(p, Payload) else Payload(metadata=p.metadata, data=p.data)
             for p in payloads

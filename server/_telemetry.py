@@ -95,6 +95,7 @@ class Telemetry:
         # of microseconds per call, more than the decryption itself.
         self._requests: Counter[tuple[str, str, int]] = Counter()
         self._payloads: Counter[tuple[str, str]] = Counter()
+        self._refusals: Counter[tuple[str, str]] = Counter()
         meter.create_observable_counter(
             "codec_requests",
             callbacks=[
@@ -116,6 +117,17 @@ class Telemetry:
             ],
             unit="1",
             description="Payloads by operation and result",
+        )
+        meter.create_observable_counter(
+            "codec_limit_refusals",
+            callbacks=[
+                lambda _: [
+                    Observation(n, {"operation": op, "limit": limit})
+                    for (op, limit), n in list(self._refusals.items())
+                ]
+            ],
+            unit="1",
+            description="Payloads refused by a work budget (decoded bytes, KMS calls)",
         )
 
         def observe(*fields: str) -> Any:
@@ -139,6 +151,7 @@ class Telemetry:
                     "encrypt_cache_misses",
                     "decrypt_cache_hits",
                     "decrypt_cache_misses",
+                    "failed_cache_hits",
                 )
             ],
             unit="1",
@@ -194,6 +207,11 @@ class Telemetry:
                 payloads[(operation, "passed_through")] += outcome.passed_through
             if outcome.failed:
                 payloads[(operation, "failed")] += outcome.failed
+            if outcome.withheld:
+                payloads[(operation, "withheld")] += outcome.withheld
+            if outcome.limits:
+                for limit, count in outcome.limits.items():
+                    self._refusals[(operation, limit)] += count
 
     def prometheus(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

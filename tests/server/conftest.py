@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import Keyring
 from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig
 from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
+from temporal_shield.server._http import ShieldRunner
 
 from .idp import AUDIENCE, ISSUER, Idp
 
@@ -97,6 +101,30 @@ def server_config(idp: Idp, policy_file: Path, tmp_path: Path, **kw: Any) -> Ser
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+def wire_body(*payloads: Payload) -> dict[str, Any]:
+    """A codec request body (protobuf JSON, base64 bytes) holding ``payloads``."""
+    return {
+        "payloads": [
+            {
+                "metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
+                "data": base64.b64encode(p.data).decode(),
+            }
+            for p in payloads
+        ]
+    }
+
+
+class ShieldTestServer(TestServer):
+    """aiohttp's test server, run by :class:`ShieldRunner` as ``serve`` runs the app."""
+
+    def __init__(self, app: web.Application, config: ServerConfig) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.config = config
+
+    async def _make_runner(self, **kwargs: Any) -> ShieldRunner:
+        return ShieldRunner(self.app, self.config, **kwargs)
+
+
 @pytest.fixture
 async def make_client(
     idp: Idp, policy_file: Path, tmp_path: Path, shield_config: ShieldConfig
@@ -105,9 +133,10 @@ async def make_client(
 
     async def factory(**kw: Any) -> TestClient[Any, Any]:
         stdout = kw.pop("audit_stdout", io.StringIO())
+        providers = kw.pop("providers", None)
         config = kw.pop("config", None) or server_config(idp, policy_file, tmp_path, **kw)
-        app = create_app(config, shield_config, audit_stdout=stdout)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        app = create_app(config, shield_config, audit_stdout=stdout, providers=providers)
+        client = TestClient(ShieldTestServer(app, config))
         await client.start_server()
         clients.append(client)
         return client

@@ -18,6 +18,7 @@ from temporal_shield.converter import ShieldConfig, build_codec
 from temporal_shield.server import AuthConfig, ServerConfig, verify
 
 from .conftest import ORIGIN, ClientFactory
+from .conftest import wire_body as _body
 from .idp import AUDIENCE, ISSUER, Idp
 
 SECRET = b'"SECRET-MARKER-plaintext"'
@@ -29,18 +30,6 @@ def _plain(text: bytes = SECRET) -> Payload:
 
 async def _encrypted(config: ShieldConfig, namespace: str, text: bytes = SECRET) -> Payload:
     return (await build_codec(config).with_namespace(namespace).encode([_plain(text)]))[0]
-
-
-def _body(*payloads: Payload) -> dict[str, Any]:
-    return {
-        "payloads": [
-            {
-                "metadata": {k: base64.b64encode(v).decode() for k, v in p.metadata.items()},
-                "data": base64.b64encode(p.data).decode(),
-            }
-            for p in payloads
-        ]
-    }
 
 
 def _datas(doc: dict[str, Any]) -> list[bytes]:
@@ -103,7 +92,9 @@ async def test_encode_round_trips_through_decode(make_client: ClientFactory, idp
     assert _datas(await resp.json()) == [SECRET]
     # finance may decode but not encode.
     resp = await client.post(
-        "/encode", json=_body(_plain()), headers=_headers(idp.token(email="cfo@example.com"))
+        "/encode",
+        json=_body(_plain()),
+        headers=_headers(idp.token(email="cfo@example.com", email_verified=True)),
     )
     assert resp.status == 403
 
@@ -323,8 +314,8 @@ async def test_insecure_dev_mode_needs_no_token(
         ({"groups": ["engineering"]}, "dev-team", True),  # internal in dev
         ({"groups": ["engineering"]}, "pay-eu", False),  # pci
         ({"groups": ["engineering"]}, "clinic-1", False),  # phi
-        ({"email": "CFO@example.com"}, "pay-eu", True),  # finance reads pci
-        ({"email": "cfo@example.com"}, "clinic-1", False),  # but not phi
+        ({"email": "CFO@example.com", "email_verified": True}, "pay-eu", True),  # finance: pci
+        ({"email": "cfo@example.com", "email_verified": True}, "clinic-1", False),  # not phi
         ({"sub": "dr-house"}, "clinic-1", True),
         ({"sub": "dr-house"}, "prod-clinic", True),
         ({"sub": "dr-house"}, "pay-eu", False),
@@ -374,7 +365,7 @@ async def test_per_payload_classification_in_one_request(
     resp = await client.post(
         "/decode",
         json=_body(internal, phi),
-        headers=_headers(idp.token(email="cfo@example.com"), "misc"),
+        headers=_headers(idp.token(email="cfo@example.com", email_verified=True), "misc"),
     )
     data = _datas(await resp.json())
     assert data[0] == b'"card"'  # misc is "internal" by default: finance reads it

@@ -1,0 +1,251 @@
+"""Whatever bytes a caller sends: an audit record, a JSON answer, no 500, no token in logs.
+
+These requests are written on a raw socket, because an HTTP client library
+refuses to send most of them (non-UTF-8 header bytes, malformed header lines,
+a body cut short).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ORIGIN, ClientFactory
+from .idp import Idp
+
+ENGINEER: dict[str, Any] = {"groups": ["engineering"]}
+
+
+async def _raw(client: Any, request: bytes, *, pause: float = 0.0, tail: bytes = b"") -> bytes:
+    """Send ``request`` (then, after ``pause``, ``tail``) and read until the server closes."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    if pause:
+        await asyncio.sleep(pause)
+    if tail:
+        writer.write(tail)
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return answer
+
+
+def _parse(answer: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, json.loads(body)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _post(path: str, headers: dict[str, str] | list[bytes], body: bytes = b"") -> bytes:
+    lines = [f"POST {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    if isinstance(headers, dict):
+        lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+    else:
+        lines += headers
+    return b"\r\n".join([*lines, b"", b""]) + body
+
+
+async def test_non_utf8_header_bytes_are_audited_and_answered(
+    make_client: ClientFactory, audit_path: Path
+) -> None:
+    client = await make_client()
+    request = _post(
+        "/decode",
+        [b"X-Namespace: dev-\xff\xfe", b"Origin: http://\xc3\x28.example", b"Content-Length: 2"],
+        b"{}",
+    )
+    status, _, body = _parse(await _raw(client, request))
+    assert status == 401
+    assert body["error"] == "unauthorized"
+    record = _records(audit_path)[-1]
+    assert record["status"] == 401
+    assert record["request_id"] == body["request_id"]
+    assert record["namespace"].startswith("dev-\\u")  # escaped, not dropped
+    assert "\\u" in record["origin"]
+
+
+async def test_overlong_header_values_are_cut_in_the_audit_record(
+    make_client: ClientFactory, audit_path: Path
+) -> None:
+    client = await make_client()
+    resp = await client.post("/decode", data=b"{}", headers={"X-Namespace": "n" * 5000})
+    assert resp.status == 401
+    record = _records(audit_path)[-1]
+    assert record["namespace"].endswith("...[truncated]")
+    assert len(record["namespace"]) < 300
+
+
+@pytest.mark.parametrize(
+    ("extra", "body"),
+    [
+        (["Content-Encoding: gzip"], b'{"payloads": []}'),  # not gzip at all
+        (["Content-Encoding: br"], b"\x00\x01\x02garbage"),
+        (["Content-Encoding: deflate"], gzip.compress(b"{}")[:10]),
+        (["Transfer-Encoding: chunked"], b"zz\r\nnot hex\r\n0\r\n\r\n"),
+    ],
+    ids=["gzip-lie", "br-garbage", "deflate-truncated", "bad-chunking"],
+)
+async def test_broken_body_encodings_are_4xx_json(
+    make_client: ClientFactory, idp: Idp, audit_path: Path, extra: list[str], body: bytes
+) -> None:
+    client = await make_client()
+    headers = [
+        f"Authorization: Bearer {idp.token(**ENGINEER)}".encode(),
+        b"X-Namespace: dev-team",
+        f"Origin: {ORIGIN}".encode(),
+        *[e.encode() for e in extra],
+    ]
+    if not any(e.startswith("Transfer-Encoding") for e in extra):
+        headers.append(f"Content-Length: {len(body)}".encode())
+    status, response_headers, answer = _parse(await _raw(client, _post("/decode", headers, body)))
+    assert 400 <= status < 500
+    assert answer["error"] in ("bad_request", "request_timeout")
+    assert response_headers.get("access-control-allow-origin") == ORIGIN
+    statuses = [r["status"] for r in _records(audit_path)] if audit_path.exists() else []
+    # Refused by our handler: audited. Refused by the HTTP parser before any
+    # handler (bad chunking): no identity was ever read, nothing to decide.
+    assert all(s < 500 for s in statuses)
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_client_gone_mid_body_is_a_400_record_not_a_500(
+    make_client: ClientFactory, idp: Idp, audit_path: Path
+) -> None:
+    client = await make_client()
+    headers = {
+        "Authorization": f"Bearer {idp.token(**ENGINEER)}",
+        "X-Namespace": "dev-team",
+        "Content-Length": "100000",
+    }
+    _, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(_post("/decode", headers, b'{"payloads": ['))
+    await writer.drain()
+    writer.close()
+    for _ in range(100):
+        if audit_path.exists() and audit_path.read_text():
+            break
+        await asyncio.sleep(0.05)
+    record = _records(audit_path)[-1]
+    assert (record["status"], record["decision"]) == (400, "deny")
+    assert "body could not be read" in record["reason"]
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_slow_body_gets_408(make_client: ClientFactory, idp: Idp, audit_path: Path) -> None:
+    client = await make_client(body_read_timeout=0.5)
+    headers = {
+        "Authorization": f"Bearer {idp.token(**ENGINEER)}",
+        "X-Namespace": "dev-team",
+        "Origin": ORIGIN,
+        "Content-Length": "100",
+    }
+    answer = await _raw(client, _post("/decode", headers, b'{"payl'), pause=2.0, tail=b"x" * 94)
+    status, response_headers, body = _parse(answer)
+    assert (status, body["error"]) == (408, "request_timeout")
+    assert response_headers["access-control-allow-origin"] == ORIGIN
+    assert _records(audit_path)[-1]["status"] == 408
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"payloads": [], "ignored": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"payloads": [{"metadata": {"encoding": "\xff\xfe"}, "data": ""}]}',
+        b'{"payloads": [{"metadata": {"\xc3\x28": "AA=="}, "data": ""}]}',
+        b'{"payloads": [], "x": "\xed\xa0\x80"}',  # an encoded surrogate
+        b'{"payloads": [{"metadata": {}, "data": "\\ud800"}]}',
+    ],
+    ids=["deep-nesting", "bad-utf8-value", "bad-utf8-key", "surrogate-bytes", "escaped-surrogate"],
+)
+async def test_hostile_json_is_400(
+    make_client: ClientFactory, idp: Idp, audit_path: Path, body: bytes
+) -> None:
+    client = await make_client()
+    resp = await client.post(
+        "/decode",
+        data=body,
+        headers={
+            "Authorization": f"Bearer {idp.token(**ENGINEER)}",
+            "X-Namespace": "dev-team",
+            "Origin": ORIGIN,
+            "Content-Type": "application/json",
+        },
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert _records(audit_path)[-1]["status"] == 400
+
+
+async def test_malformed_header_line_is_json_and_never_logs_the_token(
+    make_client: ClientFactory, idp: Idp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = idp.token(**ENGINEER)
+    client = await make_client()
+    request = _post(
+        "/decode",
+        [f"Authorization: Bearer {token}\x01".encode(), b"Bad Header Line", b"Content-Length: 0"],
+    )
+    status, headers, body = _parse(await _raw(client, request))
+    assert status == 400
+    assert body["error"] == "bad_request"
+    assert headers["access-control-allow-origin"] == ORIGIN  # the one configured origin
+    assert token not in caplog.text
+    assert token[:20] not in caplog.text
+    assert "refused a request before routing" in caplog.text
+
+
+async def test_large_idp_token_fits_and_oversize_headers_get_431_json(
+    make_client: ClientFactory, idp: Idp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # An IdP token with a few hundred groups: ~20 KB, over aiohttp's 8 KiB default.
+    groups = ["engineering", *[f"group-{i:04d}-with-a-long-name" for i in range(600)]]
+    big = idp.token(groups=groups)
+    assert len(big) > 16_000
+    client = await make_client()
+    resp = await client.post(
+        "/decode",
+        json={"payloads": []},
+        headers={"Authorization": f"Bearer {big}", "X-Namespace": "dev-team"},
+    )
+    assert resp.status == 200
+    huge = idp.token(groups=groups * 6)
+    request = _post("/decode", {"Authorization": f"Bearer {huge}", "Content-Length": "0"})
+    status, headers, body = _parse(await _raw(client, request))
+    assert (status, body["error"]) == (431, "headers_too_large")
+    assert headers["access-control-allow-origin"] == ORIGIN
+    assert huge[:40] not in caplog.text
+
+
+def test_log_redaction_scrubs_tokens_from_any_record(idp: Idp) -> None:
+    from temporal_shield.server._http import RedactSecrets
+
+    token = idp.token()
+    record = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "bad line %r", (f"Bearer {token}",), None
+    )
+    try:
+        raise ValueError(f"Invalid header: Authorization: Bearer {token}")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert RedactSecrets().filter(record)
+    text = logging.Formatter().format(record)
+    assert token not in text
+    assert token.split(".")[0] not in text
+    assert "[redacted]" in text

@@ -1,0 +1,248 @@
+"""Bounded work per request: decoded bytes, KMS calls per request and per caller.
+
+Each test is an attack an authorised caller can mount with small requests;
+each asserts the bound holds, the excess is counted (audit record and metrics)
+and the answer keeps the protocol's shape (one payload per input, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from temporalio.api.common.v1 import Payload
+
+from temporal_shield.codec import parse
+from temporal_shield.codec._format import header_middle, key_field, namespace_field, pack_fixed
+from temporal_shield.converter import ShieldConfig, build_codec
+
+from ..helpers import FakeKms
+from .conftest import ORIGIN, ClientFactory
+from .conftest import wire_body as _body
+from .idp import Idp
+
+ENGINEER: dict[str, Any] = {"groups": ["engineering"]}
+
+
+def _headers(idp: Idp, namespace: str = "dev-team", **claims: Any) -> dict[str, str]:
+    return {
+        "X-Namespace": namespace,
+        "Origin": ORIGIN,
+        "Authorization": f"Bearer {idp.token(**(claims or ENGINEER))}",
+    }
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _sealed(config: ShieldConfig, namespace: str, inner: bytes, **kw: Any) -> Payload:
+    codec = build_codec(config, **kw).with_namespace(namespace)
+    return (await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=inner)]))[0]
+
+
+def _forged(template: Payload, namespace: str = "dev-team") -> Payload:
+    """A payload with a valid-looking header, the template's key id and a random wrapped key."""
+    header, _ = parse(template.data)
+    data = (
+        pack_fixed(0, 64)
+        + header_middle(
+            namespace_field(namespace),
+            "",
+            header.classification,
+            key_field(os.urandom(184), os.urandom(32)),
+        )
+        + os.urandom(12)
+        + os.urandom(80)
+    )
+    return Payload(metadata=dict(template.metadata), data=data)
+
+
+async def test_decode_amplification_is_bounded_per_payload_and_per_request(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    # 3 MiB of one byte compresses to a few hundred bytes: the amplification vector.
+    bomb = await _sealed(shield_config, "dev-team", b'"' + b"a" * (3 << 20) + b'"')
+    huge = await _sealed(shield_config, "dev-team", b'"' + b"b" * (5 << 20) + b'"')
+    small = await _sealed(shield_config, "dev-team", b'"small"')
+    assert len(bomb.data) < 2048
+    assert len(huge.data) < 2048
+    client = await make_client()
+    resp = await client.post("/decode", json=_body(huge, small, *[bomb] * 8), headers=_headers(idp))
+    assert resp.status == 200
+    out = (await resp.json())["payloads"]
+    assert len(out) == 10
+    # Over the per-payload bound (4 MiB): unchanged.
+    assert base64.b64decode(out[0]["data"]) == huge.data
+    assert base64.b64decode(out[1]["data"]) != small.data  # decoded
+    decoded = [p for p in out[2:] if base64.b64decode(p["data"]) != bomb.data]
+    # 16 MiB per request: the small one and five 3 MiB ones fit, three do not.
+    assert len(decoded) == 5
+    assert len(await resp.read()) < 24 << 20  # base64 of at most 16 MiB of plaintext
+    record = _records(audit_path)[-1]
+    assert (record["decoded"], record["withheld"], record["decision"]) == (6, 4, "partial")
+    assert "decoded payload over the limit" in record["reason"]
+    assert "decoded request over the limit" in record["reason"]
+    metrics = await (await client.get("/metrics")).text()
+    assert _metric(metrics, "codec_limit_refusals_total", limit="decoded_payload_bytes") == 1
+    assert _metric(metrics, "codec_limit_refusals_total", limit="decoded_request_bytes") == 3
+    assert _metric(metrics, "codec_payloads_total", result="withheld") == 4
+
+
+async def test_a_large_decode_lets_the_event_loop_serve_others(
+    make_client: ClientFactory, shield_config: ShieldConfig
+) -> None:
+    from temporal_shield.server import STATE, Identity
+
+    bomb = await _sealed(shield_config, "dev-team", b'"' + b"a" * (3 << 20) + b'"')
+    client = await make_client()
+    app = client.app
+    assert app is not None
+    service = app[STATE].service
+    engineer = Identity(subject="u", groups=frozenset({"engineering"}))
+    await service.decode(engineer, "dev-team", [bomb])  # the data key is cached now
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    # Decoding from a cached key never suspends on its own: only the yields
+    # between large payloads let the ticker (another caller) run.
+    _, outcome = await service.decode(engineer, "dev-team", [bomb] * 5)
+    task.cancel()
+    assert outcome.decoded == 5
+    assert ticks - before >= 4
+
+
+async def test_process_wide_decoded_bytes_are_bounded(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    bomb = await _sealed(shield_config, "dev-team", b'"' + b"a" * (3 << 20) + b'"')
+    client = await make_client(max_decoded_bytes_in_flight=7 << 20)
+    resp = await client.post("/decode", json=_body(*[bomb] * 4), headers=_headers(idp))
+    record = _records(audit_path)[-1]
+    assert (record["decoded"], record["withheld"]) == (2, 2)
+    assert "server decode capacity busy" in record["reason"]
+    assert resp.status == 200
+    # Released once the response was built: the next request gets the same room.
+    await client.post("/decode", json=_body(*[bomb] * 2), headers=_headers(idp))
+    assert _records(audit_path)[-1]["decoded"] == 2
+
+
+async def test_forged_payload_flood_makes_bounded_kms_calls(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    kms = FakeKms()
+    template = await _sealed(shield_config, "dev-team", b'"x"', providers=[kms])
+    # One token a minute: the refill cannot blur the counts below.
+    client = await make_client(providers=[kms], principal_unwraps_per_minute=1)
+    forged = [_forged(template) for _ in range(1000)]
+    resp = await client.post("/decode", json=_body(*forged), headers=_headers(idp))
+    assert resp.status == 200
+    assert len((await resp.json())["payloads"]) == 1000
+    assert kms.decrypt_calls == 32  # max_unwraps_per_request
+    record = _records(audit_path)[-1]
+    assert (record["failed"], record["withheld"]) == (32, 968)
+    # The same forged keys again: remembered as bad, no KMS call; the next 28
+    # new ones drain the caller's burst of 60.
+    await client.post("/decode", json=_body(*forged), headers=_headers(idp))
+    assert kms.decrypt_calls == 60
+    # The caller's budget is spent: a third flood of new keys costs nothing.
+    await client.post("/decode", json=_body(*forged[500:]), headers=_headers(idp))
+    assert kms.decrypt_calls == 60
+    metrics = await (await client.get("/metrics")).text()
+    assert _metric(metrics, "codec_limit_refusals_total", limit="unwraps_per_request") > 0
+    assert _metric(metrics, "codec_limit_refusals_total", limit="unwraps_per_principal") > 0
+    # The second flood's first 32 were answered from the negative cache.
+    assert _metric(metrics, "data_key_cache_total", kind="failed_cache_hits") == 32
+    # Another caller has a budget of its own.
+    other = await client.post(
+        "/decode",
+        json=_body(await _sealed(shield_config, "dev-team", b'"ok"', providers=[kms])),
+        headers=_headers(idp, sub="someone-else", groups=["engineering"]),
+    )
+    assert base64.b64decode((await other.json())["payloads"][0]["data"]) == b'"ok"'
+
+
+async def test_one_forged_key_repeated_costs_one_kms_call(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig
+) -> None:
+    kms = FakeKms()
+    template = await _sealed(shield_config, "dev-team", b'"x"', providers=[kms])
+    client = await make_client(providers=[kms])
+    forged = _forged(template)
+    resp = await client.post("/decode", json=_body(*[forged] * 1000), headers=_headers(idp))
+    assert resp.status == 200
+    assert kms.decrypt_calls == 1
+
+
+async def test_refused_payloads_never_reach_the_kms(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    kms = FakeKms()
+    phi = await _sealed(shield_config, "clinic-a", b'"phi"', providers=[kms])
+    other_ns = await _sealed(shield_config, "dev-other", b'"x"', providers=[kms])
+    huge = await _sealed(shield_config, "dev-team", b"0" * (5 << 20), providers=[kms])
+    client = await make_client(providers=[kms])
+    # Another process wrote them: nothing is in this server's cache.
+    await client.post(
+        "/decode", json=_body(*[phi] * 50), headers=_headers(idp, namespace="clinic-a")
+    )
+    await client.post("/decode", json=_body(*[other_ns] * 50), headers=_headers(idp))
+    await client.post("/decode", json=_body(huge), headers=_headers(idp))
+    assert kms.decrypt_calls == 0
+    assert [r["decision"] for r in _records(audit_path)] == ["deny", "deny", "deny"]
+
+
+async def test_encode_into_many_namespaces_is_budgeted_per_caller(
+    make_client: ClientFactory, idp: Idp, audit_path: Path
+) -> None:
+    kms = FakeKms()
+    client = await make_client(
+        providers=[kms], principal_unwrap_burst=5, principal_unwraps_per_minute=1
+    )
+    body = {"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "IngiCg=="}]}
+    statuses = []
+    for i in range(8):
+        resp = await client.post("/encode", json=body, headers=_headers(idp, namespace=f"dev-{i}"))
+        statuses.append(resp.status)
+    assert statuses == [200] * 5 + [429] * 3
+    assert kms.generate_calls == 5
+    assert resp.headers["Retry-After"].isdigit()
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert (await resp.json())["error"] == "rate_limited"
+    assert _records(audit_path)[-1]["status"] == 429
+    # A namespace that already has a data key costs nothing: still served.
+    again = await client.post("/encode", json=body, headers=_headers(idp, namespace="dev-0"))
+    assert again.status == 200
+
+
+def test_kms_budget_refills_over_time() -> None:
+    from temporal_shield.server._limits import TokenBuckets
+
+    now = [0.0]
+    buckets = TokenBuckets(60.0, 2, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(3)] == [True, True, False]
+    assert buckets.take("b")  # per principal
+    now[0] += 1.0  # 60 per minute: one token a second
+    assert buckets.take("a")
+    assert not buckets.take("a")
+    assert buckets.retry_after() >= 1
