@@ -134,7 +134,9 @@ class AuditLog:
         self._seq = 0
         """Records written to the file (the head's line number)."""
         self._checkpoint_line = 0
-        """Line of the last checkpoint record (records after it are not yet signed)."""
+        """Line of the last checkpoint record."""
+        self._covered = 0
+        """Records its signed head covers (records written while it was signed follow)."""
         self._checkpoint_at = time.monotonic()
         self._checkpointing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -161,7 +163,7 @@ class AuditLog:
                 self._size = os.fstat(fd).st_size
             except OSError as exc:
                 raise AuditError(f"cannot open audit log {path}: {exc.strerror}") from None
-            self._prev, self._seq, self._checkpoint_line, dropped = tail
+            self._prev, self._seq, self._checkpoint_line, self._covered, dropped = tail
         self._signer = signer
         if signer is None and config.signing_key:
             signer = self._signer = signer_from_uri(
@@ -237,7 +239,7 @@ class AuditLog:
         if (
             self._signer is not None
             and not self._checkpointing
-            and self._seq - self._checkpoint_line >= self._config.checkpoint_every
+            and self._unsigned() >= self._config.checkpoint_every
         ):
             self._checkpoint_soon()
 
@@ -346,9 +348,14 @@ class AuditLog:
             return False
         # Checkpoint records alone do not make a checkpoint due (or an idle
         # server would sign forever); a failed one is retried.
-        unsigned = self._seq > self._checkpoint_line or self._checkpoint_failed
+        unsigned = self._unsigned() > 0 or self._checkpoint_failed
         waited = time.monotonic() - self._checkpoint_at >= self._config.checkpoint_interval
         return unsigned and waited
+
+    def _unsigned(self) -> int:
+        """Records no checkpoint covers, other than the last checkpoint record itself."""
+        own = 1 if self._checkpoint_line > self._covered else 0
+        return self._seq - self._covered - own
 
     def _checkpoint_soon(self) -> None:
         try:
@@ -388,6 +395,7 @@ class AuditLog:
         line = self._seq + 1
         self.record({"type": RECORD_TYPE, **checkpoint.fields(), "line": line})
         self._checkpoint_line = line
+        self._covered = checkpoint.seq
 
     def _anchor(self, checkpoint: Checkpoint) -> None:
         """Put ``checkpoint`` into every sink; raise the first failure after trying all."""
@@ -457,7 +465,7 @@ class AuditLog:
             self._timer = None
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        unsigned = self._seq > self._checkpoint_line or self._checkpoint_failed
+        unsigned = self._unsigned() > 0 or self._checkpoint_failed
         if self._signer is not None and self._file is not None and unsigned:
             await self._checkpoint()
         self.close()
@@ -469,11 +477,7 @@ class AuditLog:
         """
         if self._pending is not None:
             self._flush()
-        if (
-            self._signer is not None
-            and self._file is not None
-            and self._seq > self._checkpoint_line
-        ):
+        if self._signer is not None and self._file is not None and self._unsigned() > 0:
             self._checkpoint_sync()
         if self._file is not None:
             self._file.close()
@@ -497,11 +501,12 @@ def _sinks(config: AuditConfig, stdout: IO[str]) -> list[CheckpointSink]:
     return sinks
 
 
-def _recover(path: Path, replica: str) -> tuple[str, int, int, int]:
+def _recover(path: Path, replica: str) -> tuple[str, int, int, int, int]:
     """Check the file's tail and cut a torn last line off (see the module doc).
 
     Returns:
-        (head hash, records, line of the last checkpoint record, bytes dropped)
+        (head hash, records, line of the last checkpoint record, records it
+        covers, bytes dropped)
 
     Raises:
         AuditError: damage other than a torn last line; the file is left as it is.
@@ -509,9 +514,9 @@ def _recover(path: Path, replica: str) -> tuple[str, int, int, int]:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return GENESIS, 0, 0, 0
+        return GENESIS, 0, 0, 0, 0
     if size == 0:
-        return GENESIS, 0, 0, 0
+        return GENESIS, 0, 0, 0, 0
     with path.open("rb") as f:
         start = max(0, size - TAIL_BYTES)
         f.seek(start)
@@ -550,17 +555,17 @@ def _recover(path: Path, replica: str) -> tuple[str, int, int, int]:
         if prev is None:  # only a (dropped) partial line after the chunk start
             raise _damage(path, f, start, 0, "no complete record in the last 1 MiB")
         if checkpoint is None:
-            return prev, _count_lines(f, size - dropped), 0, dropped
+            return prev, _count_lines(f, size - dropped), 0, 0, dropped
     index, record = checkpoint
     if record.get("replica") != replica:
         raise AuditError(
             f"audit log {path} belongs to replica {record.get('replica')!r}, not {replica!r}: "
             "each replica needs its own file (set audit.file or audit.replica_id)"
         )
-    line = record.get("line")
-    if not isinstance(line, int):
-        raise AuditError(f"audit log {path}: checkpoint record without its line number")
-    return prev, line + (len(lines) - 1 - index), line, dropped
+    line, covered = record.get("line"), record.get("seq")
+    if not isinstance(line, int) or not isinstance(covered, int):
+        raise AuditError(f"audit log {path}: checkpoint record without line or seq")
+    return prev, line + (len(lines) - 1 - index), line, covered, dropped
 
 
 def _count_lines(f: IO[bytes], end: int) -> int:

@@ -179,7 +179,10 @@ class KmsSigner(CheckpointSigner):
             raise ConfigError(
                 f"cannot read KMS signing key {key!r}: {aws_error_code(exc)}"
             ) from None
-        if answer.get("KeyUsage") != "SIGN_VERIFY" or answer.get("KeySpec") != "ECC_NIST_P256":
+        # CustomerMasterKeySpec: the older name, which some KMS emulators still send.
+        fields: dict[str, Any] = dict(answer)
+        spec = fields.get("KeySpec") or fields.get("CustomerMasterKeySpec")
+        if fields.get("KeyUsage") != "SIGN_VERIFY" or spec != "ECC_NIST_P256":
             raise ConfigError(f"KMS key {key!r} must be a SIGN_VERIFY ECC_NIST_P256 key")
         self.public_key = load_public_key(answer["PublicKey"])
         self._arn = answer.get("KeyId", key)
