@@ -7,7 +7,6 @@ and then meets a real hung endpoint.
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from temporal_shield.converter import KeysConfig, ShieldConfig, build_codec
 from temporal_shield.server import create_app
 
 from ..blackhole import Blackhole
-from ..server.conftest import CLASSIFICATION, ORIGIN, POLICY, server_config
+from ..server.conftest import CLASSIFICATION, ORIGIN, POLICY, server_config, wire_body
 from ..server.idp import Idp
 from .conftest import kms_client
 
@@ -61,16 +60,7 @@ async def test_hung_kms_gives_503_within_seconds(aws_env: dict[str, Any], tmp_pa
             started = time.monotonic()
             resp = await client.post(
                 "/decode",
-                json={
-                    "payloads": [
-                        {
-                            "metadata": {
-                                k: base64.b64encode(v).decode() for k, v in sealed.metadata.items()
-                            },
-                            "data": base64.b64encode(sealed.data).decode(),
-                        }
-                    ]
-                },
+                json=wire_body(sealed),
                 headers={
                     "Authorization": f"Bearer {idp.token(groups=['engineering'])}",
                     "X-Namespace": "dev-team",
