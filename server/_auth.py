@@ -4,12 +4,19 @@ Every check comes from configuration: the algorithm allow-list (asymmetric
 only), required ``exp``/``iss``/``aud``/``sub``, issuer, audience and clock
 skew. The algorithm named in a token header is only ever compared against the
 allow-list and the key's own algorithm, never trusted to pick the verifier.
+
+A token is untrusted input: whatever it contains (wrong types, odd headers,
+non-ASCII, nesting, sizes), verifying it raises :class:`AuthError` and nothing
+else, and claims are used only with the types the JWT and OIDC specifications
+give them (a string ``groups`` claim is refused, not split).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,6 +30,14 @@ from temporal_shield.codec import ConfigError, ShieldError
 
 from ._config import AuthConfig
 from ._identity import Identity
+
+log = logging.getLogger("temporal_shield.server")
+
+MAX_TOKEN_CHARS = 64 * 1024
+"""Longest token verified at all (real IdP tokens with many groups stay far below)."""
+_MAX_NUMERIC_DATE = 253402300799
+"""9999-12-31T23:59:59Z: a NumericDate beyond it is not a date (and overflows floats
+or datetimes further on)."""
 
 
 class AuthError(ShieldError):
@@ -103,8 +118,26 @@ class Authenticator:
 
         Raises:
             AuthError: malformed, unsigned, wrongly signed, expired, not yet
-                valid, wrong issuer/audience, unknown key or missing claims.
+                valid, wrong issuer/audience, unknown key, missing claims or
+                claims of the wrong type. Nothing else: any other failure while
+                looking at a hostile token is logged by type only and becomes a
+                generic "invalid token".
         """
+        try:
+            return await self._verify_cached(token)
+        except AuthError:
+            raise
+        except Exception as exc:
+            # Type only: a message could quote the token or its claims.
+            log.warning("token verification failed unexpectedly: %s", type(exc).__name__)
+            raise AuthError("invalid token") from None
+
+    async def _verify_cached(self, token: str) -> Identity:
+        # A JWS compact token is three base64url segments: ASCII only. Checked
+        # before hashing (aiohttp hands over undecodable header bytes as lone
+        # surrogates, which cannot be encoded).
+        if len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
+            raise AuthError("malformed token")
         digest = hashlib.sha256(token.encode()).digest()
         now = time.time()
         cached = self._verified.get(digest)
@@ -123,12 +156,12 @@ class Authenticator:
     async def _verify(self, token: str) -> tuple[Identity, float]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.PyJWTError:  # also a non-string kid or a bad crit list
             raise AuthError("malformed token") from None
         alg = header.get("alg")
-        if alg not in self._config.algorithms:
+        if not isinstance(alg, str) or alg not in self._config.algorithms:
             raise AuthError("token algorithm not allowed")
-        key = await self._key_for(header.get("kid"), str(alg))
+        key = await self._key_for(header.get("kid"), alg)
         try:
             claims = jwt.decode(
                 token,
@@ -149,6 +182,11 @@ class Authenticator:
             raise AuthError("token issued for another issuer or audience") from None
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
+        # PyJWT accepts numeric strings ("exp": "1700000000") and any magnitude;
+        # RFC 7519 NumericDates are JSON numbers, and ours feed float arithmetic.
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _numeric_date(claims[name]):
+                raise AuthError(f"token {name} claim must be a NumericDate")
         return self._identity(claims), float(claims["exp"])
 
     async def _key_for(self, kid: object, alg: str) -> Any:
@@ -157,7 +195,7 @@ class Authenticator:
         if self._jwks is not None and isinstance(kid, str):
             try:
                 jwk = await asyncio.to_thread(self._jwks.get_signing_key, kid)
-            except jwt.PyJWKClientError:
+            except jwt.PyJWTError:  # unknown kid, JWKS unreachable or unusable
                 raise AuthError("unknown signing key") from None
             # A key that declares its algorithm only verifies that algorithm.
             if jwk.algorithm_name and jwk.algorithm_name != alg:
@@ -168,12 +206,19 @@ class Authenticator:
         raise AuthError("unknown signing key")
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
+        """The identity the (verified) claims describe.
+
+        Raises:
+            AuthError: a claim we use has the wrong type.
+        """
         return Identity(
-            subject=str(claims["sub"]),
-            email=str(claims.get("email", "")),
-            groups=_claim_set(claims.get(self._groups_claim)),
-            permissions=_claim_set(claims.get(self._permissions_claim)),
-            token_id=str(claims.get("jti", "")),
+            subject=claims["sub"],  # a string: PyJWT refuses anything else
+            email=_optional_string(claims, "email"),
+            # OIDC: only the JSON boolean true says the address was verified.
+            email_verified=claims.get("email_verified") is True,
+            groups=_string_set(claims, self._groups_claim),
+            permissions=_string_set(claims, self._permissions_claim),
+            token_id=_optional_string(claims, "jti"),
         )
 
 
@@ -186,9 +231,33 @@ def _bearer(value: str | None) -> str | None:
     return token.strip()
 
 
-def _claim_set(value: Any) -> frozenset[str]:
-    if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list):
-        return frozenset(str(v) for v in value)
-    return frozenset()
+def _numeric_date(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= _MAX_NUMERIC_DATE
+    )
+
+
+def _optional_string(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise AuthError(f"{name} claim must be a string")
+    return value
+
+
+def _string_set(claims: Mapping[str, Any], name: str) -> frozenset[str]:
+    """A list-of-strings claim (groups, permissions); absent or null is empty.
+
+    A single string is refused rather than split: splitting on whitespace would
+    turn one group named ``"a b"`` into two grants.
+    """
+    value = claims.get(name)
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AuthError(f"{name} claim must be a list of strings")
+    return frozenset(value)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from temporal_shield.codec import ConfigError
 from temporal_shield.converter import ShieldConfig, build, load_config, read_toml
@@ -33,7 +35,13 @@ class AuthConfig:
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     """Allowed signature algorithms (asymmetric only)."""
     jwks_url: str = ""
-    """JWKS endpoint of the identity provider (cached; refetched on unknown ``kid``)."""
+    """JWKS endpoint of the identity provider (cached; refetched on unknown ``kid``).
+    Must be ``https://`` (plain ``http://`` only to a loopback address) unless
+    ``allow_insecure_jwks_url``: whoever can alter the JWKS in transit can mint
+    tokens the server accepts."""
+    allow_insecure_jwks_url: bool = False
+    """Accept a plain-``http://`` JWKS URL to a non-loopback host (for example an
+    IdP inside a service mesh that encrypts the hop). Never over an open network."""
     public_key_files: tuple[str, ...] = ()
     """PEM public keys used instead of (or besides) a JWKS URL; ``kid`` = file stem."""
     leeway: float = 30.0
@@ -49,11 +57,43 @@ class AuthConfig:
         bad = set(self.algorithms) - ALGORITHMS
         if bad:
             raise ConfigError(f"unsupported JWT algorithm(s): {', '.join(sorted(bad))}")
+        if self.jwks_url:
+            _check_jwks_url(self.jwks_url, insecure_ok=self.allow_insecure_jwks_url)
 
     @property
     def enabled(self) -> bool:
         """Whether an authenticator is configured at all."""
         return bool(self.jwks_url or self.public_key_files)
+
+
+def _check_jwks_url(url: str, *, insecure_ok: bool) -> None:
+    """Refuse a JWKS URL that an attacker on the network could answer for.
+
+    Raises:
+        ConfigError: not https (http only to loopback, or with ``insecure_ok``).
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return
+    # urllib, which fetches the JWKS, also opens file:// and ftp://: never those.
+    if parts.scheme != "http" or not host:
+        raise ConfigError("server.auth.jwks_url must be an https:// URL")
+    if insecure_ok or _is_loopback(host):
+        return
+    raise ConfigError(
+        "server.auth.jwks_url uses plain http to a non-loopback host: use https "
+        "(or set server.auth.allow_insecure_jwks_url = true if the hop is protected)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,6 +258,7 @@ SERVER_ENV: dict[str, str] = {
     "SERVER_CORS_CREDENTIALS": "cors_credentials",
     "SERVER_POLICY_FILE": "policy_file",
     "SERVER_JWKS_URL": "auth.jwks_url",
+    "SERVER_ALLOW_INSECURE_JWKS_URL": "auth.allow_insecure_jwks_url",
     "SERVER_JWT_ISSUER": "auth.issuer",
     "SERVER_JWT_AUDIENCE": "auth.audience",
     "SERVER_JWT_PUBLIC_KEY_FILES": "auth.public_key_files",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Identity:
     """An authenticated caller. Holds claims, never the token itself."""
 
@@ -13,6 +13,9 @@ class Identity:
     """The ``sub`` claim."""
     email: str = ""
     """The ``email`` claim, if any."""
+    email_verified: bool = False
+    """Whether the token's ``email_verified`` claim is the JSON boolean ``true``.
+    Email bindings in the policy need it (unless the policy opts out)."""
     groups: frozenset[str] = frozenset()
     """Values of the configured groups claim."""
     permissions: frozenset[str] = frozenset()

@@ -20,6 +20,16 @@ A policy file (YAML or TOML) has three parts::
       claim: permissions
       roles: {read: engineer, admin: finance}
     groups_claim: groups
+    trust_unverified_email: false   # see below
+
+An ``emails`` binding matches only a token whose ``email_verified`` claim is
+the JSON boolean ``true``: many IdPs let users set an unverified address, and
+an address someone merely typed in must not grant a role. For an IdP that
+never sends ``email_verified`` (and only issues addresses it controls), set
+``trust_unverified_email: true``; prefer ``subjects`` or ``groups`` bindings.
+
+The groups and permissions claims must be lists of strings; a token carrying
+anything else is refused (401) rather than interpreted.
 
 Unlabelled payloads have the classification ``unclassified``. Everything not
 granted is denied; a permission claim only grants its role inside the namespace
@@ -87,12 +97,18 @@ class Binding:
     subjects: frozenset[str]
     emails: frozenset[str]
     groups: frozenset[str]
+    trust_unverified_email: bool = False
+    """Let ``emails`` match without ``email_verified: true`` (the policy's setting)."""
 
     def matches(self, identity: Identity) -> bool:
         """Whether ``identity`` is bound by this entry."""
         return (
             identity.subject in self.subjects
-            or (bool(identity.email) and identity.email.lower() in self.emails)
+            or (
+                bool(identity.email)
+                and (identity.email_verified or self.trust_unverified_email)
+                and identity.email.lower() in self.emails
+            )
             or bool(identity.groups & self.groups)
         )
 
@@ -185,7 +201,14 @@ class Policy:
         """
         if not isinstance(doc, Mapping):
             raise ConfigError(f"{where}: must be a mapping")
-        _only(doc, {"roles", "bindings", "permissions", "groups_claim"}, where)
+        _only(
+            doc,
+            {"roles", "bindings", "permissions", "groups_claim", "trust_unverified_email"},
+            where,
+        )
+        trust_unverified_email = doc.get("trust_unverified_email", False)
+        if not isinstance(trust_unverified_email, bool):
+            raise ConfigError(f"{where}: trust_unverified_email must be true or false")
         roles = {}
         for name, spec in _mapping(doc.get("roles", {}), f"{where}: roles").items():
             spec = _mapping(spec, f"{where}: role {name}")
@@ -216,6 +239,7 @@ class Policy:
                     subjects=frozenset(_strings(spec.get("subjects", []), "subjects")),
                     emails=frozenset(e.lower() for e in _strings(spec.get("emails", []), "emails")),
                     groups=frozenset(_strings(spec.get("groups", []), "groups")),
+                    trust_unverified_email=trust_unverified_email,
                 )
             )
         perms = _mapping(doc.get("permissions", {}), f"{where}: permissions")
