@@ -46,6 +46,10 @@ AUDIT_TEXT_LIMIT = 256
 """Longest free-text field (from headers or token claims) an audit record keeps."""
 
 
+class BodyUnreadable(BadRequest):
+    """The request body could not be read (HTTP 400, and the connection is closed)."""
+
+
 class BodyTimeout(ShieldError):
     """The request body did not arrive within ``body_read_timeout`` (HTTP 408)."""
 
@@ -95,13 +99,20 @@ def _map_error(exc: Exception, request: web.Request) -> web.Response:
         return _error(401, "unauthorized", str(exc), request)
     if isinstance(exc, Forbidden):
         return _error(403, "forbidden", str(exc), request)
+    if isinstance(exc, BodyTimeout | BodyUnreadable):
+        # The rest of the body is unusable: close the connection rather than
+        # let the server try to drain it (which would fail the same way).
+        status, code = (
+            (408, "request_timeout") if isinstance(exc, BodyTimeout) else (400, "bad_request")
+        )
+        response = _error(status, code, str(exc), request)
+        response.force_close()
+        return response
     if isinstance(exc, BadRequest):
         return _error(400, "bad_request", str(exc), request)
     if isinstance(exc, TooLarge):
-        return _error(413, "too_large", str(exc), request)
-    if isinstance(exc, BodyTimeout):
-        response = _error(408, "request_timeout", str(exc), request)
-        response.force_close()
+        response = _error(413, "too_large", str(exc), request)
+        response.force_close()  # the body is not read: the connection cannot go on
         return response
     if isinstance(exc, RateLimited):
         response = _error(429, "rate_limited", str(exc), request)
@@ -188,9 +199,12 @@ async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
     Raises:
         TooLarge: over ``max_body_bytes``.
         BodyTimeout: the body was not complete in time (a slow or stalled sender).
-        BadRequest: the body could not be read: a broken ``Content-Encoding``,
+        BodyUnreadable: the body could not be read: a broken ``Content-Encoding``,
             bad chunking, or a client that went away mid-body.
     """
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        # Refused on the declared length, before reading (or waiting for) any of it.
+        raise TooLarge(f"request body over {config.max_body_bytes} bytes")
     try:
         async with asyncio.timeout(config.body_read_timeout):
             return await request.read()
@@ -209,7 +223,7 @@ async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
     ) as exc:
         # aiohttp's own parsing of the body (content coding, chunking) or the
         # peer closing: the caller's fault, never a 500.
-        raise BadRequest(f"request body could not be read ({type(exc).__name__})") from None
+        raise BodyUnreadable(f"request body could not be read ({type(exc).__name__})") from None
 
 
 def _text(value: str) -> str:

@@ -18,43 +18,19 @@ import pytest
 
 from .conftest import ORIGIN, ClientFactory
 from .idp import Idp
+from .rawhttp import parse as _parse
+from .rawhttp import post as _post
+from .rawhttp import raw
 
 ENGINEER: dict[str, Any] = {"groups": ["engineering"]}
 
 
-async def _raw(client: Any, request: bytes, *, pause: float = 0.0, tail: bytes = b"") -> bytes:
-    """Send ``request`` (then, after ``pause``, ``tail``) and read until the server closes."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(request)
-    await writer.drain()
-    if pause:
-        await asyncio.sleep(pause)
-    if tail:
-        writer.write(tail)
-    answer = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    return answer
-
-
-def _parse(answer: bytes) -> tuple[int, dict[str, str], Any]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return status, headers, json.loads(body)
+async def _raw(client: Any, request: bytes, **kw: Any) -> bytes:
+    return bytes(await raw(client.server.host, client.server.port, request, **kw))
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _post(path: str, headers: dict[str, str] | list[bytes], body: bytes = b"") -> bytes:
-    lines = [f"POST {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
-    if isinstance(headers, dict):
-        lines += [f"{k}: {v}".encode() for k, v in headers.items()]
-    else:
-        lines += headers
-    return b"\r\n".join([*lines, b"", b""]) + body
 
 
 async def test_non_utf8_header_bytes_are_audited_and_answered(
@@ -151,7 +127,12 @@ async def test_slow_body_gets_408(make_client: ClientFactory, idp: Idp, audit_pa
         "Origin": ORIGIN,
         "Content-Length": "100",
     }
-    answer = await _raw(client, _post("/decode", headers, b'{"payl'), pause=2.0, tail=b"x" * 94)
+    answer = await _raw(
+        client,
+        _post("/decode", headers, b'{"payl'),
+        pause=2.0,
+        tail=b"x" * 94,
+    )
     status, response_headers, body = _parse(answer)
     assert (status, body["error"]) == (408, "request_timeout")
     assert response_headers["access-control-allow-origin"] == ORIGIN

@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
 
-from temporal_shield.codec import parse
-from temporal_shield.codec._format import header_middle, key_field, namespace_field, pack_fixed
 from temporal_shield.converter import ShieldConfig, build_codec
 
 from ..helpers import FakeKms
 from .conftest import ORIGIN, ClientFactory
 from .conftest import wire_body as _body
+from .forge import forged_payload as _forged
 from .idp import Idp
 
 ENGINEER: dict[str, Any] = {"groups": ["engineering"]}
@@ -51,23 +49,6 @@ def _metric(text: str, name: str, **labels: str) -> float:
 async def _sealed(config: ShieldConfig, namespace: str, inner: bytes, **kw: Any) -> Payload:
     codec = build_codec(config, **kw).with_namespace(namespace)
     return (await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=inner)]))[0]
-
-
-def _forged(template: Payload, namespace: str = "dev-team") -> Payload:
-    """A payload with a valid-looking header, the template's key id and a random wrapped key."""
-    header, _ = parse(template.data)
-    data = (
-        pack_fixed(0, 64)
-        + header_middle(
-            namespace_field(namespace),
-            "",
-            header.classification,
-            key_field(os.urandom(184), os.urandom(32)),
-        )
-        + os.urandom(12)
-        + os.urandom(80)
-    )
-    return Payload(metadata=dict(template.metadata), data=data)
 
 
 async def test_decode_amplification_is_bounded_per_payload_and_per_request(
