@@ -169,3 +169,48 @@ async def test_encryption_cache_is_bounded_per_namespace() -> None:
     assert kms.generate_calls == 4  # was evicted
     with pytest.raises(ConfigError):
         DataKeyPolicy(encrypt_cache_size=0)
+
+
+async def test_wrapped_keys_that_failed_to_unwrap_are_remembered_bounded_and_expire() -> None:
+    kms, clock = FakeKms(), FakeClock()
+    keys = DataKeyManager(
+        [kms], policy=DataKeyPolicy(failed_cache_size=2, failed_cache_ttl=60), clock=clock
+    )
+    bogus = [bytes([i]) * 60 for i in range(3)]
+    assert keys.needs_unwrap(kms.key_id, bogus[0], "ns")
+    for _ in range(5):
+        with pytest.raises(DecryptionError):
+            await keys.decryption_key(kms.key_id, bogus[0], "ns")
+    assert kms.decrypt_calls == 1  # then answered from the negative cache
+    assert keys.stats.failed_cache_hits == 4
+    assert not keys.needs_unwrap(kms.key_id, bogus[0], "ns")
+    assert keys.needs_unwrap(kms.key_id, bogus[0], "other-ns")  # bound to the triple
+    # Bounded: two more failures evict the oldest.
+    for wrapped in bogus[1:]:
+        with pytest.raises(DecryptionError):
+            await keys.decryption_key(kms.key_id, wrapped, "ns")
+    assert keys.needs_unwrap(kms.key_id, bogus[0], "ns")
+    assert not keys.needs_unwrap(kms.key_id, bogus[2], "ns")
+    # Expires: a KMS refusal for a transient reason is retried later.
+    clock.now += 61
+    assert keys.needs_unwrap(kms.key_id, bogus[2], "ns")
+    # Outages are not remembered as bad keys.
+    kms.down = True
+    with pytest.raises(KeyProviderError):
+        await keys.decryption_key(kms.key_id, bogus[2], "ns")
+    assert keys.needs_unwrap(kms.key_id, bogus[2], "ns")
+
+
+async def test_needs_unwrap_and_needs_data_key_report_kms_calls_without_side_effects() -> None:
+    kms = FakeKms()
+    keys = DataKeyManager([kms])
+    assert keys.needs_data_key("a")
+    key = await keys.encryption_key("a", 1)
+    assert not keys.needs_data_key("a")
+    # Our own new key is cached for decryption; an unknown KEK never reaches the KMS.
+    assert not keys.needs_unwrap(kms.key_id, key.wrapped, "a")
+    assert not keys.needs_unwrap("someone-else:kek", key.wrapped, "a")
+    before = keys.stats.snapshot()
+    keys.needs_unwrap(kms.key_id, b"x" * 40, "a")
+    keys.needs_data_key("b")
+    assert keys.stats.snapshot() == before
