@@ -83,6 +83,10 @@ _FORMAT = "1"
 _INVALID = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
 
 
+MAX_CIPHERTEXT_BLOB = 6144
+"""The largest ``CiphertextBlob`` KMS ``Decrypt`` accepts (AWS KMS API reference)."""
+
+
 def _context(namespace: str) -> dict[str, str]:
     return {CONTEXT_NAMESPACE: namespace, CONTEXT_FORMAT: _FORMAT}
 
@@ -158,6 +162,10 @@ class AwsKmsKeyProvider(KeyProvider):
 
     async def decrypt_data_key(self, key_id: str, wrapped: bytes, namespace: str) -> bytes:
         """See base class."""
+        if not 0 < len(wrapped) <= MAX_CIPHERTEXT_BLOB:
+            # KMS would answer ValidationException, which reads like an outage
+            # (503 for the whole request); this is simply not a wrapped key.
+            raise DecryptionError()
         resp = await self._call(
             "decrypt",
             KeyId=key_id,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientPayloadError, web
+from aiohttp import ClientPayloadError, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EofStream
 from aiohttp.web_protocol import RequestPayloadError
@@ -44,10 +44,17 @@ from ._wire import BadRequest, TooLarge, read_payloads, write_payloads
 
 AUDIT_TEXT_LIMIT = 256
 """Longest free-text field (from headers or token claims) an audit record keeps."""
+AUDIT_LIST_LIMIT = 16
+"""Most entries a list field of an audit record keeps (the rest are counted):
+a record's size must not grow with what one request sends."""
 
 
 class BodyUnreadable(BadRequest):
     """The request body could not be read (HTTP 400, and the connection is closed)."""
+
+
+class UnsupportedEncoding(ShieldError):
+    """The body declares a content coding (HTTP 415): never inflated, never read."""
 
 
 class BodyTimeout(ShieldError):
@@ -99,6 +106,10 @@ def _map_error(exc: Exception, request: web.Request) -> web.Response:
         return _error(401, "unauthorized", str(exc), request)
     if isinstance(exc, Forbidden):
         return _error(403, "forbidden", str(exc), request)
+    if isinstance(exc, UnsupportedEncoding):
+        response = _error(415, "unsupported_media_type", str(exc), request)
+        response.force_close()  # the body is not read: the connection cannot go on
+        return response
     if isinstance(exc, BodyTimeout | BodyUnreadable):
         # The rest of the body is unusable: close the connection rather than
         # let the server try to drain it (which would fail the same way).
@@ -197,11 +208,17 @@ async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
     """The whole body, within ``max_body_bytes`` and ``body_read_timeout``.
 
     Raises:
+        UnsupportedEncoding: the body declares a content coding.
         TooLarge: over ``max_body_bytes``.
         BodyTimeout: the body was not complete in time (a slow or stalled sender).
         BodyUnreadable: the body could not be read: a broken ``Content-Encoding``,
             bad chunking, or a client that went away mid-body.
     """
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        # aiohttp's decompression is off (see ``_http``): refusing here, before
+        # reading, keeps a compressed body from being taken for JSON.
+        raise UnsupportedEncoding("request bodies must not be compressed (Content-Encoding)")
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         # Refused on the declared length, before reading (or waiting for) any of it.
         raise TooLarge(f"request body over {config.max_body_bytes} bytes")
@@ -245,6 +262,17 @@ def _text(value: str) -> str:
     return escaped
 
 
+def _texts(values: set[str]) -> list[str]:
+    """A set of strings as a bounded, sorted list of :func:`_text` values."""
+    if not values:
+        return []
+    ordered = sorted(values)
+    kept = [_text(v) for v in ordered[:AUDIT_LIST_LIMIT]]
+    if len(ordered) > AUDIT_LIST_LIMIT:
+        kept.append(f"...(+{len(ordered) - AUDIT_LIST_LIMIT} more)")
+    return kept
+
+
 @functools.lru_cache(maxsize=1)
 def _utc_second(second: int) -> str:
     """ISO 8601 text of a Unix second (cached: records in one second share it)."""
@@ -283,9 +311,9 @@ def _audit_event(
         "passed_through": done.passed_through,
         "failed": done.failed,
         "withheld": done.withheld,
-        "key_ids": sorted(done.key_ids),
-        "classifications": sorted(done.classifications),
-        "roles": sorted(done.roles),
+        "key_ids": _texts(done.key_ids),
+        "classifications": _texts(done.classifications),
+        "roles": _texts(done.roles),
         "decision": decision,
         "reason": _text(reason or "; ".join(sorted(done.reasons))),
         "status": status,
@@ -370,6 +398,9 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     except BodyTimeout as exc:
         await audit("deny", 408, str(exc))
         raise
+    except UnsupportedEncoding as exc:
+        await audit("deny", 415, str(exc))
+        raise
     except (BadRequest, TooLarge) as exc:
         await audit("deny", 413 if isinstance(exc, TooLarge) else 400, str(exc))
         raise
@@ -383,9 +414,56 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     try:
         # The record is written before any plaintext leaves; a failed write is a 503.
         await audit(outcome.decision, 200)
-        return web.Response(body=write_payloads(result), content_type="application/json")
-    finally:
+        response = web.Response(body=write_payloads(result), content_type="application/json")
+    except BaseException:
         state.service.release(outcome)
+        raise
+    _release_once_sent(request, state.service, outcome, config.send_timeout)
+    return response
+
+
+def _release_once_sent(
+    request: web.Request, service: CodecService, outcome: Outcome, timeout: float
+) -> None:
+    """Give the response's decoded bytes back to the process budget once it is sent.
+
+    Not when the handler returns: a response is then still to be written, and
+    a client that does not read would hold it in the transport buffer, outside
+    any bound. aiohttp runs each request (handler and response write, which
+    waits for the buffer to drain) in a task of its own, so the task's end is
+    the moment the bytes left the process. A client that has not taken the
+    response within ``timeout`` seconds is disconnected.
+    """
+    if not outcome.reserved:
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    transport = request.transport
+
+    def disconnect() -> None:
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    timer = task.get_loop().call_later(timeout, disconnect)
+
+    def sent(_: asyncio.Task[Any]) -> None:
+        timer.cancel()
+        service.release(outcome)
+
+    task.add_done_callback(sent)
+
+
+async def _expect(request: web.Request) -> None:
+    """Answer ``Expect: 100-continue``; ignore any other expectation.
+
+    aiohttp's default answers an unknown expectation with a plain-text 417 that
+    echoes the header, before any route. RFC 9110 lets a server ignore it: the
+    request is then answered (and audited) like any other.
+    """
+    expect = request.headers.get("Expect", "").strip().lower()
+    if request.version == HttpVersion11 and expect == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -494,15 +572,15 @@ def create_app(
         await asyncio.to_thread(telemetry.shutdown)
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/healthz", _edge(healthz))
-    app.router.add_get("/readyz", _edge(readyz))
-    app.router.add_get("/metrics", _edge(metrics))
+    app.router.add_get("/healthz", _edge(healthz), expect_handler=_expect)
+    app.router.add_get("/readyz", _edge(readyz), expect_handler=_expect)
+    app.router.add_get("/metrics", _edge(metrics), expect_handler=_expect)
     # The common paths first: static routes are a dictionary lookup, the
     # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
     codec_route = _edge(codec_handler)
-    app.router.add_post("/decode", codec_route)
-    app.router.add_post("/encode", codec_route)
-    app.router.add_post("/{tail:.*}", codec_route)
+    app.router.add_post("/decode", codec_route, expect_handler=_expect)
+    app.router.add_post("/encode", codec_route, expect_handler=_expect)
+    app.router.add_post("/{tail:.*}", codec_route, expect_handler=_expect)
     # Preflights and everything else: answered by us, with CORS and JSON.
-    app.router.add_route("*", "/{tail:.*}", _edge(fallback))
+    app.router.add_route("*", "/{tail:.*}", _edge(fallback), expect_handler=_expect)
     return app

@@ -82,6 +82,36 @@ def _digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(_CANONICAL.encode(body)).hexdigest()
 
 
+def _line(canonical: bytes, digest: str) -> bytes:
+    """The line the log writes: the canonical body with ``hash`` appended last."""
+    return b'%s,"hash":"%s"}\n' % (canonical[:-1], digest.encode())
+
+
+def canonical_line(record: dict[str, Any]) -> bytes:
+    """The exact line the log writes for ``record`` (which carries its ``hash``)."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return _line(_CANONICAL.encode(body), str(record["hash"]))
+
+
+def line_problem(line: bytes, record: dict[str, Any]) -> str:
+    """Why ``line`` is not exactly the line the log wrote for ``record``, or ``""``.
+
+    The hash covers the record's *canonical* form, so a line must also *be*
+    that form, byte for byte: otherwise an insider could keep the hash valid
+    while changing what people and other parsers read (an escaped character
+    that grep does not match, a duplicate key that first-key-wins parsers
+    take instead of the hashed one).
+    """
+    digest = record.get("hash")
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = _CANONICAL.encode(body)
+    if not isinstance(digest, str) or hashlib.sha256(canonical).hexdigest() != digest:
+        return "record hash does not match its content"
+    if line.rstrip(b"\n") != _line(canonical, digest)[:-1]:
+        return "record is not in the canonical form its hash covers"
+    return ""
+
+
 @dataclass
 class _Batch:
     """Records chained in one event-loop turn, waiting for their write."""
@@ -205,7 +235,7 @@ class AuditLog:
         record["hash"] = hashlib.sha256(canonical).hexdigest()
         # The written line is the canonical body with the hash appended: one
         # serialisation per record (verify() re-derives the body from the JSON).
-        return record, b'%s,"hash":"%s"}\n' % (canonical[:-1], record["hash"].encode())
+        return record, _line(canonical, record["hash"])
 
     def _write(self, lines: bytes, count: int) -> None:
         written = 0
@@ -540,9 +570,9 @@ def _recover(path: Path, replica: str) -> tuple[str, int, int, int, int]:
                 record, reason = None, "not valid JSON"
             if not reason and not isinstance(record, dict):
                 reason = "not a JSON object"
-            elif not reason and record.get("hash") != _digest(record):
-                reason = "record hash does not match its content"
-            elif not reason and prev is not None and record.get("prev") != prev:
+            elif not reason:
+                reason = line_problem(lines[index], record)
+            if not reason and prev is not None and record.get("prev") != prev:
                 reason = "previous-hash link does not match"
             if reason:
                 raise _damage(path, f, start, index, reason)

@@ -211,6 +211,10 @@ class Authenticator:
         Raises:
             AuthError: a claim we use has the wrong type.
         """
+        if not claims["sub"].strip():
+            # An empty subject would be indistinguishable from "no identity"
+            # in audit records, and shares one KMS budget with every other.
+            raise AuthError("token has an empty sub claim")
         return Identity(
             subject=claims["sub"],  # a string: PyJWT refuses anything else
             email=_optional_string(claims, "email"),

@@ -194,8 +194,11 @@ class ServerConfig:
     max_decoded_request_bytes: int = 16 * 1024 * 1024
     """Most decoded bytes in one response; payloads past it come back unchanged."""
     max_decoded_bytes_in_flight: int = 256 * 1024 * 1024
-    """Most decoded bytes held by all requests of the process at once (bounds its
-    memory under concurrent load); payloads past it come back unchanged."""
+    """Memory all requests of the process may hold for decoded payloads until
+    their responses are sent, counted as 3 bytes per decoded byte (the payload
+    and its base64 response); payloads past it come back unchanged. Bounds the
+    process's memory under concurrent load: size the container for this plus
+    about 150 MiB."""
     max_unwraps_per_request: int = 32
     """Most data-key unwraps (KMS ``Decrypt`` calls) one request may cause; payloads
     needing more come back unchanged. Cached keys and known-bad keys cost none."""
@@ -205,6 +208,10 @@ class ServerConfig:
     """Unwraps a caller may spend at once before the per-minute rate applies."""
     body_read_timeout: float = 10.0
     """Seconds allowed to receive a request body (a slow sender gets 408)."""
+    send_timeout: float = 30.0
+    """Seconds allowed to deliver a decoded response; a client that does not read
+    it is disconnected (its decoded bytes count against
+    ``max_decoded_bytes_in_flight`` until then)."""
     max_header_bytes: int = 65536
     """Largest request line and header field (IdP tokens with many groups exceed
     aiohttp's 8 KiB default); larger ones get 431 JSON."""
@@ -226,6 +233,7 @@ class ServerConfig:
             self.max_decoded_request_bytes,
             self.max_decoded_bytes_in_flight,
             self.body_read_timeout,
+            self.send_timeout,
             self.max_header_bytes,
         )
         if any(value <= 0 for value in limits):

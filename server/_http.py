@@ -40,6 +40,11 @@ def runner_kwargs(config: ServerConfig) -> dict[str, Any]:
         # A client that goes away must not cancel its handler: the handler still
         # writes the request's audit record (a 400 for a body cut short).
         "handler_cancellation": False,
+        # Never inflate a request body: a few MB of gzip expand to gigabytes
+        # inside aiohttp's parser, on the event loop, before any handler (or
+        # any size limit) runs. No codec client compresses its requests; a
+        # body that declares a content coding is refused (415) unread.
+        "auto_decompress": False,
     }
 
 

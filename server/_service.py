@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,16 @@ from ._limits import (
     TokenBuckets,
 )
 from ._policy import Policy
+from ._wire import WirePayload
+
+_LABEL = re.compile(r"[a-z0-9._-]{0,64}")
+"""A classification label as the envelope writes it (see ``validate_classification``)."""
+
+MEMORY_PER_DECODED_BYTE = 3
+"""What one decoded byte costs in memory until its response is sent: the decoded
+payload (1) and its share of the base64 JSON response body (4/3), with room
+for the transient copy made while the message is parsed. Measured with
+``bench/bench_soak.py`` (peak RSS against the in-flight budget)."""
 
 YIELD_EVERY_BYTES = 1 << 20
 """Decoded bytes after which a request lets the event loop serve other callers."""
@@ -61,7 +72,7 @@ class Outcome:
     limits: dict[str, int] | None = None
     """Withheld payloads by budget name (``None`` when nothing was withheld)."""
     reserved: int = 0
-    """Decoded bytes reserved in the process budget (released after the response)."""
+    """Memory reserved in the process budget (released once the response is sent)."""
     key_ids: set[str] = field(default_factory=set)
     classifications: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
@@ -112,7 +123,7 @@ class CodecService:
         self.in_flight = InFlight(limits.max_decoded_bytes_in_flight)
 
     def release(self, outcome: Outcome) -> None:
-        """Return the decoded bytes ``outcome`` reserved (once its response is built)."""
+        """Return the memory ``outcome`` reserved (once its response is sent)."""
         if outcome.reserved:
             self.in_flight.release(outcome.reserved)
             outcome.reserved = 0
@@ -160,13 +171,20 @@ class CodecService:
                     out.append(payload)
                     continue
                 header = parsed[0]
-                outcome.classifications.add(header.classification or "unclassified")
+                if not _LABEL.fullmatch(header.classification):
+                    # Writers only seal valid labels (``validate_classification``):
+                    # anything else is forged, and never reaches a record or a decision.
+                    outcome.failed += 1
+                    outcome.reasons.add("malformed ciphertext")
+                    out.append(payload)
+                    continue
                 if not namespace or header.namespace != namespace:
                     # Never even try to decrypt a payload bound to another namespace.
                     outcome.denied += 1
                     outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
                     out.append(payload)
                     continue
+                outcome.classifications.add(header.classification or "unclassified")
                 if not allowed(identity, namespace, "decode", header.classification, outcome):
                     outcome.denied += 1
                     outcome.reasons.add(
@@ -195,11 +213,12 @@ class CodecService:
                         out.append(payload)
                         continue
                     unwraps += 1
-                if not self.in_flight.reserve(size):
+                held = size * MEMORY_PER_DECODED_BYTE
+                if not self.in_flight.reserve(held):
                     outcome.withhold(LIMIT_IN_FLIGHT, "server decode capacity busy")
                     out.append(payload)
                     continue
-                outcome.reserved += size
+                outcome.reserved += held
                 try:
                     decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
                 except DecryptionError:
@@ -209,7 +228,10 @@ class CodecService:
                     continue
                 outcome.decoded += 1
                 outcome.key_ids.add(key_id)
-                out.append(decoded)
+                # In wire form at once: the protobuf message would otherwise stay
+                # alive beside the bytes copied out of it for the response.
+                metadata = decoded.metadata
+                out.append(WirePayload({k: metadata[k] for k in metadata}, decoded.data))
                 decoded_bytes += size
                 since_yield += size
                 if since_yield >= YIELD_EVERY_BYTES:

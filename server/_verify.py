@@ -27,7 +27,7 @@ from typing import Any
 
 from temporal_shield.codec import ConfigError
 
-from ._audit import GENESIS, _digest
+from ._audit import GENESIS, line_problem
 from ._checkpoint import RECORD_TYPE, Checkpoint, CheckpointError, Found
 from ._signer import PublicKey, check_signature
 
@@ -109,8 +109,9 @@ def verify(
                 return broken(number, "not valid JSON")
             if not isinstance(record, dict) or record.get("prev") != prev:
                 return broken(number, "previous-hash link does not match")
-            if record.get("hash") != _digest(record):
-                return broken(number, "record hash does not match its content")
+            problem = line_problem(line, record)
+            if problem:
+                return broken(number, problem)
             if record.get("type") == RECORD_TYPE:
                 problem = _in_file(record, number, replica, last_signed, count, recent, keys)
                 if problem:

@@ -16,7 +16,7 @@ import pytest
 from temporal_shield._main import main
 from temporal_shield.codec import ConfigError
 from temporal_shield.server import AuditConfig, AuditError, AuditLog, verify
-from temporal_shield.server._audit import GENESIS, _digest
+from temporal_shield.server._audit import GENESIS, _digest, canonical_line
 from temporal_shield.server._checkpoint import Checkpoint
 from temporal_shield.server._signer import (
     CheckpointSigner,
@@ -78,7 +78,9 @@ def _rechain(
                 message = Checkpoint.parse(record).message()
                 record["sig"] = base64.b64encode(resign.sign(message)).decode()
         record["hash"] = prev = _digest(record)
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    # Written exactly as the log writes lines: a careful insider leaves no trace
+    # in the form of the lines, only in what they say.
+    path.write_bytes(b"".join(canonical_line(r) for r in records))
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -129,6 +131,41 @@ def test_recomputed_chain_after_an_edit_is_detected(
     assert code == 1
     assert "line 6" in out
     assert "does not match the head" in out
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        # What grep and readers see changes; the parsed record (and hash) do not.
+        lambda line: line.replace(b'"type":"checkpoint"', b'"type":"\\u0063heckpoint"'),
+        lambda line: line.replace(b'{"', b'{"n":-1,"decision":"deny","', 1),
+        lambda line: line.replace(b",", b", ", 1),
+    ],
+    ids=["escaped-character", "duplicate-keys-in-front", "extra-whitespace"],
+)
+def test_a_line_must_be_exactly_the_canonical_form_its_hash_covers(
+    signed_log: tuple[Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    rewrite: Callable[[bytes], bytes],
+) -> None:
+    path, public, _ = signed_log
+    lines = path.read_bytes().splitlines(keepends=True)
+    target = 5  # the first checkpoint record (line 6)
+    assert json.loads(lines[target])["type"] == "checkpoint"
+    tampered = rewrite(lines[target])
+    assert tampered != lines[target]
+    assert json.loads(tampered)["hash"] == json.loads(lines[target])["hash"]
+    path.write_bytes(b"".join([*lines[:target], tampered, *lines[target + 1 :]]))
+    code, out, _ = _cli(capsys, str(path), "--public-key", str(public))
+    assert code == 1
+    assert "line 6" in out
+    # At start the last record is checked the same way.
+    last = [*lines[:-1], rewrite(lines[-1])]
+    path.write_bytes(b"".join(last))
+    with pytest.raises(AuditError, match="refusing to start"):
+        AuditLog(_config(tmp_path, keys[0]), stdout=io.StringIO())
 
 
 @pytest.mark.parametrize("attack", ["delete", "reorder"])

@@ -473,7 +473,7 @@ def test_zz_no_token_in_logs_and_the_audit_trail_holds(served: Served, tmp_path:
         return path
 
     # Delete a record, then recompute the plain hash chain as the old attack did.
-    from temporal_shield.server._audit import _digest
+    from temporal_shield.server._audit import _digest, canonical_line
 
     rechained = []
     prev = "0" * 64
@@ -485,7 +485,7 @@ def test_zz_no_token_in_logs_and_the_audit_trail_holds(served: Served, tmp_path:
             record["prev"] = prev
             record["hash"] = _digest(record)
         prev = record["hash"]
-        rechained.append(json.dumps(record, separators=(",", ":")) + "\n")
+        rechained.append(canonical_line(record).decode())
     assert verify(forged("rechained.jsonl", rechained)).returncode == 1
     assert verify(forged("deleted.jsonl", lines[:3] + lines[4:])).returncode == 1
     swapped = [*lines]

@@ -25,6 +25,16 @@ from .rawhttp import raw
 ENGINEER: dict[str, Any] = {"groups": ["engineering"]}
 
 
+def _engineer(idp: Idp, **extra: str) -> dict[str, str]:
+    """Headers of an authorised engineer's browser request to dev-team."""
+    return {
+        "Authorization": f"Bearer {idp.token(**ENGINEER)}",
+        "X-Namespace": "dev-team",
+        "Origin": ORIGIN,
+        **extra,
+    }
+
+
 async def _raw(client: Any, request: bytes, **kw: Any) -> bytes:
     return bytes(await raw(client.server.host, client.server.port, request, **kw))
 
@@ -64,17 +74,24 @@ async def test_overlong_header_values_are_cut_in_the_audit_record(
 
 
 @pytest.mark.parametrize(
-    ("extra", "body"),
+    ("extra", "body", "status"),
     [
-        (["Content-Encoding: gzip"], b'{"payloads": []}'),  # not gzip at all
-        (["Content-Encoding: br"], b"\x00\x01\x02garbage"),
-        (["Content-Encoding: deflate"], gzip.compress(b"{}")[:10]),
-        (["Transfer-Encoding: chunked"], b"zz\r\nnot hex\r\n0\r\n\r\n"),
+        (["Content-Encoding: gzip"], b'{"payloads": []}', 415),  # not gzip at all
+        (["Content-Encoding: gzip"], gzip.compress(b'{"payloads": []}'), 415),  # real gzip
+        (["Content-Encoding: br"], b"\x00\x01\x02garbage", 415),
+        (["Content-Encoding: x-bogus"], b'{"payloads": []}', 415),
+        (["Transfer-Encoding: chunked"], b"zz\r\nnot hex\r\n0\r\n\r\n", 400),
     ],
-    ids=["gzip-lie", "br-garbage", "deflate-truncated", "bad-chunking"],
+    ids=["gzip-lie", "gzip", "br-garbage", "bogus-coding", "bad-chunking"],
 )
-async def test_broken_body_encodings_are_4xx_json(
-    make_client: ClientFactory, idp: Idp, audit_path: Path, extra: list[str], body: bytes
+async def test_compressed_or_broken_bodies_are_4xx_json_and_never_inflated(
+    make_client: ClientFactory,
+    idp: Idp,
+    audit_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    extra: list[str],
+    body: bytes,
+    status: int,
 ) -> None:
     client = await make_client()
     headers = [
@@ -85,26 +102,69 @@ async def test_broken_body_encodings_are_4xx_json(
     ]
     if not any(e.startswith("Transfer-Encoding") for e in extra):
         headers.append(f"Content-Length: {len(body)}".encode())
-    status, response_headers, answer = _parse(await _raw(client, _post("/decode", headers, body)))
-    assert 400 <= status < 500
-    assert answer["error"] in ("bad_request", "request_timeout")
+    answer_status, response_headers, answer = _parse(
+        await _raw(client, _post("/decode", headers, body))
+    )
+    assert answer_status == status
+    assert answer["error"] in ("unsupported_media_type", "bad_request")
     assert response_headers.get("access-control-allow-origin") == ORIGIN
-    statuses = [r["status"] for r in _records(audit_path)] if audit_path.exists() else []
-    # Refused by our handler: audited. Refused by the HTTP parser before any
-    # handler (bad chunking): no identity was ever read, nothing to decide.
-    assert all(s < 500 for s in statuses)
+    if status == 415:  # refused by our handler: audited
+        assert _records(audit_path)[-1]["status"] == 415
+    assert "Traceback" not in caplog.text
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_gzip_bomb_is_refused_unread(make_client: ClientFactory, idp: Idp) -> None:
+    from temporal_shield.server import STATE
+
+    # 1 GiB of zeros in ~1 MB of gzip: aiohttp would inflate it in its parser,
+    # on the event loop, whatever the handler said. Here it is never inflated.
+    bomb = gzip.compress(b"\0" * (1 << 30), compresslevel=9)
+    client = await make_client()
+    resp = await client.post(
+        "/decode",
+        data=bomb,
+        headers=_engineer(idp, **{"Content-Encoding": "gzip"}),
+    )
+    assert resp.status == 415
+    assert (await resp.json())["error"] == "unsupported_media_type"
+    app = client.app
+    assert app is not None
+    assert app[STATE].config.max_body_bytes > len(bomb)  # not refused for its size
+
+
+async def test_expect_headers_never_get_a_plain_text_answer(
+    make_client: ClientFactory, idp: Idp, audit_path: Path
+) -> None:
+    client = await make_client()
+    headers = _engineer(idp, **{"Content-Length": "16"})
+    weird = _post("/decode", {**headers, "Expect": "999-weird"}, b'{"payloads": []}')
+    status, _, answer = _parse(await _raw(client, weird))
+    assert (status, answer) == (200, {"payloads": []})
+    assert _records(audit_path)[-1]["status"] == 200
+    # 100-continue is still honoured: the interim answer, then the real one.
+    answer_bytes = await _raw(
+        client, _post("/decode", {**headers, "Expect": "100-continue"}, b'{"payloads": []}')
+    )
+    assert answer_bytes.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+
+
+async def test_an_empty_subject_is_not_an_identity(make_client: ClientFactory, idp: Idp) -> None:
+    client = await make_client()
+    resp = await client.post(
+        "/decode",
+        json={"payloads": []},
+        headers={"Authorization": f"Bearer {idp.token(sub='')}", "X-Namespace": "dev-team"},
+    )
+    assert resp.status == 401
+    assert (await resp.json())["message"] == "token has an empty sub claim"
 
 
 async def test_client_gone_mid_body_is_a_400_record_not_a_500(
     make_client: ClientFactory, idp: Idp, audit_path: Path
 ) -> None:
     client = await make_client()
-    headers = {
-        "Authorization": f"Bearer {idp.token(**ENGINEER)}",
-        "X-Namespace": "dev-team",
-        "Content-Length": "100000",
-    }
+    headers = _engineer(idp, **{"Content-Length": "100000"})
     _, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(_post("/decode", headers, b'{"payloads": ['))
     await writer.drain()
@@ -121,12 +181,7 @@ async def test_client_gone_mid_body_is_a_400_record_not_a_500(
 
 async def test_slow_body_gets_408(make_client: ClientFactory, idp: Idp, audit_path: Path) -> None:
     client = await make_client(body_read_timeout=0.5)
-    headers = {
-        "Authorization": f"Bearer {idp.token(**ENGINEER)}",
-        "X-Namespace": "dev-team",
-        "Origin": ORIGIN,
-        "Content-Length": "100",
-    }
+    headers = _engineer(idp, **{"Content-Length": "100"})
     answer = await _raw(
         client,
         _post("/decode", headers, b'{"payl'),
@@ -157,12 +212,7 @@ async def test_hostile_json_is_400(
     resp = await client.post(
         "/decode",
         data=body,
-        headers={
-            "Authorization": f"Bearer {idp.token(**ENGINEER)}",
-            "X-Namespace": "dev-team",
-            "Origin": ORIGIN,
-            "Content-Type": "application/json",
-        },
+        headers=_engineer(idp, **{"Content-Type": "application/json"}),
     )
     assert resp.status == 400
     assert (await resp.json())["error"] == "bad_request"

@@ -15,6 +15,7 @@ from typing import Any
 
 from temporalio.api.common.v1 import Payload
 
+from temporal_shield.codec import parse
 from temporal_shield.converter import ShieldConfig, build_codec
 
 from ..helpers import FakeKms
@@ -116,14 +117,24 @@ async def test_a_large_decode_lets_the_event_loop_serve_others(
 async def test_process_wide_decoded_bytes_are_bounded(
     make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
 ) -> None:
+    from temporal_shield.server import STATE
+
     bomb = await _sealed(shield_config, "dev-team", b'"' + b"a" * (3 << 20) + b'"')
-    client = await make_client(max_decoded_bytes_in_flight=7 << 20)
+    # Counted as 3 bytes of memory per decoded byte: room for two 3 MiB payloads.
+    client = await make_client(max_decoded_bytes_in_flight=21 << 20)
     resp = await client.post("/decode", json=_body(*[bomb] * 4), headers=_headers(idp))
     record = _records(audit_path)[-1]
     assert (record["decoded"], record["withheld"]) == (2, 2)
     assert "server decode capacity busy" in record["reason"]
     assert resp.status == 200
-    # Released once the response was built: the next request gets the same room.
+    # Released once the response was sent: the next request gets the same room.
+    await resp.read()
+    app = client.app
+    assert app is not None
+    for _ in range(200):
+        if app[STATE].service.in_flight.used == 0:
+            break
+        await asyncio.sleep(0.01)
     await client.post("/decode", json=_body(*[bomb] * 2), headers=_headers(idp))
     assert _records(audit_path)[-1]["decoded"] == 2
 
@@ -227,3 +238,89 @@ def test_kms_budget_refills_over_time() -> None:
     assert buckets.take("a")
     assert not buckets.take("a")
     assert buckets.retry_after() >= 1
+
+
+async def test_unread_responses_hold_their_budget_until_sent_or_timed_out(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    from temporal_shield.server import STATE
+
+    from .rawhttp import post
+
+    bomb = await _sealed(shield_config, "dev-team", b'"' + b"a" * (3 << 20) + b'"')
+    client = await make_client(max_decoded_bytes_in_flight=50 << 20, send_timeout=1.0)
+    app = client.app
+    assert app is not None
+    in_flight = app[STATE].service.in_flight
+    body = json.dumps(_body(*[bomb] * 5)).encode()
+    request = post("/decode", {**_headers(idp), "Content-Length": str(len(body))}, body)
+    # A client that sends its request and never reads the ~20 MB answer.
+    _, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    for _ in range(200):
+        if audit_path.exists() and audit_path.read_text():
+            break
+        await asyncio.sleep(0.02)
+    assert _records(audit_path)[-1]["decoded"] == 5
+    size = parse(bomb.data)[0].original_length
+    assert in_flight.used == 5 * size * 3  # held while the answer is unread
+    # Meanwhile the process budget is spent for everyone: withheld, not OOM.
+    resp = await client.post("/decode", json=_body(bomb), headers=_headers(idp))
+    assert resp.status == 200
+    record = _records(audit_path)[-1]
+    assert (record["withheld"], record["reason"]) == (1, "server decode capacity busy")
+    # After send_timeout the reader is disconnected and the budget comes back.
+    for _ in range(300):
+        if in_flight.used == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert in_flight.used == 0
+    writer.close()
+    resp = await client.post("/decode", json=_body(bomb), headers=_headers(idp))
+    assert _records(audit_path)[-1]["decoded"] == 1
+
+
+async def test_forged_labels_never_reach_a_record_or_a_decision(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    template = await _sealed(shield_config, "dev-team", b'"x"')
+    client = await make_client()
+    forged = []
+    for i in range(300):
+        payload = _forged(template)
+        # Rewrite the label byte-for-byte: control characters, 255 bytes long.
+        header_start = 9 + 2 + len(b"dev-team") + 2
+        label_len = payload.data[header_start]
+        label = bytes([1 + (i % 30)]) * 200 + str(i).encode()
+        data = (
+            payload.data[:header_start]
+            + bytes([len(label)])
+            + label
+            + payload.data[header_start + 1 + label_len :]
+        )
+        forged.append(type(payload)(metadata=dict(payload.metadata), data=data))
+    # Many distinct *valid* labels too: every list in the record stays bounded.
+    for i in range(100):
+        payload = _forged(template)
+        header_start = 9 + 2 + len(b"dev-team") + 2
+        label_len = payload.data[header_start]
+        label = f"label-{i:03d}".encode()
+        forged.append(
+            type(payload)(
+                metadata=dict(payload.metadata),
+                data=payload.data[:header_start]
+                + bytes([len(label)])
+                + label
+                + payload.data[header_start + 1 + label_len :],
+            )
+        )
+    resp = await client.post("/decode", json=_body(*forged), headers=_headers(idp))
+    assert resp.status == 200
+    line = audit_path.read_text().splitlines()[-1]
+    assert len(line) < 8192  # bounded whatever the request holds
+    record = json.loads(line)
+    assert record["failed"] >= 300
+    assert not any(ord(c) < 32 for c in "".join(record["classifications"]))
+    assert len(record["classifications"]) == 17
+    assert record["classifications"][-1] == "...(+84 more)"
