@@ -102,10 +102,25 @@ def _serve(args: argparse.Namespace) -> int:
             "port": args.port,
             "policy_file": args.policy,
             "insecure_dev": True if args.insecure_dev else None,
+            "workers": args.workers,
+            "metrics_port": args.metrics_port,
         }.items()
         if value is not None
     }
-    return serve(args.config, overrides)
+    return serve(args.config, overrides, worker=args.worker)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a number, or ``auto`` (0: one per CPU)."""
+    if text == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected a number of workers or 'auto'")
+    return value
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -193,6 +208,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no authentication: every caller may decrypt (local development only)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="processes serving the port: a number, or 'auto' (one per CPU); "
+        "overrides server.workers",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="also serve /metrics, /healthz, /readyz on this port + worker index "
+        "(overrides server.metrics_port)",
+    )
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(func=_serve)
 
     scan = sub.add_parser(

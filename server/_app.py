@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -496,6 +496,7 @@ def create_app(
     providers: list[KeyProvider] | None = None,
     audit_stdout: Any = None,
     span_processor: SpanProcessor | None = None,
+    metric_labels: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the codec server application.
 
@@ -506,6 +507,7 @@ def create_app(
         providers: Key providers to use instead of those ``shield`` names (tests).
         audit_stdout: Stream for the stdout audit sink (tests); default stdout.
         span_processor: Extra span processor (tests); OTLP comes from ``OTEL_*``.
+        metric_labels: Labels on every Prometheus series (a worker's index).
 
     Raises:
         ConfigError: invalid configuration, unreadable policy, keys or audit log.
@@ -526,7 +528,9 @@ def create_app(
         if (config.audit.file or config.audit.stdout)
         else None
     )
-    telemetry = Telemetry(codec.envelope.keys.stats, span_processor=span_processor)
+    telemetry = Telemetry(
+        codec.envelope.keys.stats, span_processor=span_processor, labels=metric_labels
+    )
     keys = codec.envelope.keys
     keys.providers = [telemetry.traced(p) for p in keys.providers]
     app = web.Application(client_max_size=config.max_body_bytes)
@@ -572,9 +576,7 @@ def create_app(
         await asyncio.to_thread(telemetry.shutdown)
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/healthz", _edge(healthz), expect_handler=_expect)
-    app.router.add_get("/readyz", _edge(readyz), expect_handler=_expect)
-    app.router.add_get("/metrics", _edge(metrics), expect_handler=_expect)
+    _add_health_routes(app)
     # The common paths first: static routes are a dictionary lookup, the
     # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
     codec_route = _edge(codec_handler)
@@ -584,3 +586,22 @@ def create_app(
     # Preflights and everything else: answered by us, with CORS and JSON.
     app.router.add_route("*", "/{tail:.*}", _edge(fallback), expect_handler=_expect)
     return app
+
+
+def _add_health_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", _edge(healthz), expect_handler=_expect)
+    app.router.add_get("/readyz", _edge(readyz), expect_handler=_expect)
+    app.router.add_get("/metrics", _edge(metrics), expect_handler=_expect)
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """``/metrics``, ``/healthz`` and ``/readyz`` of ``app``, and no codec route.
+
+    For a worker's own port: with several workers on one port (SO_REUSEPORT)
+    a request there lands on any of them, so each also answers for itself here.
+    """
+    own = web.Application(client_max_size=1024)
+    own[STATE] = app[STATE]
+    _add_health_routes(own)
+    own.router.add_route("*", "/{tail:.*}", _edge(fallback), expect_handler=_expect)
+    return own

@@ -215,6 +215,14 @@ class ServerConfig:
     max_header_bytes: int = 65536
     """Largest request line and header field (IdP tokens with many groups exceed
     aiohttp's 8 KiB default); larger ones get 431 JSON."""
+    workers: int = 1
+    """Processes serving ``port`` (``0``: one per CPU this process may run on). With
+    more than one, a supervisor starts them and restarts any that dies; each keeps
+    its own audit chain, caches and budgets (see ``docs/server.md``, "Workers")."""
+    metrics_port: int = 0
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (and nothing else) also on
+    ``metrics_port + k`` for worker ``k``, so that Prometheus scrapes every worker;
+    0 = not at all."""
     policy_file: str = ""
     """RBAC policy (YAML or TOML). Required unless insecure_dev."""
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -238,6 +246,10 @@ class ServerConfig:
         )
         if any(value <= 0 for value in limits):
             raise ConfigError("server limits must be positive")
+        if self.workers < 0:
+            raise ConfigError("server.workers must be 0 (one per CPU) or positive")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("server.metrics_port must be a port number (0 = off)")
         if (
             self.max_unwraps_per_request < 0
             or self.principal_unwraps_per_minute < 0
@@ -262,6 +274,8 @@ SERVER_ENV: dict[str, str] = {
     "SERVER_HOST": "host",
     "SERVER_PORT": "port",
     "SERVER_INSECURE_DEV": "insecure_dev",
+    "SERVER_WORKERS": "workers",
+    "SERVER_METRICS_PORT": "metrics_port",
     "SERVER_CORS_ORIGINS": "cors_origins",
     "SERVER_CORS_CREDENTIALS": "cors_credentials",
     "SERVER_POLICY_FILE": "policy_file",

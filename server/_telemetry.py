@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from temporal_shield.codec import GeneratedDataKey, KeyProvider, KeyStats
 
@@ -53,6 +54,7 @@ class Telemetry:
         *,
         env: Mapping[str, str] | None = None,
         span_processor: SpanProcessor | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """Create providers, instruments and exporters.
 
@@ -61,6 +63,8 @@ class Telemetry:
             env: Environment (default :data:`os.environ`).
             span_processor: An extra span processor (turns tracing on), e.g. an
                 in-memory exporter in tests.
+            labels: Labels added to every Prometheus series (a worker's
+                ``worker="k"``: processes behind one port keep distinct series).
         """
         env = os.environ if env is None else env
         resource = Resource.create(
@@ -69,6 +73,8 @@ class Telemetry:
         self.registry = CollectorRegistry()
         self.latency = LatencyHistogram(InstrumentationScope(SCOPE), resource)
         readers: list[MetricReader] = [PrometheusReader(self.latency, registry=self.registry)]
+        if labels:
+            self.registry = _ConstantLabels(self.registry, labels)
         if _otlp(env, "METRICS"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
@@ -225,6 +231,23 @@ class Telemetry:
         """Flush exporters."""
         self.meter_provider.shutdown()
         self.tracer_provider.shutdown()
+
+
+class _ConstantLabels(CollectorRegistry):
+    """Another registry's series, each with the same extra labels."""
+
+    def __init__(self, inner: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        super().__init__(auto_describe=False)
+        self._inner = inner
+        self._labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            family.samples = [
+                sample._replace(labels={**sample.labels, **self._labels})
+                for sample in family.samples
+            ]
+            yield family
 
 
 class _TracedProvider(KeyProvider):

@@ -1,0 +1,375 @@
+"""Several codec-server processes on one port: per-worker settings, stdout, supervisor.
+
+Model: ``SO_REUSEPORT``. Every worker binds its own listening socket to the
+same address with ``reuse_port=True`` and the kernel spreads new connections
+over them by a hash of the connection's addresses. Chosen over a pre-forked
+shared socket because:
+
+* the Web UI, the CLI and proxies keep connections alive, so what must be even
+  is the spread of *connections*; with one shared socket the asyncio worker
+  that wakes first accepts a whole backlog at once (it accepts in a loop), and
+  one process can end up with every connection of a burst;
+* no thundering herd and no accept lock: each worker waits on its own queue;
+* the parent never touches a listening socket, so it needs nothing of the
+  server (no keys, no policy, no event loop state) and workers are plain
+  ``exec``-ed interpreters that load everything themselves.
+
+The price: connections still waiting in a worker's own accept queue when it
+dies are reset (clients retry; the UI re-requests), and Linux lets only
+processes of the same user join the port. The parent keeps the port bound
+(never listening) so that it stays ours while a worker restarts.
+
+Workers are started with ``exec`` (``python -m temporal_shield serve``), never
+``fork``: a forked copy would inherit whatever threads, event loop or boto3
+clients the parent had, and the parent is meant to hold none of them anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from temporal_shield.codec import ConfigError
+
+from ._config import ServerConfig
+
+log = logging.getLogger("temporal_shield.server.workers")
+
+STOP_TIMEOUT = 60.0
+"""Seconds a worker gets after SIGTERM (in-flight requests, then the final
+checkpoint, which may wait on KMS) before it is killed."""
+BACKOFF_FIRST = 0.5
+"""Seconds before the first restart of a worker that died."""
+BACKOFF_MAX = 30.0
+"""Longest wait between restarts (doubling from :data:`BACKOFF_FIRST`)."""
+MAX_FAILURES = 6
+"""Restarts in a row (each worker) after which the supervisor gives up."""
+STABLE_AFTER = 30.0
+"""Seconds a worker must have served for its next death to count as the first."""
+
+
+def worker_count(configured: int) -> int:
+    """``server.workers`` resolved: 0 means one per CPU this process may use.
+
+    The CPU *affinity*, not the machine's count: a container pinned to some
+    cores (a cpuset) sees only those. A CPU quota without a cpuset is not
+    visible here; set the number explicitly then.
+    """
+    if configured > 0:
+        return configured
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def worker_audit_file(path: str, index: int) -> str:
+    """Worker ``index``'s audit file: ``DIR/audit.jsonl`` → ``DIR/audit-w{index}.jsonl``."""
+    file = Path(path)
+    return str(file.with_name(f"{file.stem}-w{index}{file.suffix}"))
+
+
+def worker_config(config: ServerConfig, index: int, count: int) -> ServerConfig:
+    """The settings worker ``index`` of ``count`` runs with.
+
+    One worker runs with ``config`` unchanged (its audit file and replica id
+    stay). With several, each gets its own audit file and replica id (the
+    same for the same index on every start, so each chain continues), and the
+    budgets that protect the pod as a whole are divided between them: a
+    caller's KMS unwraps per minute and burst, and the decoded bytes in
+    flight. A worker cannot see its siblings' spending, so an undivided budget
+    would be ``count`` times the configured one per pod. Bursts are rounded
+    down but kept at 1 or more when configured non-zero.
+
+    Raises:
+        ConfigError: the derived replica id is invalid (too long).
+    """
+    if count == 1:
+        return config
+    audit = config.audit
+    audit = dataclasses.replace(
+        audit,
+        file=worker_audit_file(audit.file, index) if audit.file else "",
+        replica_id=f"{audit.replica_id}-w{index}",
+    )
+    burst = config.principal_unwrap_burst
+    return dataclasses.replace(
+        config,
+        audit=audit,
+        principal_unwraps_per_minute=config.principal_unwraps_per_minute / count,
+        principal_unwrap_burst=max(1, burst // count) if burst else 0,
+        max_decoded_bytes_in_flight=max(1, config.max_decoded_bytes_in_flight // count),
+    )
+
+
+def check_workers(config: ServerConfig, count: int) -> None:
+    """Refuse settings that several workers cannot honour (before starting any).
+
+    Raises:
+        ConfigError: no ``SO_REUSEPORT``, stdout as the only audit sink, or a
+            derived replica id that is invalid.
+    """
+    if count == 1:
+        return
+    if not hasattr(socket, "SO_REUSEPORT") or not sys.platform.startswith("linux"):
+        raise ConfigError("server.workers > 1 needs Linux (SO_REUSEPORT load balancing)")
+    if config.audit.stdout and not config.audit.file:
+        # Each worker writes a chain of its own; on one stream they interleave
+        # (whole lines, see LineLockedStdout) and a record does not say whose
+        # chain it belongs to, so `audit verify` could not check them.
+        raise ConfigError(
+            "audit.stdout as the only audit sink cannot be used with server.workers > 1: "
+            "set audit.file (each worker writes its own file) or run one worker"
+        )
+    for index in range(count):
+        worker_config(config, index, count)
+
+
+class LineLockedStdout(io.TextIOBase):
+    """Standard output shared by workers: every flush is whole lines, never mixed.
+
+    A pipe takes writes of up to ``PIPE_BUF`` (4 KiB) in one piece, but audit
+    batches and checkpoints can be longer, and a terminal or file takes no
+    such promise at all. So each flush takes an exclusive ``flock`` on a lock
+    file shared by the workers (released by the kernel if the holder dies,
+    unlike a semaphore) and writes everything before releasing it. The lock
+    file's first byte is ``1`` while a write is under way: a worker killed
+    mid-write leaves it set, and the next writer first ends the torn line
+    with a newline so that its own records stay parseable.
+
+    Callers write whole lines and then flush (the audit log and the checkpoint
+    sink both do).
+    """
+
+    def __init__(self, lock_fd: int, fd: int = 1) -> None:
+        """Open the lock (inherited ``lock_fd``) as a description of our own.
+
+        ``flock`` excludes other *open file descriptions*; the inherited
+        descriptor is shared with the siblings, so it is reopened.
+        """
+        super().__init__()
+        self._lock = os.open(f"/proc/self/fd/{lock_fd}", os.O_RDWR | os.O_CLOEXEC)
+        self._fd = fd
+        self._pending: list[bytes] = []
+
+    def writable(self) -> bool:
+        """See base class."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Buffer ``text`` until :meth:`flush`."""
+        self._pending.append(text.encode())
+        return len(text)
+
+    def flush(self) -> None:
+        """Write what is buffered in one locked run (raises ``OSError`` on failure)."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            if os.pread(self._lock, 1, 0) == b"1":
+                data = b"\n" + data
+            os.pwrite(self._lock, b"1", 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.pwrite(self._lock, b"0", 0)
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file."""
+        if not self.closed:
+            os.close(self._lock)
+        super().close()
+
+
+def stdout_lock() -> int:
+    """A lock file for :class:`LineLockedStdout`: anonymous, inherited by the workers."""
+    fd = os.memfd_create("temporal-shield-stdout-lock")
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (never listen on) ``host:port`` with ``SO_REUSEPORT``; resolves port 0.
+
+    The parent holds it for its lifetime: the workers join the port, and no
+    other program can take it while a worker restarts. A socket that does not
+    listen receives no connections.
+
+    Raises:
+        ConfigError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+Command = Callable[[int, int], Sequence[str]]
+"""``(worker index, control descriptor)`` → the worker's command line."""
+
+
+@dataclasses.dataclass
+class _Slot:
+    index: int
+    failures: int = 0
+    process: asyncio.subprocess.Process | None = None
+
+
+class Supervisor:
+    """Starts ``count`` workers, restarts those that die, stops them all on SIGTERM.
+
+    Each worker gets one end of a socket pair (its *control* descriptor): it
+    writes ``ready`` once it listens, and it shuts down gracefully when the
+    other end closes, so workers never outlive a parent that was killed.
+
+    Exit status of :meth:`run`: 0 after a requested stop in which every
+    worker exited cleanly; 2 when a worker fails before it is ever ready with
+    status 2 (a configuration error: restarting cannot help), or when a worker
+    dies :data:`MAX_FAILURES` times in a row; 1 when a worker did not exit
+    cleanly on stop.
+    """
+
+    def __init__(
+        self,
+        command: Command,
+        count: int,
+        *,
+        pass_fds: Sequence[int] = (),
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        """Prepare ``count`` slots; nothing starts before :meth:`run`.
+
+        Args:
+            command: Builds worker ``k``'s command line.
+            count: Number of workers.
+            pass_fds: Descriptors every worker inherits (besides its control socket).
+            stop_timeout: Seconds between SIGTERM and SIGKILL on stop.
+        """
+        self._command = command
+        self._pass_fds = tuple(pass_fds)
+        self._slots = [_Slot(k) for k in range(count)]
+        self._stop_timeout = stop_timeout
+        self._stop = asyncio.Event()
+        self._fatal = ""
+        self._unclean = False
+
+    def run(self) -> int:
+        """Supervise until SIGTERM/SIGINT or a fatal failure; returns the exit status."""
+        return asyncio.run(self._run())
+
+    async def _run(self) -> int:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await asyncio.gather(*(self._keep(slot) for slot in self._slots))
+        if self._fatal:
+            print(f"temporal-shield: error: {self._fatal}", file=sys.stderr)
+            return 2
+        return 1 if self._unclean else 0
+
+    def _give_up(self, reason: str) -> None:
+        if not self._fatal:
+            self._fatal = reason
+        self._stop.set()
+
+    async def _keep(self, slot: _Slot) -> None:
+        """Run one worker slot until stop: start, wait, restart with backoff."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            ready, status = await self._run_once(slot)
+            if self._stop.is_set():
+                # Stopped while still starting: killed by the signal, or 130 (SIGINT).
+                clean = status in (0, 130, -signal.SIGTERM, -signal.SIGINT)
+                self._unclean = self._unclean or not clean
+                return
+            if not ready and status == 2:
+                self._give_up(f"worker {slot.index} could not start (see its message above)")
+                return
+            if ready and time.monotonic() - started >= STABLE_AFTER:
+                slot.failures = 0
+            slot.failures += 1
+            if slot.failures >= MAX_FAILURES:
+                self._give_up(
+                    f"worker {slot.index} died {slot.failures} times in a row "
+                    f"(last status {status}); giving up"
+                )
+                return
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (slot.failures - 1))
+            log.error(
+                "worker %d exited with status %s; restarting in %.1f s",
+                slot.index,
+                status,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_once(self, slot: _Slot) -> tuple[bool, int]:
+        """Start the worker and wait for its exit (stopping it on request).
+
+        Returns:
+            (whether it said it was ready, its exit status; negative = signal)
+        """
+        ours, theirs = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(slot.index, theirs.fileno()),
+                pass_fds=(theirs.fileno(), *self._pass_fds),
+            )
+        finally:
+            theirs.close()
+        slot.process = process
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        ready = loop.create_task(loop.sock_recv(ours, 64))
+        exited = loop.create_task(process.wait())
+        stop = loop.create_task(self._stop.wait())
+        said_ready = False
+        try:
+            done, _ = await asyncio.wait({ready, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if ready in done and not ready.exception() and ready.result().startswith(b"ready"):
+                said_ready = True
+                log.info("worker %d (pid %d) ready", slot.index, process.pid)
+            if not exited.done() and not self._stop.is_set():
+                await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                await self._terminate(slot.index, process, exited)
+            return said_ready, exited.result()
+        finally:
+            for task in (ready, stop):
+                task.cancel()
+            ours.close()
+            slot.process = None
+
+    async def _terminate(
+        self, index: int, process: asyncio.subprocess.Process, exited: asyncio.Task[int]
+    ) -> None:
+        """SIGTERM (graceful: in-flight requests, final checkpoint), then SIGKILL."""
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), self._stop_timeout)
+        except TimeoutError:
+            log.error("worker %d did not stop in %.0f s; killing it", index, self._stop_timeout)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await exited
