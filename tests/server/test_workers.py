@@ -1,0 +1,310 @@
+"""`temporal-shield serve --workers N`: one port, a chain per worker, restarts, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from temporal_shield._devserver import free_port
+from temporal_shield.codec import ConfigError, Keyring
+from temporal_shield.server import AuditConfig, ServerConfig
+from temporal_shield.server._workers import (
+    LineLockedStdout,
+    check_workers,
+    stdout_lock,
+    worker_audit_file,
+    worker_config,
+    worker_count,
+)
+
+DEV = ServerConfig(insecure_dev=True)
+CLI = [sys.executable, "-m", "temporal_shield"]
+SERVE = [*CLI, "serve"]
+
+
+def test_one_worker_keeps_its_settings() -> None:
+    config = replace(DEV, audit=AuditConfig(file="/var/log/ts/audit.jsonl", replica_id="pod-0"))
+    assert worker_config(config, 0, 1) is config
+
+
+def test_each_worker_gets_its_own_file_replica_and_share_of_the_budgets() -> None:
+    config = replace(
+        DEV,
+        audit=AuditConfig(file="/var/log/ts/audit.jsonl", replica_id="pod-0"),
+        principal_unwraps_per_minute=120.0,
+        principal_unwrap_burst=3,
+        max_decoded_bytes_in_flight=1000,
+    )
+    second = worker_config(config, 1, 2)
+    assert second.audit.file == "/var/log/ts/audit-w1.jsonl"
+    assert second.audit.replica_id == "pod-0-w1"
+    assert second.principal_unwraps_per_minute == 60.0
+    assert second.principal_unwrap_burst == 1
+    assert second.max_decoded_bytes_in_flight == 500
+    assert worker_config(config, 1, 2) == second  # the same slot, the same file, every start
+    no_burst = replace(config, principal_unwrap_burst=0)
+    assert worker_config(no_burst, 0, 4).principal_unwrap_burst == 0
+    assert worker_audit_file("/logs/audit", 3) == "/logs/audit-w3"
+
+
+def test_settings_several_workers_cannot_honour_are_refused() -> None:
+    stdout_only = replace(DEV, audit=AuditConfig(stdout=True))
+    check_workers(stdout_only, 1)
+    with pytest.raises(ConfigError, match="only audit sink"):
+        check_workers(stdout_only, 2)
+    long_id = replace(DEV, audit=AuditConfig(file="a.jsonl", replica_id="r" * 127))
+    with pytest.raises(ConfigError, match="replica_id"):
+        check_workers(long_id, 2)
+    assert worker_count(0) == len(os.sched_getaffinity(0))
+    assert worker_count(3) == 3
+
+
+_WRITER = """
+import os, sys
+from temporal_shield.server._workers import LineLockedStdout
+out = LineLockedStdout(int(sys.argv[1]))
+tag = sys.argv[2]
+for i in range(40):
+    out.write('{"w": "%s", "i": %d, "pad": "%s"}\\n' % (tag, i, tag * 70000))
+    out.flush()
+"""
+
+
+def test_stdout_lines_of_several_processes_never_mix(tmp_path: Path) -> None:
+    """Lines far over PIPE_BUF, from three processes into one pipe, each stays whole."""
+    lock = stdout_lock()
+    try:
+        read_end, write_end = os.pipe()
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _WRITER, str(lock), tag],
+                stdout=write_end,
+                pass_fds=(lock,),
+            )
+            for tag in "abc"
+        ]
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            lines = pipe.read().splitlines()
+        assert [w.wait(30) for w in writers] == [0, 0, 0]
+    finally:
+        os.close(lock)
+    records = [json.loads(line) for line in lines]
+    assert sorted((r["w"], r["i"]) for r in records) == [(t, i) for t in "abc" for i in range(40)]
+
+
+def test_a_line_torn_by_a_killed_writer_is_ended_before_the_next(tmp_path: Path) -> None:
+    lock = stdout_lock()
+    target = tmp_path / "out"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b'{"torn": ')
+        os.pwrite(lock, b"1", 0)  # what a writer killed mid-write leaves
+        out = LineLockedStdout(lock, fd)
+        out.write('{"whole": 1}\n')
+        out.flush()
+        out.close()
+    finally:
+        os.close(fd)
+        os.close(lock)
+    assert target.read_bytes().splitlines()[-1] == b'{"whole": 1}'
+
+
+# -- the real command --------------------------------------------------------------------
+
+
+def _get(port: int, path: str) -> tuple[int, str, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def _decode(port: int) -> str:
+    """One /decode on a new connection; returns the answering worker's id prefix."""
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://127.0.0.1:{port}/decode",
+            data=b'{"payloads": []}',
+            headers={"Content-Type": "application/json", "X-Namespace": "default"},
+        ),
+        timeout=5,
+    ) as resp:
+        assert resp.status == 200
+        return str(resp.headers["X-Request-Id"])[:16]
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        assert proc.poll() is None, "supervisor exited"
+        try:
+            if _get(port, "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"port {port} never ready")
+
+
+def _prefixes_until(port: int, wanted: int, seen: set[str] | None = None) -> set[str]:
+    """Request ids' prefixes over new connections until ``wanted`` distinct ones showed."""
+    seen = set() if seen is None else seen
+    for _ in range(500):
+        seen.add(_decode(port))
+        if len(seen) >= wanted:
+            return seen
+    raise AssertionError(f"only {len(seen)} workers answered")
+
+
+def _worker_pids(supervisor: int) -> dict[int, int]:
+    """Worker index → pid, from the supervisor's children."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    found = {}
+    for pid in map(int, children):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"--worker" in argv:
+            found[json.loads(argv[argv.index(b"--worker") + 1])["index"]] = pid
+    return found
+
+
+def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Path) -> None:
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    keys = tmp_path / "signing"
+    subprocess.run(
+        [*CLI, "audit", "keygen", "--out", str(keys)],
+        check=True,
+        capture_output=True,
+    )
+    private, public = keys / "audit-signing.key", keys / "audit-signing.pub"
+    logs = tmp_path / "logs"
+    port, metrics = free_port(), free_port()
+    while metrics + 1 == port:
+        metrics = free_port()
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEY_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(logs / "audit.jsonl"),
+        "TEMPORAL_SHIELD_SERVER_AUDIT_REPLICA_ID": "pod-0",
+        "TEMPORAL_SHIELD_SERVER_AUDIT_SIGNING_KEY": f"ed25519://{private}",
+        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [*SERVE, "--insecure-dev", "--port", str(port), "--metrics-port", str(metrics)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        for k in (0, 1):
+            _wait_ready(metrics + k, proc)
+        before = _prefixes_until(port, 2)  # both workers answer on the one port
+        for k in (0, 1):
+            status, body, _ = _get(metrics + k, "/metrics")
+            assert status == 200
+            assert f'worker="{k}"' in body
+            assert _get(metrics + k, "/decode")[0] == 405  # no codec routes
+
+        first = _worker_pids(proc.pid)
+        assert sorted(first) == [0, 1]
+        os.kill(first[1], signal.SIGKILL)
+        for _ in range(300):
+            now = _worker_pids(proc.pid)
+            if now.get(1) not in (None, first[1]):
+                break
+            time.sleep(0.1)
+        _wait_ready(metrics + 1, proc)
+        _prefixes_until(port, 3, set(before))  # the new worker 1 serves too
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert sorted(p.name for p in logs.iterdir()) == ["audit-w0.jsonl", "audit-w1.jsonl"]
+    second = [json.loads(line) for line in (logs / "audit-w1.jsonl").read_text().splitlines()]
+    # Worker 1's chain spans both of its processes and ends with a signed checkpoint.
+    assert len({r["request_id"][:16] for r in second if "request_id" in r}) == 2
+    assert second[-1]["type"] == "checkpoint"
+    assert second[-1]["replica"] == "pod-0-w1"
+    files = [str(logs / "audit-w0.jsonl"), str(logs / "audit-w1.jsonl")]
+    verify = subprocess.run(
+        [*CLI, "audit", "verify", "--public-key", str(public), *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_2(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEY_URI": f"local://{tmp_path / 'missing.json'}",
+    }
+    out = subprocess.run(
+        [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "could not start" in out.stderr
+
+
+def test_stdout_as_the_only_audit_sink_is_refused_with_workers(tmp_path: Path) -> None:
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEY_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "true",
+    }
+    out = subprocess.run(
+        [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "only audit sink" in out.stderr
+
+
+def test_workers_that_keep_dying_make_the_supervisor_give_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from temporal_shield.server import _workers
+
+    monkeypatch.setattr(_workers, "BACKOFF_FIRST", 0.01)
+    started: list[int] = []
+
+    def command(index: int, control: int) -> list[str]:
+        started.append(index)
+        # Says it is ready, then crashes: a restart is worth trying, up to a point.
+        code = f"import socket; socket.socket(fileno={control}).send(b'ready'); raise SystemExit(3)"
+        return [sys.executable, "-c", code]
+
+    assert _workers.Supervisor(command, 1).run() == 2
+    assert len(started) == _workers.MAX_FAILURES
+    assert "died 6 times in a row" in capsys.readouterr().err
