@@ -254,19 +254,19 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_a_worker_that_cannot_start_stops_the_supervisor_with_2(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "TEMPORAL_SHIELD_KEY_URI": f"local://{tmp_path / 'missing.json'}",
-    }
-    out = subprocess.run(
+def _serve_two_workers(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, **env},
         timeout=120,
         check=False,
     )
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_2(tmp_path: Path) -> None:
+    out = _serve_two_workers({"TEMPORAL_SHIELD_KEY_URI": f"local://{tmp_path / 'missing.json'}"})
     assert out.returncode == 2
     assert "could not start" in out.stderr
 
@@ -274,18 +274,8 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_2(tmp_path: Path) 
 def test_stdout_as_the_only_audit_sink_is_refused_with_workers(tmp_path: Path) -> None:
     ring = tmp_path / "keyring.json"
     Keyring.new().save(ring)
-    env = {
-        **os.environ,
-        "TEMPORAL_SHIELD_KEY_URI": f"local://{ring}",
-        "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "true",
-    }
-    out = subprocess.run(
-        [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
+    out = _serve_two_workers(
+        {"TEMPORAL_SHIELD_KEY_URI": f"local://{ring}", "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "1"}
     )
     assert out.returncode == 2
     assert "only audit sink" in out.stderr
