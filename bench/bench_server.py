@@ -2,10 +2,14 @@
 
 Servers, each in its own process on 127.0.0.1, loaded from a separate process:
 
-* ``shield``   — ``temporal-shield``'s server: JWT auth (ES256, static key),
-  RBAC policy, hash-chained audit file, OpenTelemetry metrics, local keyring;
-* ``sample``   — a minimal aiohttp server decoding with a static AES-GCM key and
-  no auth (the shape of Temporal's sample codec server, written here);
+* ``shield``   — ``temporal-shield serve`` itself (the real command, one worker):
+  JWT auth (ES256, static key), RBAC policy, hash-chained audit file,
+  OpenTelemetry metrics, local keyring;
+* ``sample``   — Temporal's sample codec server (samples-python ``encryption/
+  codec_server.py``) as written there: aiohttp, the body parsed by protobuf
+  ``json_format.Parse`` into ``temporal.api.common.v1.Payloads``, decoded by the
+  sample's static-key AES-GCM codec, answered with ``json_format.MessageToJson``;
+  no auth, no audit, no compression;
 * ``echo``     — a bare aiohttp endpoint returning the body (the ceiling).
 
 It also measures the shield server with authentication, RBAC and audit off
@@ -16,8 +20,8 @@ prints peak requests/s (wrk, 32 connections) and the server's CPU time per
 request, as medians of alternating runs, and, at half of the shield server's
 peak, p50/p99 latency from an open-loop client (requests on a fixed schedule,
 latency counted from the scheduled time, like wrk2). With ``taskset`` the
-server gets CPU 0 and the load generator CPU 1. Then the peak with 1 and 2
-server processes (SO_REUSEPORT), which share the 2 cores with wrk.
+server gets CPU 0 and the load generator CPU 1. Then ``serve --workers 2``
+against ``--workers 1`` (alternating runs), and the goal ratios.
 
     .venv/bin/python -m bench.bench_server [--duration 8] [--rounds 3]
 """
@@ -28,9 +32,11 @@ import argparse
 import asyncio
 import base64
 import collections
+import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -44,7 +50,6 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 
 from bench.bench_codec import json_like
@@ -82,49 +87,24 @@ def _body(payloads: list[Payload]) -> bytes:
 
 
 def serve(kind: str, port: int, workdir: Path) -> None:
+    """The peers (the shield server is the real ``temporal-shield serve``, see :func:`start`)."""
     from aiohttp import web
 
-    if kind.startswith("shield"):
-        from temporal_shield.converter import KeysConfig, ShieldConfig
-        from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
+    if kind == "sample":
+        from google.protobuf import json_format
+        from temporalio.api.common.v1 import Payloads
 
-        secure = ServerConfig(
-            host="127.0.0.1",
-            port=port,
-            policy_file=str(workdir / "policy.yaml"),
-            auth=AuthConfig(
-                issuer=ISSUER,
-                audience=(AUDIENCE,),
-                algorithms=("ES256",),
-                public_key_files=(str(workdir / "idp.pem"),),
-            ),
-            audit=AuditConfig(file=str(workdir / f"audit-{os.getpid()}.jsonl")),
-        )
-        # The reference without authentication, RBAC and audit: what they cost.
-        insecure = ServerConfig(host="127.0.0.1", port=port, insecure_dev=True)
-        app = create_app(
-            insecure if kind == "shield-insecure" else secure,
-            ShieldConfig(keys=KeysConfig(uri=f"local://{workdir / 'keyring.json'}")),
-        )
-    elif kind == "sample":
-        aead = AESGCM((workdir / "static.key").read_bytes())
+        from bench.bench_codec import StaticKeyCodec
 
+        codec = StaticKeyCodec((workdir / "static.key").read_bytes())
+
+        # As samples-python encryption/codec_server.py does it (CORS aside).
         async def decode(request: web.Request) -> web.Response:
-            doc = await request.json()
-            out = []
-            for item in doc["payloads"]:
-                meta = {k: base64.b64decode(v) for k, v in item.get("metadata", {}).items()}
-                data = base64.b64decode(item.get("data", ""))
-                if meta.get("encoding") == b"binary/encrypted":
-                    inner = Payload.FromString(aead.decrypt(data[:12], data[12:], None))
-                    meta, data = dict(inner.metadata), inner.data
-                out.append(
-                    {
-                        "metadata": {k: base64.b64encode(v).decode() for k, v in meta.items()},
-                        "data": base64.b64encode(data).decode(),
-                    }
-                )
-            return web.json_response({"payloads": out})
+            payloads = json_format.Parse(await request.read(), Payloads())
+            payloads = Payloads(payloads=await codec.decode(payloads.payloads))
+            return web.Response(
+                text=json_format.MessageToJson(payloads), content_type="application/json"
+            )
 
         app = web.Application(client_max_size=8 << 20)
         app.router.add_post("/decode", decode)
@@ -135,7 +115,7 @@ def serve(kind: str, port: int, workdir: Path) -> None:
 
         app = web.Application(client_max_size=8 << 20)
         app.router.add_post("/decode", echo)
-    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 # -- setup and load -------------------------------------------------------------------------
@@ -199,50 +179,82 @@ def _pinning() -> tuple[list[str], list[str]]:
 SERVER_CPU, CLIENT_CPU = _pinning()
 
 
-def start(
-    kind: str, workdir: Path, processes: int = 1
-) -> tuple[list[subprocess.Popen[bytes]], str]:
+_STARTS = itertools.count()
+
+
+def _shield_command(kind: str, port: int, workdir: Path, workers: int) -> list[str]:
+    """``temporal-shield serve`` for a shield kind (settings from the environment)."""
+    argv = [sys.executable, "-m", "temporal_shield", "serve", "--port", str(port)]
+    argv += ["--workers", str(workers)]
+    return argv + (["--insecure-dev"] if kind == "shield-insecure" else [])
+
+
+def _shield_env(kind: str, workdir: Path) -> dict[str, str]:
+    env = {**os.environ, "TEMPORAL_SHIELD_KEY_URI": f"local://{workdir / 'keyring.json'}"}
+    if kind == "shield-insecure":
+        return env
+    return {
+        **env,
+        "TEMPORAL_SHIELD_SERVER_POLICY_FILE": str(workdir / "policy.yaml"),
+        "TEMPORAL_SHIELD_SERVER_JWT_ISSUER": ISSUER,
+        "TEMPORAL_SHIELD_SERVER_JWT_AUDIENCE": AUDIENCE,
+        "TEMPORAL_SHIELD_SERVER_JWT_PUBLIC_KEY_FILES": str(workdir / "idp.pem"),
+        # A fresh chain per start (with several workers: audit-N-w0.jsonl, ...).
+        "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(workdir / f"audit-{next(_STARTS)}.jsonl"),
+    }
+
+
+def start(kind: str, workdir: Path, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server; returns it once every worker listens, and its /decode URL.
+
+    One worker is pinned to CPU 0 (wrk has CPU 1); several share both cores
+    with wrk, as they would have to on this machine.
+    """
     port = _free_port()
-    # One process gets a core of its own; several share the machine with wrk.
-    prefix = SERVER_CPU if processes == 1 else []
-    procs = [
-        subprocess.Popen(
-            [
-                *prefix,
-                sys.executable,
-                "-m",
-                "bench.bench_server",
-                "--serve",
-                kind,
-                str(port),
-                str(workdir),
-            ],
+    log = workdir / f"server-{port}.log"
+    if kind.startswith("shield"):
+        command, env = _shield_command(kind, port, workdir, workers), _shield_env(kind, workdir)
+        # Lines the serve command logs once each worker (or the only one) listens.
+        ready = "listening on" if workers == 1 else ") ready"
+    else:
+        command = [sys.executable, "-m", "bench.bench_server", "--serve", kind, str(port)]
+        command, env, ready = [*command, str(workdir)], dict(os.environ), ""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*(SERVER_CPU if workers == 1 else []), *command],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
         )
-        for _ in range(processes)
-    ]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                time.sleep(0.5 if processes > 1 else 0.1)  # let every process bind
-                return procs, f"http://127.0.0.1:{port}/decode"
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server exited:\n{log.read_text()}")
+        if ready:
+            up = log.read_text().count(ready) >= workers
+        else:
+            with socket.socket() as s:
+                up = s.connect_ex(("127.0.0.1", port)) == 0
+        if up:
+            return proc, f"http://127.0.0.1:{port}/decode"
         time.sleep(0.1)
     raise RuntimeError(f"{kind} server did not start")
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(10)
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    if proc.wait(90) != 0:
+        raise RuntimeError(f"server exited with {proc.returncode} on SIGTERM")
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (workers), from /proc."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def wrk_peak(
@@ -252,8 +264,8 @@ def wrk_peak(
     duration: int,
     workdir: Path,
     server: subprocess.Popen[bytes] | None = None,
-) -> tuple[float, float]:
-    """Peak requests/s, and the server's CPU microseconds per request (0 if not given)."""
+) -> tuple[float, float, float]:
+    """Peak requests/s, the server's CPU µs per request (0 if not given), wrk's CPU share."""
     script = workdir / "post.lua"
     (workdir / "body.json").write_bytes(body)
     lines = [
@@ -263,6 +275,7 @@ def wrk_peak(
     ]
     script.write_text("\n".join(lines) + "\n")
     cpu_before = _cpu_seconds(server.pid) if server else 0.0
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [*CLIENT_CPU, "wrk", "-t1", "-c32", f"-d{duration}s", "-s", str(script), url],
         capture_output=True,
@@ -270,11 +283,13 @@ def wrk_peak(
         check=True,
     ).stdout
     cpu = _cpu_seconds(server.pid) - cpu_before if server else 0.0
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk = wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
     if "Non-2xx" in out:
         raise RuntimeError(f"errors under load:\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rate, cpu / requests * 1e6
+    return rate, cpu / requests * 1e6, wrk / duration
 
 
 # -- open-loop latency ---------------------------------------------------------------------
@@ -398,23 +413,34 @@ def _latency_main(url: str, headers: str, rate: float, seconds: float) -> None:
     print(json.dumps([lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000]))
 
 
+def _variant(kind: str) -> tuple[str, int]:
+    """``shield-w2`` → (``shield``, 2 workers); other kinds run one process."""
+    base, _, workers = kind.partition("-w")
+    return (base, int(workers)) if workers.isdigit() else (kind, 1)
+
+
 def _median_peaks(
     kinds: list[str], setup: dict[str, Any], n: int, duration: int, rounds: int, workdir: Path
-) -> dict[str, tuple[float, float]]:
-    """Median (requests/s, CPU µs/request) per kind over ``rounds`` alternating runs."""
-    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+) -> dict[str, tuple[float, float, float]]:
+    """Median (requests/s, server CPU µs/request, wrk CPU share) per kind, alternating runs."""
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     for _ in range(rounds):
         for kind in kinds:
-            procs, url = start(kind, workdir)
+            base, workers = _variant(kind)
+            proc, url = start(base, workdir, workers)
             try:
-                body = setup["bodies"][("shield" if kind == "shield-insecure" else kind, n)]
+                body = setup["bodies"][("shield" if base == "shield-insecure" else base, n)]
                 runs[kind].append(
-                    wrk_peak(url, body, setup["headers"][kind], duration, workdir, procs[0])
+                    wrk_peak(url, body, setup["headers"][base], duration, workdir, proc)
                 )
             finally:
-                stop(procs)
+                stop(proc)
     return {
-        k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+        k: (
+            statistics.median(r for r, _, _ in v),
+            statistics.median(c for _, c, _ in v),
+            statistics.median(w for _, _, w in v),
+        )
         for k, v in runs.items()
     }
 
@@ -447,18 +473,20 @@ def main(duration: int, rounds: int) -> None:
             f"{'payloads':>8} | {'shield':>15} | {'sample (a)':>15} | {'echo (b)':>15} |"
             f" {'vs (a)':>11} | {'vs (b)':>11} | p50 / p99 ms @ ½ peak | echo p50 / p99 ms"
         )
+        table = {}
         for n in (1, 20):
             peaks = _median_peaks(["shield", "sample", "echo"], setup, n, duration, rounds, workdir)
+            table[n] = peaks
             rate = peaks["shield"][0] / 2
             latency = {}
             for kind in ("shield", "echo"):
-                procs, url = start(kind, workdir)
+                proc, url = start(kind, workdir)
                 try:
                     body = setup["bodies"][(kind, n)]
                     latency[kind] = latency_at(url, body, setup["headers"][kind], rate, duration)
                 finally:
-                    stop(procs)
-            (rs, cs), (ra, ca), (rb, cb) = peaks["shield"], peaks["sample"], peaks["echo"]
+                    stop(proc)
+            (rs, cs, _), (ra, ca, _), (rb, cb, _) = peaks["shield"], peaks["sample"], peaks["echo"]
             (p50, p99), (e50, e99) = latency["shield"], latency["echo"]
             print(
                 f"{n:>8} | {rs:6.0f} {cs:5.1f}µs | {ra:6.0f} {ca:5.1f}µs | {rb:6.0f} {cb:5.1f}µs |"
@@ -474,16 +502,38 @@ def main(duration: int, rounds: int) -> None:
             ("shield-raw", "payloads sealed with compression off (no zstd on decode)"),
             ("shield-insecure", "authentication, RBAC and audit off (--insecure-dev)"),
         ):
-            rate, cpu = parts[kind]
+            rate, cpu, _ = parts[kind]
             print(f"  {label:60} {rate:7.0f} requests/s {cpu:6.1f} µs CPU per request")
-        print("\nscaling, shield server, one-payload requests (unpinned: wrk shares the cores)")
-        for processes in (1, 2):
-            procs, url = start("shield", workdir, processes)
-            try:
-                peak, _ = wrk_peak(url, setup["bodies"][("shield", 1)], auth, duration, workdir)
-            finally:
-                stop(procs)
-            print(f"  {processes} process(es): {peak:8.0f} requests/s")
+        print(
+            "\nscaling, serve --workers 1 (pinned to CPU 0) vs --workers 2 (both cores,"
+            " shared with wrk on CPU 1), one-payload requests, alternating runs:"
+        )
+        scaling = _median_peaks(["shield", "shield-w2"], setup, 1, duration, rounds, workdir)
+        for kind, label in (("shield", "1 worker"), ("shield-w2", "2 workers")):
+            rate, cpu, wrk = scaling[kind]
+            print(
+                f"  {label:10} {rate:8.0f} requests/s {cpu:6.1f} µs server CPU per request,"
+                f" wrk {wrk:4.0%} of a core"
+            )
+        one = table[1]
+        goals = (
+            ("2 workers ÷ 1 worker", scaling["shield-w2"][0] / scaling["shield"][0], 1.7),
+            (
+                "1 worker ÷ sample (json_format), 1 payload",
+                one["shield"][0] / one["sample"][0],
+                1.5,
+            ),
+            (
+                "1 worker ÷ sample (json_format), 20 payloads",
+                table[20]["shield"][0] / table[20]["sample"][0],
+                1.5,
+            ),
+            ("1 worker ÷ echo, 1 payload", one["shield"][0] / one["echo"][0], 0.5),
+        )
+        print("\ngoal ratios (requests/s, this run):")
+        for label, ratio, target in goals:
+            verdict = "met" if ratio >= target else "MISSED"
+            print(f"  {label:48} {ratio:5.2f}  (target ≥ {target}: {verdict})")
 
 
 if __name__ == "__main__":
