@@ -516,24 +516,28 @@ def main(duration: int, rounds: int) -> None:
                 f" wrk {wrk:4.0%} of a core"
             )
         one = table[1]
-        goals = (
+        goals: tuple[tuple[str, float, float | None], ...] = (
             ("2 workers ÷ 1 worker", scaling["shield-w2"][0] / scaling["shield"][0], 1.7),
             (
                 "1 worker ÷ sample (json_format), 1 payload",
                 one["shield"][0] / one["sample"][0],
                 1.5,
             ),
+            ("1 worker ÷ echo, 1 payload", one["shield"][0] / one["echo"][0], 0.5),
             (
                 "1 worker ÷ sample (json_format), 20 payloads",
                 table[20]["shield"][0] / table[20]["sample"][0],
-                1.5,
+                None,
             ),
-            ("1 worker ÷ echo, 1 payload", one["shield"][0] / one["echo"][0], 0.5),
         )
         print("\ngoal ratios (requests/s, this run):")
         for label, ratio, target in goals:
-            verdict = "met" if ratio >= target else "MISSED"
-            print(f"  {label:48} {ratio:5.2f}  (target ≥ {target}: {verdict})")
+            verdict = (
+                "reference"
+                if target is None
+                else f"target ≥ {target}: " + ("met" if ratio >= target else "MISSED")
+            )
+            print(f"  {label:48} {ratio:5.2f}  ({verdict})")
 
 
 if __name__ == "__main__":
