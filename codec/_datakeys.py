@@ -260,22 +260,35 @@ class DataKeyManager:
             KeyProviderError: a new DEK was needed and the provider failed.
         """
         while True:
-            entry = self._active.get(namespace)
-            if entry is not None and self._admits(entry, nbytes):
-                self._active.move_to_end(namespace)
-                entry.messages += 1
-                entry.nbytes += nbytes
-                self.stats.encrypt_cache_hits += 1
-                return entry.key
+            key = self.cached_encryption_key(namespace, nbytes)
+            if key is not None:
+                return key
             self.stats.encrypt_cache_misses += 1
             fresh = await self._gen_flight.do(
-                namespace, functools.partial(self._generate, namespace, entry)
+                namespace,
+                functools.partial(self._generate, namespace, self._active.get(namespace)),
             )
             if fresh.messages == 0:
                 # A new DEK always admits its first message, whatever its size.
                 fresh.messages = 1
                 fresh.nbytes = nbytes
                 return fresh.key
+
+    def cached_encryption_key(self, namespace: str, nbytes: int) -> DataKey | None:
+        """The cached DEK for one more message, or ``None`` (then call :meth:`encryption_key`).
+
+        The synchronous half of :meth:`encryption_key`, for the per-payload hot
+        path: a cache hit needs no coroutine. A hit counts the message against
+        the DEK's bounds.
+        """
+        entry = self._active.get(namespace)
+        if entry is None or not self._admits(entry, nbytes):
+            return None
+        self._active.move_to_end(namespace)
+        entry.messages += 1
+        entry.nbytes += nbytes
+        self.stats.encrypt_cache_hits += 1
+        return entry.key
 
     def needs_data_key(self, namespace: str) -> bool:
         """Whether encrypting in ``namespace`` now would ask the KMS for a new DEK.

@@ -10,9 +10,9 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 
 from ._compression import CompressionConfig, compress, decompress
-from ._datakeys import DataKeyManager
+from ._datakeys import DataKey, DataKeyManager
 from ._errors import ConfigError, DecryptionError, PayloadTooLargeError
-from ._format import NONCE_SIZE, Header, origin_field, pack_fixed, parse
+from ._format import NONCE_SIZE, Header, HeaderCache, origin_field, pack_fixed, parse
 
 _CLASSIFICATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
@@ -79,6 +79,7 @@ class Envelope:
         self.compression = compression or CompressionConfig()
         self.max_plaintext = max_plaintext
         self._random = random
+        self._headers = HeaderCache()
 
     async def seal(
         self,
@@ -98,12 +99,43 @@ class Envelope:
             PayloadTooLargeError: ``plaintext`` is over ``max_plaintext``.
             KeyProviderError: no data key could be obtained.
         """
+        self._check_size(plaintext)
+        key = await self.keys.encryption_key(namespace, len(plaintext))
+        return self._seal(key, plaintext, workflow_id, classification, origin)
+
+    def seal_cached(
+        self,
+        plaintext: bytes,
+        *,
+        namespace: str,
+        workflow_id: str = "",
+        classification: str = "",
+    ) -> Sealed | None:
+        """:meth:`seal` without a coroutine, when the namespace's data key is cached.
+
+        Returns:
+            What :meth:`seal` returns, or ``None`` when a new data key is needed
+            (then call :meth:`seal`).
+
+        Raises:
+            PayloadTooLargeError: ``plaintext`` is over ``max_plaintext``.
+        """
+        self._check_size(plaintext)
+        key = self.keys.cached_encryption_key(namespace, len(plaintext))
+        if key is None:
+            return None
+        return self._seal(key, plaintext, workflow_id, classification, b"")
+
+    def _check_size(self, plaintext: bytes) -> None:
         if len(plaintext) > self.max_plaintext:
             raise PayloadTooLargeError(
                 f"payload of {len(plaintext)} bytes exceeds the limit of {self.max_plaintext}"
             )
+
+    def _seal(
+        self, key: DataKey, plaintext: bytes, workflow_id: str, classification: str, origin: bytes
+    ) -> Sealed:
         algorithm, body = compress(plaintext, self.compression)
-        key = await self.keys.encryption_key(namespace, len(plaintext))
         nonce = self._random(NONCE_SIZE)
         header = (
             pack_fixed(algorithm, len(plaintext), origin=bool(origin))
@@ -121,6 +153,7 @@ class Envelope:
         key_id: str,
         namespace: str | None,
         workflow_id: str | None = None,
+        classification: str | None = None,
         parsed: tuple[Header, int] | None = None,
     ) -> Opened:
         """Authenticate and decrypt ``data`` sealed under KEK ``key_id``.
@@ -133,30 +166,112 @@ class Envelope:
                 is then used to unwrap the data key.
             workflow_id: The workflow the caller is acting for, if known. A payload
                 strictly bound to another workflow is refused.
+            classification: The label the caller was told outside the envelope
+                (the payload metadata's copy), if any: refused unless it is the
+                authenticated one.
             parsed: Exactly ``parse(data)``, when the caller already parsed the
                 header to inspect it. Its fields are used as given (the header
                 bytes themselves are authenticated as AAD), so it must never come
                 from anything but ``data``.
 
         Raises:
-            DecryptionError: any authentication or format failure, a namespace or
-                workflow mismatch, or an unknown/disallowed key id.
+            DecryptionError: any authentication or format failure, a namespace,
+                workflow or label mismatch, or an unknown/disallowed key id.
             KeyProviderError: the key provider failed.
         """
         header, offset = parsed or parse(data)
-        if namespace is not None and header.namespace != namespace:
-            raise DecryptionError()
-        if header.workflow_id and workflow_id is not None and header.workflow_id != workflow_id:
-            raise DecryptionError()
-        if header.original_length > self.max_plaintext:
-            raise DecryptionError()
+        self._check_binding(
+            header.namespace,
+            header.workflow_id,
+            header.classification,
+            header.original_length,
+            namespace,
+            workflow_id,
+            classification,
+        )
         key = self.keys.cached_decryption_key(
             key_id, header.wrapped_dek, header.namespace
         ) or await self.keys.decryption_key(key_id, header.wrapped_dek, header.namespace)
-        if not hmac.compare_digest(key.commitment, header.commitment):
+        plaintext = self._decrypt(
+            key, header.commitment, data, offset, header.compression, header.original_length
+        )
+        self._headers.remember(header, data, offset)
+        return Opened(header, plaintext)
+
+    def open_cached(
+        self,
+        data: bytes,
+        *,
+        key_id: str,
+        namespace: str | None,
+        workflow_id: str | None = None,
+        classification: str | None = None,
+    ) -> bytes | None:
+        """:meth:`open` without a coroutine or a header parse, for the per-payload hot path.
+
+        Applies when a payload under the same data key, namespace, workflow id
+        and label opened here before (its header middle is cached) and the data
+        key is still cached; the checks are those of :meth:`open`, and every
+        header byte is still authenticated.
+
+        Returns:
+            The plaintext, or ``None`` when the shortcut does not apply (then
+            call :meth:`open`, which also reports malformed input).
+
+        Raises:
+            DecryptionError: as :meth:`open`.
+        """
+        found = self._headers.lookup(data)
+        if found is None:
+            return None
+        compression, original_length, middle, offset = found
+        self._check_binding(
+            middle.namespace,
+            middle.workflow_id,
+            middle.classification,
+            original_length,
+            namespace,
+            workflow_id,
+            classification,
+        )
+        key = self.keys.cached_decryption_key(key_id, middle.wrapped_dek, middle.namespace)
+        if key is None:
+            return None
+        return self._decrypt(key, middle.commitment, data, offset, compression, original_length)
+
+    def _check_binding(
+        self,
+        sealed_namespace: str,
+        sealed_workflow_id: str,
+        sealed_classification: str,
+        original_length: int,
+        namespace: str | None,
+        workflow_id: str | None,
+        classification: str | None,
+    ) -> None:
+        if (
+            (namespace is not None and sealed_namespace != namespace)
+            or (workflow_id is not None and sealed_workflow_id not in ("", workflow_id))
+            or (classification is not None and sealed_classification != classification)
+            or original_length > self.max_plaintext
+        ):
+            raise DecryptionError()
+
+    @staticmethod
+    def _decrypt(
+        key: DataKey,
+        commitment: bytes,
+        data: bytes,
+        offset: int,
+        compression: int,
+        original_length: int,
+    ) -> bytes:
+        if not hmac.compare_digest(key.commitment, commitment):
             raise DecryptionError()
         try:
-            body = key.aead.decrypt(header.nonce, data[offset:], data[:offset] + key.aad_suffix)
+            body = key.aead.decrypt(
+                data[offset - NONCE_SIZE : offset], data[offset:], data[:offset] + key.aad_suffix
+            )
         except InvalidTag as exc:
             raise DecryptionError() from exc
-        return Opened(header, decompress(header.compression, body, header.original_length))
+        return decompress(compression, body, original_length)

@@ -157,6 +157,96 @@ def origin_field(origin: bytes) -> bytes:
     return bytes((ORIGIN_SIZE,)) + origin
 
 
+class Middle(NamedTuple):
+    """The fields of a version-1 header between its fixed part and its nonce.
+
+    They are the same for every payload sealed under one data key with one
+    namespace, workflow id and label, so a reader parses them once
+    (:class:`HeaderCache`) instead of once per payload.
+    """
+
+    raw: bytes
+    """The exact header bytes the fields were parsed from."""
+    namespace: str
+    workflow_id: str
+    classification: str
+    wrapped_dek: bytes
+    commitment: bytes
+
+
+class HeaderCache:
+    """Header middles of payloads that opened, looked up by their bytes.
+
+    A payload whose header continues, after the fixed part, with the exact bytes
+    of a remembered middle parses to the same fields: every field is length
+    prefixed inside those bytes. Only the fixed part and the nonce are then read
+    from the payload itself. Nothing here authenticates: the caller still passes
+    every header byte to AES-GCM as associated data, so a cached middle only
+    saves parsing, never a check.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        """Keep at most ``size`` middles (first in, first out)."""
+        self._size = size
+        self._by_raw: dict[bytes, Middle] = {}
+        self._last: Middle | None = None
+
+    def remember(self, header: Header, data: bytes, offset: int) -> None:
+        """Remember the middle of ``parse(data) == (header, offset)`` (version 1 only)."""
+        if header.origin or self._size == 0:
+            return
+        raw = data[_FIXED.size : offset - NONCE_SIZE]
+        if raw in self._by_raw:
+            return
+        if len(self._by_raw) >= self._size:
+            del self._by_raw[next(iter(self._by_raw))]
+        middle = Middle(
+            raw,
+            header.namespace,
+            header.workflow_id,
+            header.classification,
+            header.wrapped_dek,
+            header.commitment,
+        )
+        self._by_raw[raw] = self._last = middle
+
+    def lookup(self, data: bytes) -> tuple[int, int, Middle, int] | None:
+        """Parse a version-1 header whose middle is remembered.
+
+        Returns:
+            ``(compression, original_length, middle, ciphertext offset)``, or
+            ``None`` for anything else.
+
+        Never raises: whatever is not a remembered well-formed header is left to
+        :func:`parse`, which gives the reasons.
+        """
+        try:
+            magic, version, algorithm, compression, original_length = _FIXED.unpack_from(data, 0)
+        except struct.error:
+            return None
+        if magic != MAGIC or version != VERSION or algorithm != ALG_AES256_GCM_HKDF_COMMIT:
+            return None
+        middle = self._last
+        # The common case: the same middle as the payload before.
+        if middle is None or not data.startswith(middle.raw, _FIXED.size):
+            try:
+                # Walk the four length prefixes to the end of the middle.
+                pos = 11 + (data[9] << 8 | data[10])
+                pos += 2 + (data[pos] << 8 | data[pos + 1])
+                pos += 1 + data[pos]
+                end = pos + 2 + (data[pos] << 8 | data[pos + 1]) + COMMITMENT_SIZE
+            except IndexError:
+                return None
+            middle = self._by_raw.get(data[_FIXED.size : end])
+            if middle is None:
+                return None
+            self._last = middle
+        offset = _FIXED.size + len(middle.raw) + NONCE_SIZE
+        if len(data) < offset + TAG_SIZE:
+            return None
+        return compression, original_length, middle, offset
+
+
 def parse(data: bytes) -> tuple[Header, int]:
     """Parse the header at the start of ``data``.
 

@@ -12,7 +12,12 @@ from temporalio.converter import (
     WorkflowSerializationContext,
 )
 
-from temporal_shield.codec import CLASSIFICATION_METADATA, ConfigError, DecryptionError
+from temporal_shield.codec import (
+    CLASSIFICATION_METADATA,
+    KEY_ID_METADATA,
+    ConfigError,
+    DecryptionError,
+)
 from temporal_shield.converter import (
     ClassificationConfig,
     KeysConfig,
@@ -107,6 +112,27 @@ async def test_classification_label_is_authenticated(keyring_path: Path) -> None
     del forged.metadata[CLASSIFICATION_METADATA]
     with pytest.raises(DecryptionError):
         await clinic.decode([forged])
+
+
+async def test_cached_decode_path_checks_the_label_and_key_id(keyring_path: Path) -> None:
+    codec = build_codec(_config(keyring_path, classification=ClassificationConfig(default="phi")))
+    encoded = await codec.encode([_json('"x"'), _json('"y"')])
+    # The second payload (and every later one) opens through the cached header.
+    assert await codec.decode(encoded) == [_json('"x"'), _json('"y"')]
+    assert codec.envelope.open_cached(
+        encoded[1].data, key_id=encoded[1].metadata[KEY_ID_METADATA].decode(), namespace="default"
+    )
+    for key, value in (
+        (CLASSIFICATION_METADATA, b"internal"),
+        (CLASSIFICATION_METADATA, b"\xff"),
+        (KEY_ID_METADATA, b"local:other"),
+        (KEY_ID_METADATA, b"\xff"),
+    ):
+        forged = Payload()
+        forged.CopyFrom(encoded[1])
+        forged.metadata[key] = value
+        with pytest.raises(DecryptionError):
+            await codec.decode([forged])
 
 
 async def test_missing_key_id_metadata(keyring_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -14,14 +15,15 @@ from hypothesis import strategies as st
 from temporal_shield.codec import (
     CompressionConfig,
     DataKeyManager,
+    DataKeyPolicy,
     DecryptionError,
     Envelope,
     LocalKeyProvider,
     PayloadTooLargeError,
     parse,
 )
-from temporal_shield.codec._compression import Compression
-from temporal_shield.codec._format import Header
+from temporal_shield.codec._compression import Compression, compress
+from temporal_shield.codec._format import Header, HeaderCache
 
 from ..helpers import make_keyring
 
@@ -222,3 +224,144 @@ async def test_origin_is_version_2_and_authenticated(envelope: Envelope) -> None
         await envelope.seal(b"x", namespace="default", origin=b"short")
     plain = await envelope.seal(b"payload", namespace="default")
     assert plain.data[2] == 1  # no origin: version 1
+
+
+# -- the synchronous hot path: cached data keys and cached header middles ------------------
+
+
+async def test_open_cached_needs_a_payload_opened_before(envelope: Envelope) -> None:
+    sealed = await envelope.seal(JSONISH, namespace="default", classification="phi")
+    args: dict[str, Any] = {
+        "key_id": sealed.key_id,
+        "namespace": "default",
+        "classification": "phi",
+    }
+    assert envelope.open_cached(sealed.data, **args) is None  # header not seen yet
+    assert (await envelope.open(sealed.data, **args)).plaintext == JSONISH
+    again = await envelope.seal(JSONISH, namespace="default", classification="phi")
+    assert again.data != sealed.data  # fresh nonce
+    assert envelope.open_cached(again.data, **args) == JSONISH
+
+
+async def test_open_cached_refuses_every_flipped_bit_like_open(envelope: Envelope) -> None:
+    sealed = await envelope.seal(JSONISH, namespace="default", classification="phi")
+    await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    data = bytearray(sealed.data)
+    for i in range(len(data)):
+        for bit in (0, 7):
+            data[i] ^= 1 << bit
+            tampered = bytes(data)
+            # Either the shortcut does not apply, or it refuses: never plaintext.
+            try:
+                shortcut = envelope.open_cached(tampered, key_id=sealed.key_id, namespace=None)
+            except DecryptionError:
+                shortcut = None
+            assert shortcut is None
+            with pytest.raises(DecryptionError):
+                await envelope.open(tampered, key_id=sealed.key_id, namespace=None)
+            data[i] ^= 1 << bit
+    # The untouched payload still takes the shortcut afterwards.
+    assert envelope.open_cached(sealed.data, key_id=sealed.key_id, namespace=None) == JSONISH
+
+
+async def test_a_different_header_middle_takes_the_full_path(envelope: Envelope) -> None:
+    first = await envelope.seal(b"one", namespace="default", classification="phi")
+    await envelope.open(first.data, key_id=first.key_id, namespace="default")
+    for other in (
+        await envelope.seal(b"two", namespace="default", classification="pci"),
+        await envelope.seal(b"two", namespace="payments", classification="phi"),
+        await envelope.seal(b"two", namespace="default", workflow_id="wf", classification="phi"),
+        await envelope.seal(b"two", namespace="default", origin=bytes(32)),  # version 2
+    ):
+        namespace = parse(other.data)[0].namespace
+        assert envelope.open_cached(other.data, key_id=other.key_id, namespace=namespace) is None
+        opened = await envelope.open(other.data, key_id=other.key_id, namespace=namespace)
+        assert opened.plaintext == b"two"
+    # A cached middle of another data key is no shortcut either.
+    fresh = Envelope(DataKeyManager(envelope.keys.providers))
+    foreign = await fresh.seal(b"one", namespace="default", classification="phi")
+    assert envelope.open_cached(foreign.data, key_id=foreign.key_id, namespace="default") is None
+
+
+async def test_open_cached_applies_every_binding_check(envelope: Envelope) -> None:
+    sealed = await envelope.seal(
+        b"x", namespace="default", workflow_id="wf-1", classification="phi"
+    )
+    await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    ok: dict[str, Any] = {"key_id": sealed.key_id, "namespace": "default", "workflow_id": "wf-1"}
+    assert envelope.open_cached(sealed.data, **ok, classification="phi") == b"x"
+    wrongs: tuple[dict[str, Any], ...] = (
+        {"namespace": "payments"},
+        {"workflow_id": "wf-2"},
+        {"classification": "pci"},
+        {"classification": ""},
+    )
+    for wrong in wrongs:
+        with pytest.raises(DecryptionError):
+            envelope.open_cached(sealed.data, **{**ok, **wrong})
+        with pytest.raises(DecryptionError):
+            await envelope.open(sealed.data, **{**ok, **wrong})
+    # A key id with no cached data key is left to open(), which refuses it.
+    other_key = {**ok, "key_id": sealed.key_id + "x"}
+    assert envelope.open_cached(sealed.data, **other_key) is None
+    with pytest.raises(DecryptionError):
+        await envelope.open(sealed.data, **other_key)
+    small = Envelope(envelope.keys, max_plaintext=1)
+    big = await envelope.seal(b"xy", namespace="default", workflow_id="wf-1", classification="phi")
+    await small.open(sealed.data, **ok)  # fills small's header cache
+    with pytest.raises(DecryptionError):  # declared length over the reader's limit
+        small.open_cached(big.data, **ok)
+
+
+async def test_open_cached_leaves_expired_keys_to_the_full_path(
+    local_provider: LocalKeyProvider,
+) -> None:
+    now = [0.0]
+    keys = DataKeyManager(
+        [local_provider], policy=DataKeyPolicy(decrypt_cache_ttl=10), clock=lambda: now[0]
+    )
+    envelope = Envelope(keys)
+    sealed = await envelope.seal(b"x", namespace="default")
+    await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    assert envelope.open_cached(sealed.data, key_id=sealed.key_id, namespace="default") == b"x"
+    now[0] = 11.0
+    assert envelope.open_cached(sealed.data, key_id=sealed.key_id, namespace="default") is None
+    calls = keys.stats.kms_decrypt_calls
+    assert (await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")).plaintext
+    assert keys.stats.kms_decrypt_calls == calls + 1
+
+
+def test_header_cache_is_bounded() -> None:
+    cache = HeaderCache(size=2)
+    headers = []
+    for namespace in ("a", "b", "c"):
+        header = Header(0, 1, namespace, "", "", b"w" * 40, b"c" * 32, b"n" * 12)
+        data = header.pack() + b"t" * 17
+        cache.remember(header, data, len(data) - 17)
+        headers.append(data)
+    assert [cache.lookup(d) is not None for d in headers] == [False, True, True]
+
+
+async def test_seal_cached_needs_a_cached_data_key(local_provider: LocalKeyProvider) -> None:
+    keys = DataKeyManager([local_provider], policy=DataKeyPolicy(max_messages=2))
+    envelope = Envelope(keys)
+    assert envelope.seal_cached(b"x", namespace="default") is None
+    assert keys.stats.kms_generate_calls == 0
+    first = await envelope.seal(b"x", namespace="default")
+    second = envelope.seal_cached(b"y", namespace="default", classification="phi")
+    assert second is not None
+    assert parse(second.data)[0].wrapped_dek == parse(first.data)[0].wrapped_dek
+    assert (await envelope.open(second.data, key_id=second.key_id, namespace="default")).plaintext
+    # Each shortcut counts against the data key's bounds: the third message needs a new one.
+    assert envelope.seal_cached(b"z", namespace="default") is None
+    with pytest.raises(PayloadTooLargeError):
+        Envelope(keys, max_plaintext=1).seal_cached(b"xy", namespace="default")
+
+
+def test_large_incompressible_payloads_are_not_compressed() -> None:
+    config = CompressionConfig()
+    assert compress(os.urandom(300_000), config)[0] == Compression.NONE
+    assert compress(JSONISH * 40, config)[0] == Compression.ZSTD
+    # The probe samples the middle: compressible text around random bytes is kept whole.
+    mixed = os.urandom(140_000) + JSONISH * 40 + os.urandom(140_000)
+    assert compress(mixed, config)[0] == Compression.ZSTD
