@@ -86,7 +86,7 @@ async def _seal_all(tmp: Path) -> list[dict[str, Any]]:
         provider = LocalKeyProvider(ring_path, random=lambda n: DEK[:n])
         env = Envelope(
             DataKeyManager([provider]),
-            compression=CompressionConfig(threshold=512),
+            compression=CompressionConfig(threshold=512, level=3),  # as first published
             random=lambda n: NONCE[:n],
         )
         sealed = await env.seal(
