@@ -42,8 +42,8 @@ class CompressionConfig:
     about as much CPU as the rest of the round trip (docs/benchmarks.md)."""
 
     level: int = 1
-    """zstd compression level (1-19). On JSON records level 1 compresses within 4%
-    of level 3 at 4 KiB-1 MiB and takes 0.6-0.9x its time (docs/benchmarks.md)."""
+    """zstd compression level (1-19). On JSON records level 1 compresses within 3%
+    of level 3 at 4 KiB-1 MiB in 0.86-0.92x its time (docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         if self.threshold < 0:

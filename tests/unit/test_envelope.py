@@ -365,3 +365,18 @@ def test_large_incompressible_payloads_are_not_compressed() -> None:
     # The probe samples the middle: compressible text around random bytes is kept whole.
     mixed = os.urandom(140_000) + JSONISH * 40 + os.urandom(140_000)
     assert compress(mixed, config)[0] == Compression.ZSTD
+
+
+async def test_large_ciphertexts_round_trip_and_are_authenticated(envelope: Envelope) -> None:
+    # Large ciphertexts are decrypted from a view rather than a copy.
+    data = os.urandom(100_000)
+    sealed = await envelope.seal(data, namespace="default")
+    opened = await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    assert opened.plaintext == data
+    assert envelope.open_cached(sealed.data, key_id=sealed.key_id, namespace="default") == data
+    tampered = bytearray(sealed.data)
+    tampered[-1000] ^= 1
+    with pytest.raises(DecryptionError):
+        envelope.open_cached(bytes(tampered), key_id=sealed.key_id, namespace="default")
+    with pytest.raises(DecryptionError):
+        await envelope.open(bytes(tampered), key_id=sealed.key_id, namespace="default")
