@@ -39,11 +39,11 @@ class CompressionConfig:
     threshold: int = 1024
     """Serialized payloads shorter than this many bytes are never compressed. On JSON
     records below 1 KiB zstd saves under 30% (a few hundred bytes at most) for
-    about as much CPU as the rest of the round trip (docs/benchmarks.md)."""
+    about two thirds of the CPU of the rest of the round trip (docs/benchmarks.md)."""
 
     level: int = 1
     """zstd compression level (1-19). On JSON records level 1 compresses within 3%
-    of level 3 at 4 KiB-1 MiB in 0.86-0.92x its time (docs/benchmarks.md)."""
+    of level 3 at 4 KiB-1 MiB in 0.84-0.92x its time (docs/benchmarks.md)."""
 
     def __post_init__(self) -> None:
         if self.threshold < 0:
