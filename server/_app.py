@@ -36,7 +36,7 @@ from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
 from ._config import ServerConfig
 from ._identity import DEV_IDENTITY, Identity
-from ._limits import RequestLimits
+from ._limits import Hold, RequestLimits
 from ._policy import Policy
 from ._service import CodecService, Forbidden, Outcome, RateLimited
 from ._telemetry import TRACE_ID, Telemetry
@@ -51,6 +51,10 @@ a record's size must not grow with what one request sends."""
 
 class BodyUnreadable(BadRequest):
     """The request body could not be read (HTTP 400, and the connection is closed)."""
+
+
+class ServerBusy(ShieldError):
+    """The memory budget for requests in flight is spent (HTTP 503, retry soon)."""
 
 
 class UnsupportedEncoding(ShieldError):
@@ -78,6 +82,7 @@ class State:
     authenticator: Authenticator | None
     audit: AuditLog | None
     telemetry: Telemetry
+    readiness: _Readiness
 
 
 STATE: web.AppKey[State] = web.AppKey("temporal_shield_state", State)
@@ -106,6 +111,11 @@ def _map_error(exc: Exception, request: web.Request) -> web.Response:
         return _error(401, "unauthorized", str(exc), request)
     if isinstance(exc, Forbidden):
         return _error(403, "forbidden", str(exc), request)
+    if isinstance(exc, ServerBusy):
+        response = _error(503, "server_busy", str(exc), request)
+        response.headers["Retry-After"] = "1"
+        response.force_close()  # the body is not read: the connection cannot go on
+        return response
     if isinstance(exc, UnsupportedEncoding):
         response = _error(415, "unsupported_media_type", str(exc), request)
         response.force_close()  # the body is not read: the connection cannot go on
@@ -247,19 +257,31 @@ def _text(value: str) -> str:
     r"""A header- or claim-derived string that the audit record can always hold.
 
     Header bytes that are not UTF-8 arrive as lone surrogates, which no JSON
-    encoder writes: escape them (and anything else unprintable) as ``\uXXXX``,
-    and cut overlong values, so that every request leaves its record whatever
-    bytes it carries.
+    encoder writes: escape them (and anything else unprintable) as ``\uXXXX``
+    (``\UXXXXXXXX`` above the BMP), a backslash as ``\\`` so that an escape
+    can't be faked by sending its text, and cut overlong values, so that
+    every request leaves its record whatever bytes it carries.
     """
-    if value.isascii() and value.isprintable() and len(value) <= AUDIT_TEXT_LIMIT:
+    if (
+        value.isascii()
+        and value.isprintable()
+        and "\\" not in value
+        and len(value) <= AUDIT_TEXT_LIMIT
+    ):
         return value  # the common case, without a copy
-    escaped = "".join(
-        ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else f"\\u{ord(ch):04x}"
-        for ch in value[: AUDIT_TEXT_LIMIT + 1]
-    )
+    escaped = "".join(map(_escape, value[: AUDIT_TEXT_LIMIT + 1]))
     if len(value) > AUDIT_TEXT_LIMIT or len(escaped) > AUDIT_TEXT_LIMIT:
         escaped = escaped[:AUDIT_TEXT_LIMIT] + "...[truncated]"
     return escaped
+
+
+def _escape(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():  # lone surrogates are not
+        return ch
+    code = ord(ch)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _texts(values: set[str]) -> list[str]:
@@ -370,20 +392,29 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
             state.telemetry.request_done(operation, decision, status, outcome, request[STARTED])
 
     config = state.config
+    hold: Hold | None = None
+    served = False
     try:
         if state.authenticator is None:
             identity = DEV_IDENTITY
         else:
             identity = await state.authenticator.authenticate(request.headers)
+        hold = state.service.hold(identity)
+        # The body is held until the response is sent, and a response echoes
+        # what it does not decode: count both before reading any of it.
+        declared = request.content_length
+        if not hold.take(2 * (config.max_body_bytes if declared is None else declared)):
+            raise ServerBusy("too many requests in flight; retry shortly")
         payloads = read_payloads(
             await _read_body(request, config),
             max_payloads=config.max_payloads,
             max_payload_bytes=config.max_payload_bytes,
         )
         if operation == "decode":
-            result, outcome = await state.service.decode(identity, namespace, payloads)
+            result, outcome = await state.service.decode(identity, namespace, payloads, hold)
         else:
             result, outcome = await state.service.encode(identity, namespace, payloads)
+        served = True
     except AuthError as exc:
         await audit("deny", 401, f"unauthenticated: {exc}")
         raise
@@ -407,35 +438,47 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     except KeyProviderError as exc:
         await audit("error", 503, str(exc))
         raise
+    except ServerBusy as exc:
+        await audit("error", 503, str(exc))
+        raise
     except Exception as exc:
         # Unexpected failures are decisions too: recorded, then a bare 500.
         await audit("error", 500, f"internal error: {type(exc).__name__}")
         raise
+    finally:
+        if not served and hold is not None:
+            hold.release()  # an error answer holds nothing worth counting
+    assert hold is not None
     try:
         # The record is written before any plaintext leaves; a failed write is a 503.
         await audit(outcome.decision, 200)
-        response = web.Response(body=write_payloads(result), content_type="application/json")
+        response = web.Response(
+            body=write_payloads(result),
+            content_type="application/json",
+            headers=_NO_STORE,
+        )
     except BaseException:
-        state.service.release(outcome)
+        hold.release()
         raise
-    _release_once_sent(request, state.service, outcome, config.send_timeout)
+    _release_once_sent(request, hold, config.send_timeout)
     return response
 
 
-def _release_once_sent(
-    request: web.Request, service: CodecService, outcome: Outcome, timeout: float
-) -> None:
-    """Give the response's decoded bytes back to the process budget once it is sent.
+_NO_STORE = {"Cache-Control": "no-store"}
+"""Decoded payloads must not be kept by browsers or intermediaries."""
+
+
+def _release_once_sent(request: web.Request, hold: Hold, timeout: float) -> None:
+    """Give the request's memory back once its response has left the process.
 
     Not when the handler returns: a response is then still to be written, and
     a client that does not read would hold it in the transport buffer, outside
     any bound. aiohttp runs each request (handler and response write, which
     waits for the buffer to drain) in a task of its own, so the task's end is
     the moment the bytes left the process. A client that has not taken the
-    response within ``timeout`` seconds is disconnected.
+    response within ``timeout`` seconds is disconnected, whatever the response
+    holds (decoded payloads or payloads echoed unchanged).
     """
-    if not outcome.reserved:
-        return
     task = asyncio.current_task()
     assert task is not None
     transport = request.transport
@@ -448,7 +491,7 @@ def _release_once_sent(
 
     def sent(_: asyncio.Task[Any]) -> None:
         timer.cancel()
-        service.release(outcome)
+        hold.release()
 
     task.add_done_callback(sent)
 
@@ -471,15 +514,54 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+READINESS_TTL = 5.0
+"""Seconds a key-provider readiness answer is reused (see :class:`_Readiness`)."""
+
+
+class _Readiness:
+    """The key providers' readiness, checked at most once per ``READINESS_TTL``.
+
+    ``/readyz`` needs no token; without this every probe (or anyone's request)
+    would be a KMS ``DescribeKey``, sharing the thread pool and the account's
+    quota with the unwraps that serve real callers. Concurrent probes share
+    one check.
+    """
+
+    def __init__(self, check: Callable[[], Awaitable[None]]) -> None:
+        self._check = check
+        self._checked = -READINESS_TTL
+        self._problem = ""
+        self._running: asyncio.Future[str] | None = None
+
+    async def problem(self) -> str:
+        """Why the providers are not ready, or ``""``."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked < READINESS_TTL:
+            return self._problem
+        if self._running is None:
+            self._running = loop.create_future()
+            try:
+                await self._check()
+                self._problem = ""
+            except ShieldError as exc:
+                self._problem = str(exc)
+            except Exception as exc:  # any failure is "not ready"; waiters must not hang
+                self._problem = f"readiness check failed: {type(exc).__name__}"
+            self._checked = loop.time()
+            self._running.set_result(self._problem)
+            self._running = None
+            return self._problem
+        return await asyncio.shield(self._running)
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: the audit sink works and every key provider answers."""
-    audit = request.app[STATE].audit
-    if audit is not None and audit.failing:
+    state = request.app[STATE]
+    if state.audit is not None and state.audit.failing:
         return _error(503, "not_ready", "audit log failing (write or checkpoint)", request)
-    try:
-        await request.app[STATE].codec.envelope.keys.check()
-    except ShieldError as exc:
-        return _error(503, "not_ready", str(exc), request)
+    problem = await state.readiness.problem()
+    if problem:
+        return _error(503, "not_ready", problem, request)
     return web.json_response({"status": "ready"})
 
 
@@ -546,6 +628,7 @@ def create_app(
                 max_decoded_payload_bytes=config.max_decoded_payload_bytes,
                 max_decoded_request_bytes=config.max_decoded_request_bytes,
                 max_decoded_bytes_in_flight=config.max_decoded_bytes_in_flight,
+                max_decoded_bytes_in_flight_per_caller=config.max_decoded_bytes_in_flight_per_caller,
                 max_unwraps_per_request=config.max_unwraps_per_request,
                 principal_unwraps_per_minute=config.principal_unwraps_per_minute,
                 principal_unwrap_burst=config.principal_unwrap_burst,
@@ -554,6 +637,7 @@ def create_app(
         authenticator=authenticator,
         audit=audit,
         telemetry=telemetry,
+        readiness=_Readiness(codec.envelope.keys.check),
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -104,7 +104,11 @@ def line_problem(line: bytes, record: dict[str, Any]) -> str:
     """
     digest = record.get("hash")
     body = {k: v for k, v in record.items() if k != "hash"}
-    canonical = _CANONICAL.encode(body)
+    try:
+        canonical = _CANONICAL.encode(body)
+    except (UnicodeEncodeError, msgspec.EncodeError, RecursionError, TypeError):
+        # A lone surrogate escape or absurd nesting: never written by the log.
+        return "record is not in the canonical form its hash covers"
     if not isinstance(digest, str) or hashlib.sha256(canonical).hexdigest() != digest:
         return "record hash does not match its content"
     if line.rstrip(b"\n") != _line(canonical, digest)[:-1]:
@@ -566,7 +570,7 @@ def _recover(path: Path, replica: str) -> tuple[str, int, int, int, int]:
             reason = ""
             try:
                 record = json.loads(lines[index])
-            except ValueError:
+            except (ValueError, RecursionError):
                 record, reason = None, "not valid JSON"
             if not reason and not isinstance(record, dict):
                 reason = "not a JSON object"
@@ -614,7 +618,7 @@ def _count_lines(f: IO[bytes], end: int) -> int:
 def _is_json(line: bytes) -> bool:
     try:
         json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 

@@ -211,9 +211,9 @@ class Authenticator:
         Raises:
             AuthError: a claim we use has the wrong type.
         """
-        if not claims["sub"].strip():
-            # An empty subject would be indistinguishable from "no identity"
-            # in audit records, and shares one KMS budget with every other.
+        if not any(ch.isprintable() and not ch.isspace() for ch in claims["sub"]):
+            # An empty (or invisible: zero-width, BOM) subject would read as
+            # "no identity" in audit records, and share one budget with others.
             raise AuthError("token has an empty sub claim")
         return Identity(
             subject=claims["sub"],  # a string: PyJWT refuses anything else

@@ -194,11 +194,15 @@ class ServerConfig:
     max_decoded_request_bytes: int = 16 * 1024 * 1024
     """Most decoded bytes in one response; payloads past it come back unchanged."""
     max_decoded_bytes_in_flight: int = 256 * 1024 * 1024
-    """Memory all requests of the process may hold for decoded payloads until
-    their responses are sent, counted as 3 bytes per decoded byte (the payload
-    and its base64 response); payloads past it come back unchanged. Bounds the
-    process's memory under concurrent load: size the container for this plus
-    about 150 MiB."""
+    """Memory all requests of the process may hold until their responses are
+    sent: each request's body twice (the body, and the response that echoes
+    what it does not decode) and 3 bytes per decoded byte (the payload and its
+    base64 response). A payload past it comes back unchanged; a request whose
+    body does not fit is refused (503 ``server_busy``). Size the container for
+    this plus about 150 MiB."""
+    max_decoded_bytes_in_flight_per_caller: int = 64 * 1024 * 1024
+    """The share of ``max_decoded_bytes_in_flight`` one caller (``sub``) may hold:
+    it takes several identities, not one, to spend the whole budget."""
     max_unwraps_per_request: int = 32
     """Most data-key unwraps (KMS ``Decrypt`` calls) one request may cause; payloads
     needing more come back unchanged. Cached keys and known-bad keys cost none."""
@@ -212,9 +216,16 @@ class ServerConfig:
     """Seconds allowed to deliver a decoded response; a client that does not read
     it is disconnected (its decoded bytes count against
     ``max_decoded_bytes_in_flight`` until then)."""
+    max_connections: int = 2048
+    """Open connections the process accepts; more are closed at once (bounds the
+    memory of requests still arriving; put a per-client limit in the proxy)."""
+    header_timeout: float = 10.0
+    """Seconds a request head (request line and headers) may take to arrive
+    once it has started; a slower one is answered 408 and the connection closed."""
     max_header_bytes: int = 65536
     """Largest request line and header field (IdP tokens with many groups exceed
-    aiohttp's 8 KiB default); larger ones get 431 JSON."""
+    aiohttp's 8 KiB default); larger ones get 431 JSON. A whole request head
+    (at most 64 fields) may be this plus 32 KiB."""
     workers: int = 1
     """Processes serving ``port`` (``0``: one per CPU this process may run on). With
     more than one, a supervisor starts them and restarts any that dies; each keeps
@@ -240,8 +251,11 @@ class ServerConfig:
             self.max_decoded_payload_bytes,
             self.max_decoded_request_bytes,
             self.max_decoded_bytes_in_flight,
+            self.max_decoded_bytes_in_flight_per_caller,
             self.body_read_timeout,
             self.send_timeout,
+            self.max_connections,
+            self.header_timeout,
             self.max_header_bytes,
         )
         if any(value <= 0 for value in limits):

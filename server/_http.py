@@ -16,9 +16,12 @@ inherited.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -31,11 +34,21 @@ from ._config import ServerConfig
 log = logging.getLogger("temporal_shield.server")
 
 
+LINGER = 2.0
+"""Seconds a refused connection keeps reading (and discarding) before it closes."""
+HEAD_SLACK = 32 * 1024
+"""What a whole request head may hold beyond its largest field (the other headers)."""
+
+
 def runner_kwargs(config: ServerConfig) -> dict[str, Any]:
     """Keyword arguments for :class:`ShieldRunner` (and aiohttp's request handler)."""
     return {
         "max_line_size": config.max_header_bytes,
         "max_field_size": config.max_header_bytes,
+        "max_headers": 64,  # browsers and the CLI send ~15; proxies add a few
+        # Idle keep-alive connections are closed after 75 s (nginx's default),
+        # not aiohttp's hour: each one counts against max_connections.
+        "keepalive_timeout": 75.0,
         "access_log": None,  # every decision is in the audit log; no URLs with tokens
         # A client that goes away must not cancel its handler: the handler still
         # writes the request's audit record (a 400 for a body cut short).
@@ -48,11 +61,119 @@ def runner_kwargs(config: ServerConfig) -> dict[str, Any]:
     }
 
 
-class _Handler(RequestHandler):
-    """aiohttp's protocol handler with a JSON, CORS-aware, token-free ``handle_error``."""
+@dataclass(frozen=True)
+class _Edge:
+    """What :class:`_Handler` enforces before aiohttp hands over a request."""
 
-    cors_origin: str | None = None
-    """The one configured CORS origin, if exactly one (set by :class:`_Server`)."""
+    cors_origin: str | None
+    """The one configured CORS origin, if exactly one."""
+    max_connections: int
+    header_timeout: float
+    max_head_bytes: int
+
+
+def _raw_error(status: int, code: str, text: str, cors_origin: str | None) -> bytes:
+    """A complete HTTP/1.1 JSON error response, for answers written on the transport."""
+    body = json.dumps({"error": code, "message": text, "request_id": ""}).encode()
+    cors = f"Access-Control-Allow-Origin: {cors_origin}\r\nVary: Origin\r\n" if cors_origin else ""
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"{cors}Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _Handler(RequestHandler):
+    """aiohttp's protocol handler, bounded and answering in our JSON shape.
+
+    Adds what aiohttp lacks: a cap on open connections, and a deadline and a
+    size cap on a request head while it arrives (aiohttp buffers a partial head
+    without either, so a client trickling headers holds memory for as long as
+    it likes); and replaces ``handle_error`` (see the module docstring).
+    """
+
+    edge: _Edge | None = None
+    """Set by :class:`_Server` on every handler it makes."""
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+    _head_count = 0
+    _refused = False
+
+    @property
+    def cors_origin(self) -> str | None:
+        """The one configured CORS origin, if exactly one."""
+        return self.edge.cors_origin if self.edge else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Accept the connection, unless the process holds ``max_connections`` already."""
+        super().connection_made(transport)
+        manager = self._manager
+        if (
+            self.edge
+            and manager is not None
+            and len(manager.connections) > self.edge.max_connections
+        ):
+            log.warning("connection refused: %d open connections", len(manager.connections) - 1)
+            self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed aiohttp's parser; time and size a request head while it is incomplete."""
+        if self._refused:
+            return  # discarded while the refusal lingers (see _refuse)
+        super().data_received(data)
+        edge = self.edge
+        if edge is None or self._force_close or self._close:
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and not self._messages:
+            # Between requests with part of a head buffered: a head in progress.
+            if self._head_timer is None or self._head_count != self._request_count:
+                self._cancel_head_timer()
+                self._head_count = self._request_count
+                self._head_bytes = 0
+                self._head_timer = self._loop.call_later(edge.header_timeout, self._head_late)
+            self._head_bytes += len(data)
+            if self._head_bytes > edge.max_head_bytes:
+                self._refuse(431, "headers_too_large", "request head too large")
+        elif self._head_timer is not None:
+            self._cancel_head_timer()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        waiter = self._waiter
+        if (
+            self._head_count == self._request_count
+            and waiter is not None
+            and not waiter.done()
+            and not self._messages
+        ):
+            self._refuse(408, "request_timeout", "request head not received in time")
+
+    def _refuse(self, status: int, code: str, text: str) -> None:
+        self._cancel_head_timer()
+        log.warning("refused a request head: HTTP %d (%s)", status, code)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(_raw_error(status, code, text, self.cors_origin))
+        # Lingering close: send the answer and FIN, then read and discard what
+        # the client still sends for a moment. Closing with unread input would
+        # make the kernel send a reset, which can destroy the answer in flight.
+        self._refused = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, self.force_close)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Drop the head timer with the connection."""
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -99,12 +220,39 @@ class _Handler(RequestHandler):
 
 
 class _Server(web.Server):
+    edge: _Edge | None = None
+
     def __call__(self) -> RequestHandler:
         handler = _Handler(self, loop=self._loop, **self._kwargs)
-        handler.cors_origin = self.cors_origin
+        handler.edge = self.edge
         return handler
 
-    cors_origin: str | None = None
+
+def _origin_form_only(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], cors_origin: str | None
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """Answer request targets that are not a path (``OPTIONS *``, ``CONNECT host:port``).
+
+    The router only matches paths, so aiohttp would answer these itself, in
+    plain text; the catch-all route never sees them.
+    """
+
+    async def route(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "CONNECT" or not request.path.startswith("/"):
+            response = web.Response(
+                status=404,
+                body=json.dumps(
+                    {"error": "not_found", "message": "Not Found", "request_id": ""}
+                ).encode(),
+                content_type="application/json",
+            )
+            if cors_origin is not None:
+                response.headers["Access-Control-Allow-Origin"] = cors_origin
+                response.headers["Vary"] = "Origin"
+            return response
+        return await handle(request)
+
+    return route
 
 
 class ShieldRunner(web.AppRunner):
@@ -113,18 +261,23 @@ class ShieldRunner(web.AppRunner):
     def __init__(self, app: web.Application, config: ServerConfig, **kwargs: Any) -> None:
         """Run ``app`` with the header limits and error handling of ``config``."""
         super().__init__(app, **{**kwargs, **runner_kwargs(config)})
-        self._cors_origin = config.cors_origins[0] if len(config.cors_origins) == 1 else None
+        self._edge = _Edge(
+            cors_origin=config.cors_origins[0] if len(config.cors_origins) == 1 else None,
+            max_connections=config.max_connections,
+            header_timeout=config.header_timeout,
+            max_head_bytes=config.max_header_bytes + HEAD_SLACK,
+        )
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
         server = _Server(
-            base.request_handler,
+            _origin_form_only(base.request_handler, self._edge.cors_origin),
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
             **base._kwargs,
         )
-        server.cors_origin = self._cors_origin
+        server.edge = self._edge
         return server
 
 

@@ -42,6 +42,7 @@ class RequestLimits:
     max_decoded_payload_bytes: int
     max_decoded_request_bytes: int
     max_decoded_bytes_in_flight: int
+    max_decoded_bytes_in_flight_per_caller: int
     max_unwraps_per_request: int
     principal_unwraps_per_minute: float
     principal_unwrap_burst: int
@@ -90,20 +91,64 @@ class TokenBuckets:
 
 
 class InFlight:
-    """Decoded bytes held by all requests of this process at once."""
+    """Memory held for requests of this process at once: in all, and per caller.
 
-    def __init__(self, limit: int) -> None:
-        """Bound the process at ``limit`` decoded bytes in flight."""
+    Counts what a request holds until its response has left the process: its
+    body (and the share of the response that echoes it), and its decoded
+    payloads with their share of the response (see ``MEMORY_PER_DECODED_BYTE``).
+    The per-caller share keeps one identity from taking the whole budget.
+    """
+
+    def __init__(self, limit: int, per_caller: int) -> None:
+        """Bound the process at ``limit`` bytes, and each caller at ``per_caller``."""
         self.limit = limit
+        self.per_caller = per_caller
         self.used = 0
+        self._callers: dict[str, int] = {}
 
-    def reserve(self, nbytes: int) -> bool:
-        """Reserve ``nbytes``; False (and nothing reserved) if that exceeds the limit."""
-        if self.used + nbytes > self.limit:
+    def reserve(self, caller: str, nbytes: int) -> bool:
+        """Reserve ``nbytes`` for ``caller``; False (nothing reserved) if over a limit."""
+        held = self._callers.get(caller, 0)
+        if self.used + nbytes > self.limit or held + nbytes > self.per_caller:
             return False
         self.used += nbytes
+        self._callers[caller] = held + nbytes
         return True
 
-    def release(self, nbytes: int) -> None:
+    def release(self, caller: str, nbytes: int) -> None:
         """Give back what :meth:`reserve` granted."""
         self.used -= nbytes
+        held = self._callers[caller] - nbytes
+        if held:
+            self._callers[caller] = held
+        else:
+            del self._callers[caller]  # bounded by the callers with requests in flight
+
+    def held_by(self, caller: str) -> int:
+        """Bytes ``caller`` holds now."""
+        return self._callers.get(caller, 0)
+
+
+class Hold:
+    """One request's reservations in :class:`InFlight`, released together once."""
+
+    __slots__ = ("_caller", "_in_flight", "held")
+
+    def __init__(self, in_flight: InFlight, caller: str) -> None:
+        """Start an empty hold for ``caller``."""
+        self._in_flight = in_flight
+        self._caller = caller
+        self.held = 0
+
+    def take(self, nbytes: int) -> bool:
+        """Reserve ``nbytes`` more; False (nothing reserved) if over a limit."""
+        if not self._in_flight.reserve(self._caller, nbytes):
+            return False
+        self.held += nbytes
+        return True
+
+    def release(self) -> None:
+        """Give everything back (idempotent)."""
+        if self.held:
+            self._in_flight.release(self._caller, self.held)
+            self.held = 0

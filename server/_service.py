@@ -20,6 +20,7 @@ from ._limits import (
     LIMIT_REQUEST_BYTES,
     LIMIT_UNWRAPS_PRINCIPAL,
     LIMIT_UNWRAPS_REQUEST,
+    Hold,
     InFlight,
     RequestLimits,
     TokenBuckets,
@@ -71,8 +72,6 @@ class Outcome:
     """Payloads returned unchanged because a budget (see ``_limits``) was used up."""
     limits: dict[str, int] | None = None
     """Withheld payloads by budget name (``None`` when nothing was withheld)."""
-    reserved: int = 0
-    """Memory reserved in the process budget (released once the response is sent)."""
     key_ids: set[str] = field(default_factory=set)
     classifications: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
@@ -120,13 +119,13 @@ class CodecService:
         self._unwraps = TokenBuckets(
             limits.principal_unwraps_per_minute, limits.principal_unwrap_burst
         )
-        self.in_flight = InFlight(limits.max_decoded_bytes_in_flight)
+        self.in_flight = InFlight(
+            limits.max_decoded_bytes_in_flight, limits.max_decoded_bytes_in_flight_per_caller
+        )
 
-    def release(self, outcome: Outcome) -> None:
-        """Return the memory ``outcome`` reserved (once its response is sent)."""
-        if outcome.reserved:
-            self.in_flight.release(outcome.reserved)
-            outcome.reserved = 0
+    def hold(self, identity: Identity) -> Hold:
+        """A new, empty reservation for one request of ``identity``."""
+        return Hold(self.in_flight, identity.subject)
 
     def _allowed(
         self, identity: Identity, namespace: str, operation: str, label: str, outcome: Outcome
@@ -139,12 +138,18 @@ class CodecService:
         return decision.allowed
 
     async def decode(
-        self, identity: Identity, namespace: str | None, payloads: Sequence[PayloadLike]
+        self,
+        identity: Identity,
+        namespace: str | None,
+        payloads: Sequence[PayloadLike],
+        hold: Hold | None = None,
     ) -> tuple[list[PayloadLike], Outcome]:
         """Decode what ``identity`` may read; everything else comes back unchanged.
 
         Unchanged payloads are the input objects themselves; decoded ones are
-        :class:`Payload` messages.
+        in wire form. The memory each decoded payload will hold (until the
+        caller sends the response and releases ``hold``) is reserved in
+        ``hold``; a payload that does not fit comes back unchanged.
 
         Raises:
             KeyProviderError: the KMS failed (the whole request fails, 503).
@@ -156,92 +161,88 @@ class CodecService:
         limits = self._limits
         keys = self._keys
         decoded_bytes = since_yield = unwraps = 0
-        try:
-            for payload in payloads:
-                if not is_encrypted(payload):
-                    outcome.passed_through += 1
+        if hold is None:
+            hold = self.hold(identity)
+        for payload in payloads:
+            if not is_encrypted(payload):
+                outcome.passed_through += 1
+                out.append(payload)
+                continue
+            try:
+                parsed = parse(payload.data)
+                key_id = payload.metadata[KEY_ID_METADATA].decode()
+            except (DecryptionError, KeyError, UnicodeDecodeError):
+                outcome.failed += 1
+                outcome.reasons.add("malformed ciphertext")
+                out.append(payload)
+                continue
+            header = parsed[0]
+            if not _LABEL.fullmatch(header.classification):
+                # Writers only seal valid labels (``validate_classification``):
+                # anything else is forged, and never reaches a record or a decision.
+                outcome.failed += 1
+                outcome.reasons.add("malformed ciphertext")
+                out.append(payload)
+                continue
+            if not namespace or header.namespace != namespace:
+                # Never even try to decrypt a payload bound to another namespace.
+                outcome.denied += 1
+                outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
+                out.append(payload)
+                continue
+            outcome.classifications.add(header.classification or "unclassified")
+            if not allowed(identity, namespace, "decode", header.classification, outcome):
+                outcome.denied += 1
+                outcome.reasons.add(
+                    f"classification {header.classification or 'unclassified'} not permitted"
+                )
+                out.append(payload)
+                continue
+            # The header's original length is what decoding would produce (it
+            # is authenticated: a lie fails decryption). Check it before any key.
+            size = header.original_length
+            if size > limits.max_decoded_payload_bytes:
+                outcome.withhold(LIMIT_PAYLOAD_BYTES, "decoded payload over the limit")
+                out.append(payload)
+                continue
+            if decoded_bytes + size > limits.max_decoded_request_bytes:
+                outcome.withhold(LIMIT_REQUEST_BYTES, "decoded request over the limit")
+                out.append(payload)
+                continue
+            if keys.needs_unwrap(key_id, header.wrapped_dek, namespace):
+                if unwraps >= limits.max_unwraps_per_request:
+                    outcome.withhold(LIMIT_UNWRAPS_REQUEST, "KMS unwraps per request used up")
                     out.append(payload)
                     continue
-                try:
-                    parsed = parse(payload.data)
-                    key_id = payload.metadata[KEY_ID_METADATA].decode()
-                except (DecryptionError, KeyError, UnicodeDecodeError):
-                    outcome.failed += 1
-                    outcome.reasons.add("malformed ciphertext")
+                if not self._unwraps.take(identity.subject):
+                    outcome.withhold(LIMIT_UNWRAPS_PRINCIPAL, "KMS unwraps per caller used up")
                     out.append(payload)
                     continue
-                header = parsed[0]
-                if not _LABEL.fullmatch(header.classification):
-                    # Writers only seal valid labels (``validate_classification``):
-                    # anything else is forged, and never reaches a record or a decision.
-                    outcome.failed += 1
-                    outcome.reasons.add("malformed ciphertext")
-                    out.append(payload)
-                    continue
-                if not namespace or header.namespace != namespace:
-                    # Never even try to decrypt a payload bound to another namespace.
-                    outcome.denied += 1
-                    outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
-                    out.append(payload)
-                    continue
-                outcome.classifications.add(header.classification or "unclassified")
-                if not allowed(identity, namespace, "decode", header.classification, outcome):
-                    outcome.denied += 1
-                    outcome.reasons.add(
-                        f"classification {header.classification or 'unclassified'} not permitted"
-                    )
-                    out.append(payload)
-                    continue
-                # The header's original length is what decoding would produce (it
-                # is authenticated: a lie fails decryption). Check it before any key.
-                size = header.original_length
-                if size > limits.max_decoded_payload_bytes:
-                    outcome.withhold(LIMIT_PAYLOAD_BYTES, "decoded payload over the limit")
-                    out.append(payload)
-                    continue
-                if decoded_bytes + size > limits.max_decoded_request_bytes:
-                    outcome.withhold(LIMIT_REQUEST_BYTES, "decoded request over the limit")
-                    out.append(payload)
-                    continue
-                if keys.needs_unwrap(key_id, header.wrapped_dek, namespace):
-                    if unwraps >= limits.max_unwraps_per_request:
-                        outcome.withhold(LIMIT_UNWRAPS_REQUEST, "KMS unwraps per request used up")
-                        out.append(payload)
-                        continue
-                    if not self._unwraps.take(identity.subject):
-                        outcome.withhold(LIMIT_UNWRAPS_PRINCIPAL, "KMS unwraps per caller used up")
-                        out.append(payload)
-                        continue
-                    unwraps += 1
-                held = size * MEMORY_PER_DECODED_BYTE
-                if not self.in_flight.reserve(held):
-                    outcome.withhold(LIMIT_IN_FLIGHT, "server decode capacity busy")
-                    out.append(payload)
-                    continue
-                outcome.reserved += held
-                try:
-                    decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
-                except DecryptionError:
-                    outcome.failed += 1
-                    outcome.reasons.add("ciphertext failed authentication")
-                    out.append(payload)
-                    continue
-                outcome.decoded += 1
-                outcome.key_ids.add(key_id)
-                # In wire form at once: the protobuf message would otherwise stay
-                # alive beside the bytes copied out of it for the response.
-                metadata = decoded.metadata
-                out.append(WirePayload({k: metadata[k] for k in metadata}, decoded.data))
-                decoded_bytes += size
-                since_yield += size
-                if since_yield >= YIELD_EVERY_BYTES:
-                    # Decryption and decompression are synchronous: let the
-                    # event loop serve other callers between large payloads.
-                    since_yield = 0
-                    await asyncio.sleep(0)
-        except BaseException:
-            self.release(outcome)
-            raise
+                unwraps += 1
+            if not hold.take(size * MEMORY_PER_DECODED_BYTE):
+                outcome.withhold(LIMIT_IN_FLIGHT, "server decode capacity busy")
+                out.append(payload)
+                continue
+            try:
+                decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
+            except DecryptionError:
+                outcome.failed += 1
+                outcome.reasons.add("ciphertext failed authentication")
+                out.append(payload)
+                continue
+            outcome.decoded += 1
+            outcome.key_ids.add(key_id)
+            # In wire form at once: the protobuf message would otherwise stay
+            # alive beside the bytes copied out of it for the response.
+            metadata = decoded.metadata
+            out.append(WirePayload({k: metadata[k] for k in metadata}, decoded.data))
+            decoded_bytes += size
+            since_yield += size
+            if since_yield >= YIELD_EVERY_BYTES:
+                # Decryption and decompression are synchronous: let the
+                # event loop serve other callers between large payloads.
+                since_yield = 0
+                await asyncio.sleep(0)
         return out, outcome
 
     async def encode(

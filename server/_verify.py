@@ -105,7 +105,7 @@ def verify(
                 return broken(number, "incomplete last line (a torn write; cut off at start)")
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return broken(number, "not valid JSON")
             if not isinstance(record, dict) or record.get("prev") != prev:
                 return broken(number, "previous-hash link does not match")

@@ -107,6 +107,9 @@ def worker_config(config: ServerConfig, index: int, count: int) -> ServerConfig:
         principal_unwraps_per_minute=config.principal_unwraps_per_minute / count,
         principal_unwrap_burst=max(1, burst // count) if burst else 0,
         max_decoded_bytes_in_flight=max(1, config.max_decoded_bytes_in_flight // count),
+        max_decoded_bytes_in_flight_per_caller=max(
+            1, config.max_decoded_bytes_in_flight_per_caller // count
+        ),
     )
 
 

@@ -486,3 +486,36 @@ def test_no_secret_key_material_in_the_log(
     assert private not in path.read_text()
     assert private not in external.read_text()
     assert os.stat(keys[0]).st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"n":"\\ud800","prev":"x","hash":"y"}\n',  # an escape no encoder writes back
+        b'{"n":' + b"[" * 100_000 + b"]" * 100_000 + b',"prev":"x","hash":"y"}\n',
+    ],
+    ids=["lone-surrogate-escape", "deep-nesting"],
+)
+def test_hostile_lines_are_reported_by_line_without_a_traceback(
+    signed_log: tuple[Path, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    line: bytes,
+) -> None:
+    path, public, _ = signed_log
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:3], line, *lines[3:]]))
+    code, out, _ = _cli(capsys, str(path), "--public-key", str(public))  # asserts no traceback
+    assert code == 1
+    assert "line 4" in out
+    # As the last line, at start: never a traceback. Valid JSON that the log
+    # cannot have written refuses the start; what does not parse at all is
+    # taken for a torn write and cut off (recorded).
+    path.write_bytes(b"".join([*lines[:-1], line]))
+    if b"ud800" in line:
+        with pytest.raises(AuditError, match="refusing to start"):
+            AuditLog(_config(tmp_path, keys[0]), stdout=io.StringIO())
+    else:
+        AuditLog(_config(tmp_path, keys[0]), stdout=io.StringIO()).close()
+        assert any(r.get("type") == "recovery" for r in _records(path))

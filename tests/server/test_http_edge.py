@@ -149,17 +149,6 @@ async def test_expect_headers_never_get_a_plain_text_answer(
     assert answer_bytes.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
 
 
-async def test_an_empty_subject_is_not_an_identity(make_client: ClientFactory, idp: Idp) -> None:
-    client = await make_client()
-    resp = await client.post(
-        "/decode",
-        json={"payloads": []},
-        headers={"Authorization": f"Bearer {idp.token(sub='')}", "X-Namespace": "dev-team"},
-    )
-    assert resp.status == 401
-    assert (await resp.json())["message"] == "token has an empty sub claim"
-
-
 async def test_client_gone_mid_body_is_a_400_record_not_a_500(
     make_client: ClientFactory, idp: Idp, audit_path: Path
 ) -> None:
@@ -280,3 +269,101 @@ def test_log_redaction_scrubs_tokens_from_any_record(idp: Idp) -> None:
     assert token not in text
     assert token.split(".")[0] not in text
     assert "[redacted]" in text
+
+
+async def test_a_trickled_request_head_times_out_with_json(make_client: ClientFactory) -> None:
+    client = await make_client(header_timeout=0.5)
+    answer = await _raw(client, b"POST /decode HTTP/1.1\r\nHost: x\r\nX-Slow: a")  # never ends
+    status, headers, body = _parse(answer)
+    assert (status, body["error"]) == (408, "request_timeout")
+    assert headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_a_request_head_is_bounded_in_total_not_only_per_field(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client()
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"a" * 60_000) for i in range(40))
+    answer = await _raw(client, b"POST /decode HTTP/1.1\r\nHost: x\r\n" + fields)
+    status, _, body = _parse(answer)
+    assert (status, body["error"]) == (431, "headers_too_large")
+
+
+async def test_connections_over_the_cap_are_closed(make_client: ClientFactory) -> None:
+    client = await make_client(max_connections=3)
+    held = [await asyncio.open_connection(client.server.host, client.server.port) for _ in range(3)]
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without a word
+    writer.close()
+    for _, w in held:
+        w.close()
+    await asyncio.sleep(0.1)
+    assert (await client.get("/healthz")).status == 200  # room again
+
+
+@pytest.mark.parametrize("request_line", [b"OPTIONS * HTTP/1.1", b"CONNECT 127.0.0.1:443 HTTP/1.1"])
+async def test_request_targets_that_are_not_paths_get_json(
+    make_client: ClientFactory, request_line: bytes
+) -> None:
+    client = await make_client()
+    answer = await _raw(client, request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, headers, body = _parse(answer)
+    assert (status, body["error"]) == (404, "not_found")
+    assert headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_readyz_asks_the_key_providers_at_most_once_per_interval(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporal_shield.server import STATE, _app
+
+    calls = 0
+
+    async def check() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+
+    client = await make_client()
+    app = client.app
+    assert app is not None
+    app[STATE].readiness = _app._Readiness(check)
+    answers = await asyncio.gather(*[client.get("/readyz") for _ in range(50)])
+    assert {a.status for a in answers} == {200}
+    assert calls == 1  # concurrent probes shared one check, later ones reused it
+    monkeypatch.setattr(_app, "READINESS_TTL", 0.0)
+    assert (await client.get("/readyz")).status == 200
+    assert calls == 2
+
+
+def test_audit_text_escapes_are_unambiguous() -> None:
+    from temporal_shield.server._app import _text
+
+    assert _text("plain") == "plain"
+    assert _text("\x00") == "\\u0000"
+    assert _text("\\u0000") == "\\\\u0000"  # the text of an escape is not an escape
+    assert _text("\udcff") == "\\udcff"
+    assert _text("\U000e0001") == "\\U000e0001"
+    assert _text("ok😀") == "ok😀"
+
+
+@pytest.mark.parametrize("sub", ["", " ", "\u200b", "\ufeff"])
+async def test_an_invisible_subject_is_not_an_identity(
+    make_client: ClientFactory, idp: Idp, sub: str
+) -> None:
+    client = await make_client()
+    resp = await client.post(
+        "/decode",
+        json={"payloads": []},
+        headers={"Authorization": f"Bearer {idp.token(sub=sub)}", "X-Namespace": "dev-team"},
+    )
+    assert resp.status == 401
+
+
+async def test_decoded_answers_are_not_stored_by_caches(
+    make_client: ClientFactory, idp: Idp
+) -> None:
+    client = await make_client()
+    resp = await client.post("/decode", json={"payloads": []}, headers=_engineer(idp))
+    assert resp.status == 200
+    assert resp.headers["Cache-Control"] == "no-store"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,16 @@ def _headers(idp: Idp, namespace: str = "dev-team", **claims: Any) -> dict[str, 
 
 def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def _non_reader(client: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that will not read: a tiny receive buffer, so the kernel
+    cannot take a large answer off the server's hands on the client's behalf."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((client.server.host, client.server.port))
+    sock.setblocking(False)
+    return await asyncio.open_connection(sock=sock)
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -255,7 +266,7 @@ async def test_unread_responses_hold_their_budget_until_sent_or_timed_out(
     body = json.dumps(_body(*[bomb] * 5)).encode()
     request = post("/decode", {**_headers(idp), "Content-Length": str(len(body))}, body)
     # A client that sends its request and never reads the ~20 MB answer.
-    _, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    _, writer = await _non_reader(client)
     writer.write(request)
     await writer.drain()
     for _ in range(200):
@@ -264,7 +275,8 @@ async def test_unread_responses_hold_their_budget_until_sent_or_timed_out(
         await asyncio.sleep(0.02)
     assert _records(audit_path)[-1]["decoded"] == 5
     size = parse(bomb.data)[0].original_length
-    assert in_flight.used == 5 * size * 3  # held while the answer is unread
+    # Held while the answer is unread: the decoded payloads, and the body twice.
+    assert in_flight.used == 5 * size * 3 + 2 * len(body)
     # Meanwhile the process budget is spent for everyone: withheld, not OOM.
     resp = await client.post("/decode", json=_body(bomb), headers=_headers(idp))
     assert resp.status == 200
@@ -324,3 +336,50 @@ async def test_forged_labels_never_reach_a_record_or_a_decision(
     assert not any(ord(c) < 32 for c in "".join(record["classifications"]))
     assert len(record["classifications"]) == 17
     assert record["classifications"][-1] == "...(+84 more)"
+
+
+async def test_echoed_answers_count_and_time_out_like_decoded_ones(
+    make_client: ClientFactory, idp: Idp, audit_path: Path
+) -> None:
+    """A caller with no role that posts big bodies of payloads it gets back unchanged,
+    and never reads the answers, holds budget (its own share) and is cut off."""
+    from temporal_shield.server import STATE
+
+    from .rawhttp import post
+
+    client = await make_client(
+        max_decoded_bytes_in_flight=40 << 20,
+        max_decoded_bytes_in_flight_per_caller=16 << 20,
+        send_timeout=1.0,
+    )
+    app = client.app
+    assert app is not None
+    in_flight = app[STATE].service.in_flight
+    plain = {"metadata": {"encoding": "anNvbi9wbGFpbg=="}, "data": "QUFB" * 600_000}
+    body = json.dumps({"payloads": [plain, plain, plain]}).encode()  # ~7 MB
+    headers = {**_headers(idp, sub="no-role", groups=[]), "Content-Length": str(len(body))}
+    _, writer = await _non_reader(client)
+    writer.write(post("/decode", headers, body))
+    await writer.drain()
+    for _ in range(300):
+        if in_flight.held_by("no-role"):
+            break
+        await asyncio.sleep(0.01)
+    assert in_flight.held_by("no-role") == 2 * len(body)  # held while the echo is unread
+    # The same caller cannot take more than its share: a second such request is refused...
+    resp = await client.post("/decode", data=body, headers=_headers(idp, sub="no-role", groups=[]))
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "server_busy"
+    assert resp.headers["Retry-After"] == "1"
+    assert _records(audit_path)[-1]["status"] == 503
+    # ...while another caller is served.
+    other = await client.post("/decode", json={"payloads": [plain]}, headers=_headers(idp))
+    assert other.status == 200
+    await other.read()
+    # After send_timeout the non-reader is cut off and its share comes back.
+    for _ in range(300):
+        if not in_flight.held_by("no-role"):
+            break
+        await asyncio.sleep(0.02)
+    assert in_flight.held_by("no-role") == 0
+    writer.close()
