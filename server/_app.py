@@ -15,6 +15,7 @@ import functools
 import gc
 import itertools
 import logging
+import re
 import secrets
 import time
 import traceback
@@ -214,7 +215,7 @@ def _namespace(request: web.Request) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
-async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
+async def _read_body(request: web.Request, config: ServerConfig, declared: int | None) -> bytes:
     """The whole body, within ``max_body_bytes`` and ``body_read_timeout``.
 
     Raises:
@@ -224,15 +225,19 @@ async def _read_body(request: web.Request, config: ServerConfig) -> bytes:
         BodyUnreadable: the body could not be read: a broken ``Content-Encoding``,
             bad chunking, or a client that went away mid-body.
     """
-    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if coding not in ("", "identity"):
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
         # aiohttp's decompression is off (see ``_http``): refusing here, before
         # reading, keeps a compressed body from being taken for JSON.
         raise UnsupportedEncoding("request bodies must not be compressed (Content-Encoding)")
-    if request.content_length is not None and request.content_length > config.max_body_bytes:
+    if declared is not None and declared > config.max_body_bytes:
         # Refused on the declared length, before reading (or waiting for) any of it.
         raise TooLarge(f"request body over {config.max_body_bytes} bytes")
     try:
+        if request.content.is_eof():
+            # Already received in full (a small body arrives with its head):
+            # no timer to set up and cancel for the common case.
+            return await request.read()
         async with asyncio.timeout(config.body_read_timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -262,17 +267,16 @@ def _text(value: str) -> str:
     can't be faked by sending its text, and cut overlong values, so that
     every request leaves its record whatever bytes it carries.
     """
-    if (
-        value.isascii()
-        and value.isprintable()
-        and "\\" not in value
-        and len(value) <= AUDIT_TEXT_LIMIT
-    ):
+    if _PLAIN.fullmatch(value):
         return value  # the common case, without a copy
     escaped = "".join(map(_escape, value[: AUDIT_TEXT_LIMIT + 1]))
     if len(value) > AUDIT_TEXT_LIMIT or len(escaped) > AUDIT_TEXT_LIMIT:
         escaped = escaped[:AUDIT_TEXT_LIMIT] + "...[truncated]"
     return escaped
+
+
+_PLAIN = re.compile(rf"[ -\[\]-~]{{0,{AUDIT_TEXT_LIMIT}}}")
+"""Printable ASCII without a backslash, at most ``AUDIT_TEXT_LIMIT`` long: kept as is."""
 
 
 def _escape(ch: str) -> str:
@@ -284,15 +288,18 @@ def _escape(ch: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
-def _texts(values: set[str]) -> list[str]:
-    """A set of strings as a bounded, sorted list of :func:`_text` values."""
-    if not values:
-        return []
+def _bounded(values: set[str]) -> list[str]:
+    """A set as a sorted list of at most ``AUDIT_LIST_LIMIT`` entries (then a count).
+
+    For sets of values the server itself vouches for, never raw request text:
+    key ids that opened a payload, classification labels of the writers' form,
+    role names from the policy.
+    """
     ordered = sorted(values)
-    kept = [_text(v) for v in ordered[:AUDIT_LIST_LIMIT]]
     if len(ordered) > AUDIT_LIST_LIMIT:
-        kept.append(f"...(+{len(ordered) - AUDIT_LIST_LIMIT} more)")
-    return kept
+        more = len(ordered) - AUDIT_LIST_LIMIT
+        ordered = [*ordered[:AUDIT_LIST_LIMIT], f"...(+{more} more)"]
+    return ordered
 
 
 @functools.lru_cache(maxsize=1)
@@ -333,9 +340,9 @@ def _audit_event(
         "passed_through": done.passed_through,
         "failed": done.failed,
         "withheld": done.withheld,
-        "key_ids": _texts(done.key_ids),
-        "classifications": _texts(done.classifications),
-        "roles": _texts(done.roles),
+        "key_ids": _bounded(done.key_ids),
+        "classifications": _bounded(done.classifications),
+        "roles": _bounded(done.roles),
         "decision": decision,
         "reason": _text(reason or "; ".join(sorted(done.reasons))),
         "status": status,
@@ -401,12 +408,14 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
             identity = await state.authenticator.authenticate(request.headers)
         hold = state.service.hold(identity)
         # The body is held until the response is sent, and a response echoes
-        # what it does not decode: count both before reading any of it.
+        # what it does not decode: count both before reading any of it (small
+        # bodies are bounded by max_connections instead; see SMALL_HOLD).
         declared = request.content_length
-        if not hold.take(2 * (config.max_body_bytes if declared is None else declared)):
+        body_hold = 2 * (config.max_body_bytes if declared is None else declared)
+        if body_hold > SMALL_HOLD and not hold.take(body_hold):
             raise ServerBusy("too many requests in flight; retry shortly")
         payloads = read_payloads(
-            await _read_body(request, config),
+            await _read_body(request, config, declared),
             max_payloads=config.max_payloads,
             max_payload_bytes=config.max_payload_bytes,
         )
@@ -460,9 +469,18 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     except BaseException:
         hold.release()
         raise
-    _release_once_sent(request, hold, config.send_timeout)
+    if hold.held <= SMALL_HOLD:
+        # Fits the kernel's socket buffers: gone from the process about as soon
+        # as it is written, and (with max_connections) bounded without a timer.
+        hold.release()
+    else:
+        _release_once_sent(request, hold, config.send_timeout)
     return response
 
+
+SMALL_HOLD = 64 * 1024
+"""Requests holding at most this much release it when the response is handed
+over, without a send timer: at most ``max_connections`` x 64 KiB in all."""
 
 _NO_STORE = {"Cache-Control": "no-store"}
 """Decoded payloads must not be kept by browsers or intermediaries."""

@@ -123,19 +123,10 @@ class Authenticator:
                 looking at a hostile token is logged by type only and becomes a
                 generic "invalid token".
         """
-        try:
-            return await self._verify_cached(token)
-        except AuthError:
-            raise
-        except Exception as exc:
-            # Type only: a message could quote the token or its claims.
-            log.warning("token verification failed unexpectedly: %s", type(exc).__name__)
-            raise AuthError("invalid token") from None
-
-    async def _verify_cached(self, token: str) -> Identity:
         # A JWS compact token is three base64url segments: ASCII only. Checked
         # before hashing (aiohttp hands over undecodable header bytes as lone
-        # surrogates, which cannot be encoded).
+        # surrogates, which cannot be encoded). Nothing up to the cache lookup
+        # can raise anything else, so the hot path needs no wrapper.
         if len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
             raise AuthError("malformed token")
         digest = hashlib.sha256(token.encode()).digest()
@@ -144,7 +135,14 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             self._verified.move_to_end(digest)
             return cached[1]
-        identity, expires = await self._verify(token)
+        try:
+            identity, expires = await self._verify(token)
+        except AuthError:
+            raise
+        except Exception as exc:
+            # Type only: a message could quote the token or its claims.
+            log.warning("token verification failed unexpectedly: %s", type(exc).__name__)
+            raise AuthError("invalid token") from None
         self._verified[digest] = (
             min(expires + self._config.leeway, now + self._cache_ttl),
             identity,
