@@ -60,9 +60,9 @@ from temporalio.converter import WorkflowSerializationContext
 
 from bench.bench_codec import json_like
 from bench.bench_server import AUDIENCE, ISSUER, _body, _free_port
-from temporal_shield.codec import Keyring, parse
-from temporal_shield.codec._format import header_middle, key_field, namespace_field, pack_fixed
+from temporal_shield.codec import Keyring
 from temporal_shield.converter import build_codec, load_config
+from tests.server.forge import forged_payload
 
 ORIGIN = "http://127.0.0.1:8233"  # the Web UI's origin, allowed by CORS
 USER, FLOODER = "soak-user", "soak-flooder"
@@ -120,27 +120,6 @@ class Kind:
 
 def _wire(payloads: list[Payload]) -> list[_WirePayload]:
     return [_WirePayload(dict(p.metadata), p.data) for p in payloads]
-
-
-def _forged(template: Payload) -> Payload:
-    """A payload with the template's header and key id but a random wrapped key.
-
-    The same construction as ``tests/server/test_limits.py``; kept here because
-    that test module is not importable from outside its package.
-    """
-    header, _ = parse(template.data)
-    data = (
-        pack_fixed(header.compression, header.original_length)
-        + header_middle(
-            namespace_field(header.namespace),
-            "",
-            header.classification,
-            key_field(os.urandom(len(header.wrapped_dek)), os.urandom(32)),
-        )
-        + os.urandom(12)
-        + os.urandom(80)
-    )
-    return Payload(metadata=dict(template.metadata), data=data)
 
 
 def _token(key: ec.EllipticCurvePrivateKey, subject: str, hours: int = 4) -> str:
@@ -246,7 +225,7 @@ async def _kinds(config: Path, idp: ec.EllipticCurvePrivateKey) -> dict[str, Kin
     sealed_bombs = await default.encode(bombs)
     assert all(len(p.data) < 2048 for p in sealed_bombs)
     bound_elsewhere = await elsewhere.encode(twenty)
-    flood = [[_forged(sealed_one[0]) for _ in range(200)] for _ in range(50)]
+    flood = [[forged_payload(sealed_one[0]) for _ in range(200)] for _ in range(50)]
 
     token, flooder = _token(idp, USER), _token(idp, FLOODER)
     # Same subject, issuer and kid, signed by a key the server does not know.

@@ -37,7 +37,7 @@ from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
 from ._config import ServerConfig
 from ._identity import DEV_IDENTITY, Identity
-from ._limits import Hold, RequestLimits
+from ._limits import Hold
 from ._policy import Policy
 from ._service import CodecService, Forbidden, Outcome, RateLimited
 from ._telemetry import TRACE_ID, Telemetry
@@ -104,54 +104,66 @@ def _error(status: int, code: str, message: str, request: web.Request) -> web.Re
     )
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """How one kind of refusal is answered (and audited: 5xx as errors, 4xx as denials)."""
+
+    status: int
+    code: str
+    close: bool = False
+    """The body was not (fully) read: the connection cannot go on."""
+
+
+_REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
+    (AuthError, _Refusal(401, "unauthorized")),
+    (Forbidden, _Refusal(403, "forbidden")),
+    (ServerBusy, _Refusal(503, "server_busy", close=True)),
+    (UnsupportedEncoding, _Refusal(415, "unsupported_media_type", close=True)),
+    # The rest of such a body is unusable: closing beats letting the server try
+    # to drain it (which would fail the same way).
+    (BodyTimeout, _Refusal(408, "request_timeout", close=True)),
+    (BodyUnreadable, _Refusal(400, "bad_request", close=True)),
+    (BadRequest, _Refusal(400, "bad_request")),
+    (TooLarge, _Refusal(413, "too_large", close=True)),
+    (RateLimited, _Refusal(429, "rate_limited")),
+    (AuditError, _Refusal(503, "audit_unavailable")),
+    (KeyProviderError, _Refusal(503, "kms_unavailable")),
+)
+"""Every refusal we raise, most specific first: one table for the answer and the record."""
+
+
+def _refusal(exc: Exception) -> _Refusal | None:
+    for kind, refusal in _REFUSALS:
+        if isinstance(exc, kind):
+            return refusal
+    return None
+
+
 def _map_error(exc: Exception, request: web.Request) -> web.Response:
     """One JSON shape for every failure; never a stack trace, never a secret."""
     if isinstance(exc, web.HTTPException):  # raised by aiohttp itself (404, 405, 413)
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, request)
-    if isinstance(exc, AuthError):
-        return _error(401, "unauthorized", str(exc), request)
-    if isinstance(exc, Forbidden):
-        return _error(403, "forbidden", str(exc), request)
-    if isinstance(exc, ServerBusy):
-        response = _error(503, "server_busy", str(exc), request)
-        response.headers["Retry-After"] = "1"
-        response.force_close()  # the body is not read: the connection cannot go on
-        return response
-    if isinstance(exc, UnsupportedEncoding):
-        response = _error(415, "unsupported_media_type", str(exc), request)
-        response.force_close()  # the body is not read: the connection cannot go on
-        return response
-    if isinstance(exc, BodyTimeout | BodyUnreadable):
-        # The rest of the body is unusable: close the connection rather than
-        # let the server try to drain it (which would fail the same way).
-        status, code = (
-            (408, "request_timeout") if isinstance(exc, BodyTimeout) else (400, "bad_request")
+    refusal = _refusal(exc)
+    if refusal is None:
+        # Type and location only: an exception message could carry payload data.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        log.error(
+            "unhandled %s at %s in request %s", type(exc).__name__, where, request.get(REQUEST_ID)
         )
-        response = _error(status, code, str(exc), request)
-        response.force_close()
-        return response
-    if isinstance(exc, BadRequest):
-        return _error(400, "bad_request", str(exc), request)
-    if isinstance(exc, TooLarge):
-        response = _error(413, "too_large", str(exc), request)
-        response.force_close()  # the body is not read: the connection cannot go on
-        return response
-    if isinstance(exc, RateLimited):
-        response = _error(429, "rate_limited", str(exc), request)
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return _error(500, "internal", "internal error", request)
+    message = str(exc)
     if isinstance(exc, AuditError):
         log.error("audit sink failed; refusing to return data")
-        return _error(503, "audit_unavailable", "audit log unavailable; no data returned", request)
-    if isinstance(exc, KeyProviderError):
-        return _error(503, "kms_unavailable", str(exc), request)
-    # Type and location only: an exception message could carry payload data.
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    log.error(
-        "unhandled %s at %s in request %s", type(exc).__name__, where, request.get(REQUEST_ID)
-    )
-    return _error(500, "internal", "internal error", request)
+        message = "audit log unavailable; no data returned"
+    response = _error(refusal.status, refusal.code, message, request)
+    if isinstance(exc, ServerBusy):
+        response.headers["Retry-After"] = "1"
+    elif isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if refusal.close:
+        response.force_close()
+    return response
 
 
 def _edge(handler: Handler) -> Handler:
@@ -424,35 +436,16 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
         else:
             result, outcome = await state.service.encode(identity, namespace, payloads)
         served = True
-    except AuthError as exc:
-        await audit("deny", 401, f"unauthenticated: {exc}")
-        raise
-    except Forbidden as exc:
-        outcome = exc.outcome
-        await audit("deny", 403, str(exc))
-        raise
-    except RateLimited as exc:
-        outcome = exc.outcome
-        await audit("deny", 429, str(exc))
-        raise
-    except BodyTimeout as exc:
-        await audit("deny", 408, str(exc))
-        raise
-    except UnsupportedEncoding as exc:
-        await audit("deny", 415, str(exc))
-        raise
-    except (BadRequest, TooLarge) as exc:
-        await audit("deny", 413 if isinstance(exc, TooLarge) else 400, str(exc))
-        raise
-    except KeyProviderError as exc:
-        await audit("error", 503, str(exc))
-        raise
-    except ServerBusy as exc:
-        await audit("error", 503, str(exc))
-        raise
     except Exception as exc:
-        # Unexpected failures are decisions too: recorded, then a bare 500.
-        await audit("error", 500, f"internal error: {type(exc).__name__}")
+        refusal = _refusal(exc)
+        if refusal is None or isinstance(exc, AuditError):
+            # Unexpected failures are decisions too: recorded, then a bare 500.
+            await audit("error", 500, f"internal error: {type(exc).__name__}")
+        else:
+            if isinstance(exc, Forbidden | RateLimited):
+                outcome = exc.outcome
+            reason = f"unauthenticated: {exc}" if isinstance(exc, AuthError) else str(exc)
+            await audit("error" if refusal.status >= 500 else "deny", refusal.status, reason)
         raise
     finally:
         if not served and hold is not None:
@@ -638,20 +631,7 @@ def create_app(
         config=config,
         shield=shield,
         codec=codec,
-        service=CodecService(
-            codec,
-            shield,
-            policy,
-            RequestLimits(
-                max_decoded_payload_bytes=config.max_decoded_payload_bytes,
-                max_decoded_request_bytes=config.max_decoded_request_bytes,
-                max_decoded_bytes_in_flight=config.max_decoded_bytes_in_flight,
-                max_decoded_bytes_in_flight_per_caller=config.max_decoded_bytes_in_flight_per_caller,
-                max_unwraps_per_request=config.max_unwraps_per_request,
-                principal_unwraps_per_minute=config.principal_unwraps_per_minute,
-                principal_unwrap_burst=config.principal_unwrap_burst,
-            ),
-        ),
+        service=CodecService(codec, shield, policy, config),
         authenticator=authenticator,
         audit=audit,
         telemetry=telemetry,

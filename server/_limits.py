@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 LIMIT_PAYLOAD_BYTES = "decoded_payload_bytes"
 LIMIT_REQUEST_BYTES = "decoded_request_bytes"
@@ -33,19 +32,6 @@ LIMITS = (
     LIMIT_DATA_KEYS_PRINCIPAL,
 )
 """Names of the budgets, as they appear in audit reasons and the refusal metric."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RequestLimits:
-    """The per-request, per-principal and per-process budgets (from ``ServerConfig``)."""
-
-    max_decoded_payload_bytes: int
-    max_decoded_request_bytes: int
-    max_decoded_bytes_in_flight: int
-    max_decoded_bytes_in_flight_per_caller: int
-    max_unwraps_per_request: int
-    principal_unwraps_per_minute: float
-    principal_unwrap_burst: int
 
 
 class TokenBuckets:

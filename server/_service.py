@@ -12,6 +12,7 @@ from temporalio.api.common.v1 import Payload
 from temporal_shield.codec import KEY_ID_METADATA, DecryptionError, parse
 from temporal_shield.converter import PayloadLike, ShieldCodec, ShieldConfig, is_encrypted
 
+from ._config import ServerConfig
 from ._identity import Identity
 from ._limits import (
     LIMIT_DATA_KEYS_PRINCIPAL,
@@ -22,7 +23,6 @@ from ._limits import (
     LIMIT_UNWRAPS_REQUEST,
     Hold,
     InFlight,
-    RequestLimits,
     TokenBuckets,
 )
 from ._policy import Policy
@@ -108,9 +108,13 @@ class CodecService:
         codec: ShieldCodec,
         config: ShieldConfig,
         policy: Policy | None,
-        limits: RequestLimits,
+        limits: ServerConfig,
     ) -> None:
-        """Create the service. ``policy=None`` allows everything (insecure dev only)."""
+        """Create the service. ``policy=None`` allows everything (insecure dev only).
+
+        ``limits`` are the server settings whose budgets apply (decoded bytes,
+        unwraps, in-flight memory; see ``_limits``).
+        """
         self._codec = codec
         self._config = config
         self._policy = policy

@@ -10,13 +10,18 @@ from temporal_shield.codec import parse
 from temporal_shield.codec._format import header_middle, key_field, namespace_field, pack_fixed
 
 
-def forged_payload(template: Payload, namespace: str = "dev-team") -> Payload:
-    """A payload with a valid-looking header, the template's key id and a random wrapped key."""
+def forged_payload(template: Payload) -> Payload:
+    """A payload with a valid-looking header, the template's key id and a random wrapped key.
+
+    Namespace and label are the template's, so the forgery passes every check
+    that needs no key and costs an unwrap attempt (the KMS-flood vector); its
+    claimed length is small, so no size budget stops it first.
+    """
     header, _ = parse(template.data)
     data = (
         pack_fixed(0, 64)
         + header_middle(
-            namespace_field(namespace),
+            namespace_field(header.namespace),
             "",
             header.classification,
             key_field(os.urandom(184), os.urandom(32)),
