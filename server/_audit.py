@@ -188,7 +188,9 @@ class AuditLog:
         if config.file:
             path = Path(config.file)
             try:
-                tail = _recover(path, config.replica_id)
+                # The record count only numbers checkpoints: without a signer
+                # it is not needed, and counting means reading the whole file.
+                tail = _recover(path, config.replica_id, count=bool(signer or config.signing_key))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 # Unbuffered: every record is one write() straight to the kernel
@@ -535,12 +537,13 @@ def _sinks(config: AuditConfig, stdout: IO[str]) -> list[CheckpointSink]:
     return sinks
 
 
-def _recover(path: Path, replica: str) -> tuple[str, int, int, int, int]:
+def _recover(path: Path, replica: str, *, count: bool) -> tuple[str, int, int, int, int]:
     """Check the file's tail and cut a torn last line off (see the module doc).
 
     Returns:
         (head hash, records, line of the last checkpoint record, records it
-        covers, bytes dropped)
+        covers, bytes dropped); with ``count`` false and no checkpoint in the
+        tail, records is 0 (not counted: that reads the whole file)
 
     Raises:
         AuditError: damage other than a torn last line; the file is left as it is.
@@ -589,7 +592,8 @@ def _recover(path: Path, replica: str) -> tuple[str, int, int, int, int]:
         if prev is None:  # only a (dropped) partial line after the chunk start
             raise _damage(path, f, start, 0, "no complete record in the last 1 MiB")
         if checkpoint is None:
-            return prev, _count_lines(f, size - dropped), 0, 0, dropped
+            records = _count_lines(f, size - dropped) if count else 0
+            return prev, records, 0, 0, dropped
     index, record = checkpoint
     if record.get("replica") != replica:
         raise AuditError(
