@@ -519,3 +519,25 @@ def test_hostile_lines_are_reported_by_line_without_a_traceback(
     else:
         AuditLog(_config(tmp_path, keys[0]), stdout=io.StringIO()).close()
         assert any(r.get("type") == "recovery" for r in _records(path))
+
+
+def test_start_up_reads_only_the_tail_without_a_signing_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporal_shield.server import _audit
+
+    config = AuditConfig(file=str(tmp_path / "log" / "audit.jsonl"))
+    _write(config, 20, io.StringIO())
+    counted: list[int] = []
+    real = _audit._count_lines
+
+    def counting(f: Any, end: int) -> int:
+        counted.append(end)
+        return real(f, end)
+
+    monkeypatch.setattr(_audit, "_count_lines", counting)
+    AuditLog(config, stdout=io.StringIO()).close()
+    assert counted == []  # no checkpoints to number: the whole file is not read
+    key, _ = generate_ed25519(tmp_path / "keys")
+    AuditLog(_config(tmp_path, key), stdout=io.StringIO()).close()
+    assert len(counted) == 1  # checkpoints need the count of a file without one
