@@ -1,7 +1,5 @@
 """``python -m temporal_shield``."""
 
-import sys
+from ._main import entry
 
-from ._main import main
-
-sys.exit(main())
+entry()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from temporal_shield.codec import ShieldError
 
@@ -123,35 +125,6 @@ def _workers(text: str) -> int:
     return value
 
 
-def _scan(args: argparse.Namespace) -> int:
-    import asyncio
-    import json
-
-    from temporalio.client import Client
-
-    from temporal_shield.converter import load_config, scan, temporal_tls, terminal_progress
-
-    config = load_config(args.config)
-    query = args.query or ""
-    if args.since:
-        since = f'StartTime > "{args.since}"'
-        query = f"({query}) AND {since}" if query else since
-
-    async def run() -> int:
-        client = await Client.connect(
-            args.address, namespace=args.namespace, tls=temporal_tls(config) or False
-        )
-        report = await scan(
-            client, query=query or None, limit=args.limit, progress=terminal_progress
-        )
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
-        return 0 if report.clean else 1
-
-    return asyncio.run(run())
-
-
 def _certs(args: argparse.Namespace) -> int:
     from temporal_shield.certs import dev_pki
 
@@ -223,17 +196,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(func=_serve)
 
-    scan = sub.add_parser(
-        "scan", help="report payloads in history that are not encrypted (exit 1 if any)"
-    )
-    scan.add_argument("--address", default="localhost:7233", help="Temporal frontend host:port")
-    scan.add_argument("--namespace", default="default")
-    scan.add_argument("--query", help="visibility query selecting workflow runs")
-    scan.add_argument("--since", help="only runs started after this RFC 3339 time")
-    scan.add_argument("--limit", type=int, help="stop after this many runs")
-    scan.add_argument("--json", action="store_true", help="machine-readable output")
-    scan.add_argument("--config", help="TOML file with [tls] settings (else environment)")
-    scan.set_defaults(func=_scan)
+    from ._scan_cli import add_parser as add_scan
+
+    add_scan(sub)
 
     certs = sub.add_parser("certs", help="local PKI in the cert-manager Secret layout")
     certs_sub = certs.add_subparsers(dest="action", required=True)
@@ -249,6 +214,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def entry() -> NoReturn:
+    """The console script: :func:`main`, then exit without interpreter finalisation.
+
+    temporalio's native client can abort while the interpreter shuts down
+    (seen with a plain SDK client too), which would replace our exit status
+    with SIGABRT: a status that means "plaintext found" or "chain broken" must
+    not depend on that, so flush and leave with ``os._exit``.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = parser().parse_args(argv)
@@ -262,4 +241,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

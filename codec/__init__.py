@@ -15,7 +15,7 @@ from ._errors import (
     PayloadTooLargeError,
     ShieldError,
 )
-from ._format import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, Header, parse
+from ._format import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, Header, is_envelope, parse
 from ._local import KEY_ID_PREFIX, Keyring, KeyringEntry, LocalKeyProvider
 from ._provider import GeneratedDataKey, KeyProvider
 from ._uri import provider_from_uri
@@ -48,6 +48,7 @@ __all__ = [
     "ShieldError",
     "SingleFlight",
     "aws_client_config",
+    "is_envelope",
     "parse",
     "provider_from_uri",
     "validate_classification",

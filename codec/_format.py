@@ -304,3 +304,17 @@ def parse(data: bytes) -> tuple[Header, int]:
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise DecryptionError() from exc
     return header, end
+
+
+def is_envelope(data: bytes) -> bool:
+    """Whether ``data`` starts with a well-formed temporal-shield header.
+
+    Tells our envelopes apart from other codecs' ``binary/encrypted`` payloads
+    (Temporal's sample codec uses the same label) by the bytes, not the label.
+    It does not authenticate anything: only decryption does.
+    """
+    try:
+        parse(data)
+    except DecryptionError:
+        return False
+    return True

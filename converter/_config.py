@@ -188,6 +188,10 @@ class ShieldConfig:
     """Move failure messages and stack traces into encrypted attributes."""
     max_payload_bytes: int = 64 * 1024 * 1024
     """Largest serialized payload encoded or decoded (also the decompression cap)."""
+    require_encryption: tuple[str, ...] = ()
+    """Namespace globs where decoding refuses payloads that are not temporal-shield
+    envelopes (the last roll-out step, once ``scan`` is clean; see
+    docs/operations.md). Empty: every non-envelope payload passes through."""
 
     def __post_init__(self) -> None:
         if not self.namespace:

@@ -37,6 +37,6 @@ def test_wheel_holds_only_the_temporal_shield_namespace(tmp_path: Path) -> None:
     assert "temporal_shield/py.typed" in names
     assert "temporal_shield/_main.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert b"temporal-shield = temporal_shield._main:main" in zipfile.ZipFile(wheel).read(
+    assert b"temporal-shield = temporal_shield._main:entry" in zipfile.ZipFile(wheel).read(
         entry_points
     )
