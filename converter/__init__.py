@@ -2,8 +2,15 @@
 
 Typical use in a worker or client::
 
-    from temporal_shield.converter import ShieldPlugin
-    client = await Client.connect("localhost:7233", plugins=[ShieldPlugin()])
+    from temporal_shield.converter import ShieldPlugin, client_connect_config, load_config
+    config = load_config()
+    client = await Client.connect(
+        **client_connect_config(config), plugins=[ShieldPlugin(config)]
+    )
+
+``client_connect_config`` takes the address, namespace, API key and TLS from the
+SDK's ``temporalio.envconfig`` (``TEMPORAL_ADDRESS``, ``TEMPORAL_*``, profiles) and
+our ``[tls]`` section.
 """
 
 from ._codec import PayloadLike, ShieldCodec, is_encrypted
@@ -15,6 +22,7 @@ from ._config import (
     StorageConfig,
     TemporalTlsConfig,
 )
+from ._connect import client_connect_config
 from ._history import iter_messages, iter_payloads
 from ._install import ShieldPlugin, build_codec, data_converter, key_providers
 from ._rewrap import RewrapReport, rewrap
@@ -42,6 +50,7 @@ __all__ = [
     "TemporalTlsConfig",
     "build",
     "build_codec",
+    "client_connect_config",
     "data_converter",
     "external_storage",
     "is_encrypted",

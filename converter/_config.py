@@ -154,11 +154,20 @@ class TemporalTlsConfig:
     key_file: str = ""
     """Client private key (overrides ``dir``)."""
     server_name: str = ""
-    """Expected name in the frontend's certificate, when it differs from the address."""
+    """Expected name in the frontend's certificate, when it differs from the address
+    (needs a CA or a client certificate too: alone it would not switch TLS on)."""
+
+    def __post_init__(self) -> None:
+        if self.server_name and not self.enabled:
+            # Once this silently meant a plaintext connection.
+            raise ConfigError(
+                "tls.server_name is set but no TLS files are: set tls.dir or tls.ca_file "
+                "(or use TEMPORAL_TLS_SERVER_NAME for TLS with the system's CAs)"
+            )
 
     @property
     def enabled(self) -> bool:
-        """Whether any TLS setting is present."""
+        """Whether TLS files are configured (TLS is then required)."""
         return bool(self.dir or self.ca_file or self.cert_file or self.key_file)
 
 

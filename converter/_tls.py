@@ -22,12 +22,16 @@ def temporal_tls(config: ShieldConfig) -> TLSConfig | None:
         )
 
     Raises:
-        ConfigError: a named file is missing, or only one of certificate and key is set.
+        ConfigError: ``dir`` is not a folder or holds none of the files, a named
+            file is missing, or only one of certificate and key is set.
     """
     tls = config.tls
     if not tls.enabled:
         return None
     folder = Path(tls.dir) if tls.dir else None
+    if folder is not None and not folder.is_dir():
+        # Once this yielded TLS with no CA and no client certificate.
+        raise ConfigError(f"tls.dir {folder} is not a folder")
 
     def pick(explicit: str, name: str) -> Path | None:
         if explicit:
@@ -43,6 +47,8 @@ def temporal_tls(config: ShieldConfig) -> TLSConfig | None:
     )
     if (cert is None) != (key is None):
         raise ConfigError("TLS client certificate and key must be given together")
+    if folder is not None and ca is None and cert is None:
+        raise ConfigError(f"tls.dir {folder} has none of ca.crt, tls.crt and tls.key")
 
     def read(path: Path | None) -> bytes | None:
         if path is None:
