@@ -7,7 +7,10 @@ environment lives in :mod:`._settings`.
 from __future__ import annotations
 
 import fnmatch
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from temporal_shield.codec import (
     AwsSettings,
@@ -18,15 +21,40 @@ from temporal_shield.codec import (
 )
 
 DEFAULT_KEY_URI = "local://~/.config/temporal-shield/keyring.json"
+"""The keyring when neither ``keys.uri`` nor ``XDG_CONFIG_HOME`` says otherwise."""
 _AWS = AwsSettings()  # the timeout and retry defaults (and why) live with AwsSettings
+
+
+def config_home(env: Mapping[str, str]) -> Path | None:
+    """``$XDG_CONFIG_HOME``, else ``$HOME/.config`` (None if neither is set).
+
+    A relative ``XDG_CONFIG_HOME`` is ignored, as the XDG specification says.
+    """
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg)
+    home = env.get("HOME", "")
+    return Path(home) / ".config" if home else None
+
+
+def default_key_uri(env: Mapping[str, str] | None = None) -> str:
+    """``local://$XDG_CONFIG_HOME/temporal-shield/keyring.json``, else :data:`DEFAULT_KEY_URI`."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return f"local://{Path(xdg) / 'temporal-shield' / 'keyring.json'}"
+    return DEFAULT_KEY_URI
 
 
 @dataclass(frozen=True, kw_only=True)
 class KeysConfig:
     """Where the key-encryption keys live."""
 
-    uri: str = DEFAULT_KEY_URI
-    """Primary key URI: ``local://PATH`` or ``aws-kms://KEY`` (id, ARN or alias)."""
+    uri: str = field(default_factory=default_key_uri)
+    """Primary key URI: ``local://PATH`` or ``aws-kms://KEY`` (id, ARN or alias).
+    Default: ``local://$XDG_CONFIG_HOME/temporal-shield/keyring.json``
+    (``~/.config/...`` when ``XDG_CONFIG_HOME`` is not set). The ``keys``
+    commands manage this keyring when it is ``local://``."""
     decrypt_uris: tuple[str, ...] = ()
     """Further key URIs that may only decrypt (e.g. the previous KMS key while
     switching keys). Local keyrings listed here still only decrypt."""

@@ -3,62 +3,187 @@
 Precedence, lowest first: built-in defaults, the TOML file, environment
 variables, then values passed in code. Unknown keys are errors: a typo in a
 security setting must not silently fall back to a default.
+
+The environment names are derived from the schema, never listed by hand:
+``TEMPORAL_SHIELD_<SECTION>_<FIELD>`` for a field of a ``[section]``
+(``TEMPORAL_SHIELD_KEYS_AWS_ENDPOINT_URL``), ``TEMPORAL_SHIELD_<FIELD>`` for a
+top-level one, and ``TEMPORAL_SHIELD_SERVER_<...>`` for the codec server's
+``[server]`` table (validated by the server, which owns that schema). Any other
+``TEMPORAL_SHIELD_*`` variable is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from temporal_shield.codec import ConfigError
 
-from ._config import ShieldConfig
+from ._config import ShieldConfig, config_home, default_key_uri
+
+log = logging.getLogger("temporal_shield.config")
 
 ENV_PREFIX = "TEMPORAL_SHIELD_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 """Environment variable naming the TOML file to read."""
+NON_SETTING_ENV = frozenset({CONFIG_ENV})
+"""``TEMPORAL_SHIELD_*`` variables that are not settings (and so not errors)."""
+SERVER_SECTION = "server"
+"""The codec server's table in the shared file; workers leave it to the server."""
+CONFIG_FILE_NAME = "shield.toml"
+"""Name of the default configuration file under ``$XDG_CONFIG_HOME/temporal-shield/``."""
 
-ENV_VARS: dict[str, tuple[str | None, str]] = {
-    "KEY_URI": ("keys", "uri"),
-    "DECRYPT_KEY_URIS": ("keys", "decrypt_uris"),
-    "ALLOWED_KEY_IDS": ("keys", "allowed_key_ids"),
-    "AWS_REGION": ("keys", "aws_region"),
-    "KMS_ENDPOINT_URL": ("keys", "aws_endpoint_url"),
-    "KMS_CONNECT_TIMEOUT": ("keys", "kms_connect_timeout"),
-    "KMS_READ_TIMEOUT": ("keys", "kms_read_timeout"),
-    "KMS_MAX_ATTEMPTS": ("keys", "kms_max_attempts"),
-    "COMPRESSION": ("compression", "enabled"),
-    "COMPRESSION_THRESHOLD": ("compression", "threshold"),
-    "COMPRESSION_LEVEL": ("compression", "level"),
-    "DEK_MAX_AGE": ("data_keys", "max_age"),
-    "DEK_MAX_MESSAGES": ("data_keys", "max_messages"),
-    "CLASSIFICATION": ("classification", "default"),
-    "S3_BUCKET": ("storage", "s3_bucket"),
-    "S3_THRESHOLD": ("storage", "threshold"),
-    "S3_REGION": ("storage", "s3_region"),
-    "S3_ENDPOINT_URL": ("storage", "s3_endpoint_url"),
-    "S3_CONNECT_TIMEOUT": ("storage", "s3_connect_timeout"),
-    "S3_READ_TIMEOUT": ("storage", "s3_read_timeout"),
-    "S3_MAX_ATTEMPTS": ("storage", "s3_max_attempts"),
-    "TLS_DIR": ("tls", "dir"),
-    "TLS_CA": ("tls", "ca_file"),
-    "TLS_CERT": ("tls", "cert_file"),
-    "TLS_KEY": ("tls", "key_file"),
-    "TLS_SERVER_NAME": ("tls", "server_name"),
-    "NAMESPACE": (None, "namespace"),
-    "STRICT_WORKFLOW_BINDING": (None, "strict_workflow_binding"),
-    "ENCRYPT_FAILURES": (None, "encrypt_failures"),
-    "MAX_PAYLOAD_BYTES": (None, "max_payload_bytes"),
+
+def env_names(cls: type[Any], path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Every setting of dataclass ``cls``: ``TEMPORAL_SHIELD_...`` name -> TOML path.
+
+    A nested dataclass is a ``[section]``; its fields are named
+    ``<SECTION>_<FIELD>``. ``path`` is the section ``cls`` sits in.
+    """
+    names: dict[str, tuple[str, ...]] = {}
+    for name, tp, _ in schema_fields(cls):
+        if _is_section(tp):
+            names.update(env_names(tp, (*path, name)))
+        else:
+            names[ENV_PREFIX + "_".join((*path, name)).upper()] = (*path, name)
+    return names
+
+
+def schema_fields(cls: type[Any]) -> Iterator[tuple[str, Any, dataclasses.Field[Any]]]:
+    """``(name, resolved type, field)`` of every settable field of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.init:
+            yield f.name, hints[f.name], f
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+ENV_VARS: dict[str, tuple[str, ...]] = env_names(ShieldConfig)
+"""Every converter setting: environment variable -> TOML path (lists are comma-separated)."""
+
+DEPRECATED_ENV: dict[str, str] = {
+    ENV_PREFIX + old: ENV_PREFIX + new
+    for old, new in {
+        "KEY_URI": "KEYS_URI",
+        "DECRYPT_KEY_URIS": "KEYS_DECRYPT_URIS",
+        "ALLOWED_KEY_IDS": "KEYS_ALLOWED_KEY_IDS",
+        "AWS_REGION": "KEYS_AWS_REGION",
+        "KMS_ENDPOINT_URL": "KEYS_AWS_ENDPOINT_URL",
+        "KMS_CONNECT_TIMEOUT": "KEYS_KMS_CONNECT_TIMEOUT",
+        "KMS_READ_TIMEOUT": "KEYS_KMS_READ_TIMEOUT",
+        "KMS_MAX_ATTEMPTS": "KEYS_KMS_MAX_ATTEMPTS",
+        "COMPRESSION": "COMPRESSION_ENABLED",
+        "DEK_MAX_AGE": "DATA_KEYS_MAX_AGE",
+        "DEK_MAX_MESSAGES": "DATA_KEYS_MAX_MESSAGES",
+        "CLASSIFICATION": "CLASSIFICATION_DEFAULT",
+        "S3_BUCKET": "STORAGE_S3_BUCKET",
+        "S3_THRESHOLD": "STORAGE_THRESHOLD",
+        "S3_REGION": "STORAGE_S3_REGION",
+        "S3_ENDPOINT_URL": "STORAGE_S3_ENDPOINT_URL",
+        "S3_CONNECT_TIMEOUT": "STORAGE_S3_CONNECT_TIMEOUT",
+        "S3_READ_TIMEOUT": "STORAGE_S3_READ_TIMEOUT",
+        "S3_MAX_ATTEMPTS": "STORAGE_S3_MAX_ATTEMPTS",
+        "TLS_CA": "TLS_CA_FILE",
+        "TLS_CERT": "TLS_CERT_FILE",
+        "TLS_KEY": "TLS_KEY_FILE",
+        "SERVER_JWKS_URL": "SERVER_AUTH_JWKS_URL",
+        "SERVER_ALLOW_INSECURE_JWKS_URL": "SERVER_AUTH_ALLOW_INSECURE_JWKS_URL",
+        "SERVER_JWT_ISSUER": "SERVER_AUTH_ISSUER",
+        "SERVER_JWT_AUDIENCE": "SERVER_AUTH_AUDIENCE",
+        "SERVER_JWT_PUBLIC_KEY_FILES": "SERVER_AUTH_PUBLIC_KEY_FILES",
+    }.items()
 }
-"""``TEMPORAL_SHIELD_<NAME>`` → (section, field); lists are comma-separated."""
+"""Names from before the schema-derived ones (the server's too): still read, with a
+warning; setting both an old and its new name is an error."""
 
 T = TypeVar("T")
+
+
+def config_path(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    """The TOML file to read.
+
+    ``path``, else ``$TEMPORAL_SHIELD_CONFIG``, else
+    ``$XDG_CONFIG_HOME/temporal-shield/shield.toml`` if that file exists, else none.
+    """
+    if path is not None:
+        return Path(path)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    home = config_home(env)
+    default = home / "temporal-shield" / CONFIG_FILE_NAME if home is not None else None
+    return default if default is not None and default.is_file() else None
+
+
+def load_document(
+    path: str | Path | None,
+    env: Mapping[str, str],
+    names: Mapping[str, tuple[str, ...]],
+    *,
+    foreign_prefixes: Collection[str] = (),
+) -> dict[str, Any]:
+    """The TOML document with every ``TEMPORAL_SHIELD_*`` variable laid over it.
+
+    Args:
+        path: TOML file (see :func:`config_path` for the default).
+        env: The environment.
+        names: Known settings (:func:`env_names`), deprecated aliases included via
+            :data:`DEPRECATED_ENV`.
+        foreign_prefixes: Variable prefixes owned by a schema another component
+            validates (left alone here).
+
+    Raises:
+        ConfigError: unreadable file, an unknown ``TEMPORAL_SHIELD_*`` variable, or
+            a deprecated name set together with its new name.
+    """
+    file = config_path(path, env)
+    doc: dict[str, Any] = read_toml(file) if file is not None else {}
+    unknown: list[str] = []
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in NON_SETTING_ENV:
+            continue
+        name = DEPRECATED_ENV.get(var, var)
+        if name in names:
+            if name != var:
+                if name in env:
+                    raise ConfigError(f"both {var} (deprecated) and {name} are set: keep {name}")
+                log.warning("%s is deprecated: rename it to %s", var, name)
+            _set(doc, names[name], EnvValue(env[var]))
+        elif not any(var.startswith(prefix) for prefix in foreign_prefixes):
+            unknown.append(var)
+    if unknown:
+        known = [*names, *DEPRECATED_ENV, *NON_SETTING_ENV]
+        hints = [
+            f"{var} (did you mean {close[0]}?)" if close else var
+            for var in unknown
+            for close in [difflib.get_close_matches(var, known, n=1)]
+        ]
+        raise ConfigError(f"unknown environment variable(s): {', '.join(hints)}")
+    return doc
+
+
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    *parents, leaf = path
+    for part in parents:
+        doc = doc.setdefault(part, {})
+        if not isinstance(doc, dict):
+            raise ConfigError(f"[{part}] must be a table")
+    doc[leaf] = value
+
+
+def set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a TOML-like document (creating tables as needed)."""
+    _set(doc, tuple(dotted.split(".")), value)
 
 
 def load_config(
@@ -69,31 +194,42 @@ def load_config(
 ) -> ShieldConfig:
     """Build a :class:`ShieldConfig` from a TOML file and the environment.
 
+    The codec server's ``[server]`` table and ``TEMPORAL_SHIELD_SERVER_*`` variables
+    are left to the server (:func:`temporal_shield.server.load_server_config`
+    checks them), so workers and the server share one file.
+
     Args:
-        path: TOML file; defaults to ``$TEMPORAL_SHIELD_CONFIG`` if set, else none.
+        path: TOML file; default ``$TEMPORAL_SHIELD_CONFIG``, else
+            ``$XDG_CONFIG_HOME/temporal-shield/shield.toml`` (``~/.config/...``)
+            if it exists, else none.
         env: Environment mapping (default :data:`os.environ`); injectable for tests.
-        other_sections: Top-level TOML tables owned by other components (e.g. the
-            codec server's ``server``), skipped here instead of rejected.
+        other_sections: Further top-level TOML tables owned by other components,
+            skipped here instead of rejected.
 
     Raises:
-        ConfigError: unreadable file, unknown key, wrong type or invalid value.
+        ConfigError: unreadable file, unknown key or ``TEMPORAL_SHIELD_*`` variable,
+            wrong type or invalid value.
     """
     env = os.environ if env is None else env
-    if path is None and env.get(CONFIG_ENV):
-        path = env[CONFIG_ENV]
-    doc: dict[str, Any] = {}
-    if path is not None:
-        doc = read_toml(Path(path))
-        for name in other_sections:
-            doc.pop(name, None)
-    for name, (section, key) in ENV_VARS.items():
-        raw = env.get(ENV_PREFIX + name)
-        if raw is None:
-            continue
-        target = doc.setdefault(section, {}) if section else doc
-        if not isinstance(target, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        target[key] = EnvValue(raw)
+    doc = load_document(path, env, ENV_VARS, foreign_prefixes=[server_env_prefix()])
+    for name in (SERVER_SECTION, *other_sections):
+        doc.pop(name, None)
+    return build_shield(doc, env)
+
+
+def server_env_prefix() -> str:
+    """``TEMPORAL_SHIELD_SERVER_``: the codec server's variables."""
+    return ENV_PREFIX + SERVER_SECTION.upper() + "_"
+
+
+def build_shield(doc: Mapping[str, Any], env: Mapping[str, str]) -> ShieldConfig:
+    """:class:`ShieldConfig` from a document without ``[server]``.
+
+    The keyring's default location follows ``env``'s ``XDG_CONFIG_HOME``.
+    """
+    keys = doc.get("keys", {})
+    if isinstance(keys, Mapping) and "uri" not in keys:
+        doc = {**doc, "keys": {**keys, "uri": default_key_uri(env)}}
     return build(ShieldConfig, doc, "")
 
 
@@ -123,15 +259,15 @@ def build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'} must be a table")
     assert dataclasses.is_dataclass(cls)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    hints = {name: tp for name, tp, _ in schema_fields(cls)}
+    names = set(hints)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown setting(s) in {where or 'config'}: {', '.join(unknown)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         label = f"{where}.{key}" if where else key
-        if isinstance(hints[key], type) and dataclasses.is_dataclass(hints[key]):
+        if _is_section(hints[key]):
             kwargs[key] = build(hints[key], value, label)  # a nested [section]
         else:
             kwargs[key] = _coerce(hints[key], value, label)
@@ -183,6 +319,11 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
             raise ConfigError(f"{label} must be a list of strings")
         return tuple(value)
     if origin is tuple and args == (tuple[str, str], Ellipsis):
+        if isinstance(value, EnvValue):  # "pattern=label,pattern=label"
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            if any(not sep or not k.strip() for k, sep, _ in pairs):
+                raise ConfigError(f"{label} must be comma-separated pattern=label pairs")
+            return tuple((k.strip(), v.strip()) for k, _, v in pairs)
         # A TOML table {pattern = "label"}; order is preserved (first match wins).
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f"{label} must be a table of strings")

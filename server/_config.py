@@ -12,8 +12,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from temporal_shield.codec import ConfigError
-from temporal_shield.converter import ShieldConfig, build, load_config, read_toml
-from temporal_shield.converter._settings import CONFIG_ENV, ENV_PREFIX, EnvValue
+from temporal_shield.converter import ShieldConfig, build
+from temporal_shield.converter._settings import (
+    ENV_VARS,
+    SERVER_SECTION,
+    build_shield,
+    env_names,
+    load_document,
+    set_dotted,
+)
 
 from ._checkpoint import REPLICA_ID
 
@@ -284,38 +291,8 @@ class ServerConfig:
                 raise ConfigError("an audit sink is required: server.audit.file or .stdout")
 
 
-SERVER_ENV: dict[str, str] = {
-    "SERVER_HOST": "host",
-    "SERVER_PORT": "port",
-    "SERVER_INSECURE_DEV": "insecure_dev",
-    "SERVER_WORKERS": "workers",
-    "SERVER_METRICS_PORT": "metrics_port",
-    "SERVER_CORS_ORIGINS": "cors_origins",
-    "SERVER_CORS_CREDENTIALS": "cors_credentials",
-    "SERVER_POLICY_FILE": "policy_file",
-    "SERVER_JWKS_URL": "auth.jwks_url",
-    "SERVER_ALLOW_INSECURE_JWKS_URL": "auth.allow_insecure_jwks_url",
-    "SERVER_JWT_ISSUER": "auth.issuer",
-    "SERVER_JWT_AUDIENCE": "auth.audience",
-    "SERVER_JWT_PUBLIC_KEY_FILES": "auth.public_key_files",
-    "SERVER_AUDIT_FILE": "audit.file",
-    "SERVER_AUDIT_STDOUT": "audit.stdout",
-    "SERVER_AUDIT_REPLICA_ID": "audit.replica_id",
-    "SERVER_AUDIT_SIGNING_KEY": "audit.signing_key",
-    "SERVER_AUDIT_CHECKPOINT_EVERY": "audit.checkpoint_every",
-    "SERVER_AUDIT_CHECKPOINT_INTERVAL": "audit.checkpoint_interval",
-    "SERVER_AUDIT_CHECKPOINT_STDOUT": "audit.checkpoint_stdout",
-    "SERVER_AUDIT_S3_BUCKET": "audit.s3_bucket",
-    "SERVER_AUDIT_S3_PREFIX": "audit.s3_prefix",
-    "SERVER_AUDIT_S3_RETENTION_DAYS": "audit.s3_retention_days",
-    "SERVER_AUDIT_S3_REGION": "audit.s3_region",
-    "SERVER_AUDIT_S3_ENDPOINT_URL": "audit.s3_endpoint_url",
-    "SERVER_AUDIT_KMS_REGION": "audit.kms_region",
-    "SERVER_AUDIT_KMS_ENDPOINT_URL": "audit.kms_endpoint_url",
-    "SERVER_TLS_DIR": "tls.dir",
-    "SERVER_TLS_CLIENT_AUTH": "tls.client_auth",
-}
-"""``TEMPORAL_SHIELD_<NAME>`` → dotted setting under ``[server]``."""
+SERVER_ENV: dict[str, tuple[str, ...]] = env_names(ServerConfig, (SERVER_SECTION,))
+"""Every ``[server]`` setting: ``TEMPORAL_SHIELD_SERVER_<...>`` -> TOML path."""
 
 
 def load_server_config(
@@ -327,33 +304,18 @@ def load_server_config(
     """Load the ``[server]`` table and the converter settings from one file.
 
     Precedence: TOML < environment < ``overrides`` (command-line flags), where
-    ``overrides`` maps dotted names (``"auth.issuer"``) to values.
+    ``overrides`` maps dotted names under ``[server]`` (``"auth.issuer"``) to values.
+    Every ``TEMPORAL_SHIELD_*`` variable must name a setting of either schema.
 
     Raises:
         ConfigError: invalid or incomplete configuration.
     """
     env = os.environ if env is None else env
-    if path is None and env.get(CONFIG_ENV):
-        path = env[CONFIG_ENV]
-    doc: dict[str, Any] = read_toml(Path(path)) if path is not None else {}
-    server_doc = doc.get("server", {})
+    doc = load_document(path, env, {**ENV_VARS, **SERVER_ENV})
+    server_doc = doc.pop(SERVER_SECTION, {})
     if not isinstance(server_doc, dict):
         raise ConfigError("[server] must be a table")
-    for name, dotted in SERVER_ENV.items():
-        raw = env.get(ENV_PREFIX + name)
-        if raw is not None:
-            _set(server_doc, dotted, EnvValue(raw))
     for dotted, value in (overrides or {}).items():
-        _set(server_doc, dotted, value)
-    server = build(ServerConfig, server_doc, "server")
-    shield = load_config(path, env=env, other_sections=["server"])
-    return server, shield
-
-
-def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        doc = doc.setdefault(part, {})
-        if not isinstance(doc, dict):
-            raise ConfigError(f"server.{part} must be a table")
-    doc[leaf] = value
+        set_dotted(server_doc, dotted, value)
+    server = build(ServerConfig, server_doc, SERVER_SECTION)
+    return server, build_shield(doc, env)

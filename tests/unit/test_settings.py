@@ -1,0 +1,230 @@
+"""One schema for workers and the codec server: shared file, derived env names, unknown names."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from temporal_shield.codec import ConfigError
+from temporal_shield.converter import DEFAULT_KEY_URI, ShieldConfig, load_config
+from temporal_shield.converter._settings import (
+    DEPRECATED_ENV,
+    ENV_VARS,
+    schema_fields,
+)
+from temporal_shield.server import ServerConfig, load_server_config
+from temporal_shield.server._config import SERVER_ENV
+
+SHARED = """
+namespace = "orders"
+
+[keys]
+uri = "local:///etc/temporal-shield/keyring.json"
+
+[tls]
+server_name = "temporal-frontend"
+ca_file = "/etc/temporal-tls/ca.crt"
+
+[server]
+insecure_dev = true
+port = 9000
+
+[server.audit]
+stdout = true
+"""
+
+
+def test_worker_loads_the_shared_file_with_a_server_table(tmp_path: Path) -> None:
+    path = tmp_path / "shield.toml"
+    path.write_text(SHARED)
+    worker = load_config(path, env={})
+    assert worker.namespace == "orders"
+    assert worker.tls.server_name == "temporal-frontend"
+    server, shield = load_server_config(path, env={})
+    assert (server.port, server.audit.stdout) == (9000, True)
+    assert shield == worker  # the server reads the converter sections the same way
+
+
+def test_server_table_typos_are_still_caught_by_the_server(tmp_path: Path) -> None:
+    path = tmp_path / "shield.toml"
+    path.write_text("[server]\ninsecure_dev = true\nprot = 1\n")
+    load_config(path, env={})  # the worker leaves [server] to the server
+    with pytest.raises(ConfigError, match=r"unknown setting.*server: prot"):
+        load_server_config(path, env={})
+
+
+def test_env_names_are_derived_from_the_schema() -> None:
+    assert ENV_VARS["TEMPORAL_SHIELD_KEYS_AWS_ENDPOINT_URL"] == ("keys", "aws_endpoint_url")
+    assert ENV_VARS["TEMPORAL_SHIELD_DATA_KEYS_MAX_AGE"] == ("data_keys", "max_age")
+    assert ENV_VARS["TEMPORAL_SHIELD_TLS_CA_FILE"] == ("tls", "ca_file")
+    assert ENV_VARS["TEMPORAL_SHIELD_NAMESPACE"] == ("namespace",)
+    assert SERVER_ENV["TEMPORAL_SHIELD_SERVER_AUTH_JWKS_URL"] == ("server", "auth", "jwks_url")
+    assert SERVER_ENV["TEMPORAL_SHIELD_SERVER_PORT"] == ("server", "port")
+
+
+def _leaves(cls: type[Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for name, tp, _ in schema_fields(cls):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out += _leaves(tp, (*path, name))
+        else:
+            out.append((*path, name))
+    return out
+
+
+def test_every_setting_has_exactly_one_env_name() -> None:
+    converter = _leaves(ShieldConfig)
+    server = _leaves(ServerConfig, ("server",))
+    assert sorted(ENV_VARS.values()) == sorted(converter)
+    assert sorted(SERVER_ENV.values()) == sorted(server)
+    # Names must not collide across the two schemas (SECTION_FIELD joins are ambiguous).
+    assert not set(ENV_VARS) & set(SERVER_ENV)
+    assert len({*ENV_VARS.values(), *SERVER_ENV.values()}) == len(ENV_VARS) + len(SERVER_ENV)
+
+
+# Values that pass validation for settings with constraints; others are derived by type.
+SPECIAL = {
+    ("server", "auth", "jwks_url"): "https://idp.example/jwks",
+    ("server", "auth", "algorithms"): "ES256",
+    ("server", "audit", "replica_id"): "pod-7",
+    ("server", "audit", "signing_key"): "ed25519:///keys/audit.key",
+    ("server", "tls", "client_auth"): "require",
+    ("compression", "level"): "3",
+    ("classification", "default"): "phi",
+    ("classification", "workflow_ids"): "claim-*=phi,invoice-*=pci",
+    ("classification", "namespaces"): "clinic-*=phi",
+    ("data_keys", "max_messages"): "77",
+    ("server", "workers"): "3",
+    ("server", "metrics_port"): "9100",
+    ("server", "port"): "9001",
+}
+
+
+def _sample(path: tuple[str, ...], tp: Any, default: Any) -> tuple[str, Any]:
+    """A non-default environment string for a setting and the value it must produce."""
+    if path in SPECIAL:
+        raw = SPECIAL[path]
+    elif tp is bool:
+        return ("false" if default else "true"), not default
+    elif tp in (int, float):
+        raw = str(int(default) + 7)
+    elif typing.get_origin(tp) in (types.UnionType, typing.Union) or tp is str:
+        raw = "value-" + path[-1]
+    else:
+        raw = "a,b"
+    value: Any = raw
+    if tp in (int, float):
+        value = tp(raw)
+    elif typing.get_origin(tp) is tuple:
+        items = [x for x in raw.split(",")]
+        value = tuple(tuple(i.split("=")) if "=" in i else i for i in items)
+    return raw, value
+
+
+def _walk(cls: type[Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
+    out = []
+    for name, tp, f in schema_fields(cls):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out += _walk(tp, (*path, name))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append(((*path, name), tp, default))
+    return out
+
+
+def test_every_setting_is_reachable_from_the_environment() -> None:
+    env: dict[str, str] = {}
+    expected: dict[tuple[str, ...], Any] = {}
+    by_path = {path: name for name, path in {**ENV_VARS, **SERVER_ENV}.items()}
+    for cls, root in ((ShieldConfig, ()), (ServerConfig, ("server",))):
+        for path, tp, default in _walk(cls, root):
+            raw, value = _sample(path, tp, default)
+            env[by_path[path]] = raw
+            expected[path] = value
+    env["TEMPORAL_SHIELD_SERVER_INSECURE_DEV"] = "true"
+    expected[("server", "insecure_dev")] = True
+    env["TEMPORAL_SHIELD_SERVER_AUDIT_FILE"] = "/var/log/audit.jsonl"
+    expected[("server", "audit", "file")] = "/var/log/audit.jsonl"
+    server, shield = load_server_config(env=env)
+    for path, value in expected.items():
+        obj: Any = server if path[0] == "server" else shield
+        for part in path[1:] if path[0] == "server" else path:
+            obj = getattr(obj, part)
+        assert obj == value, path
+
+
+def test_unknown_shield_variables_are_errors_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"TEMPORAL_SHIELD_KEYS_URL \(did you mean .*KEYS_URI"):
+        load_config(env={"TEMPORAL_SHIELD_KEYS_URL": "aws-kms://alias/x"})
+    with pytest.raises(ConfigError, match="TEMPORAL_SHIELD_STRICT_BINDING"):
+        load_config(env={"TEMPORAL_SHIELD_STRICT_BINDING": "true"})
+    with pytest.raises(ConfigError, match="TEMPORAL_SHIELD_SERVER_PROT"):
+        load_server_config(env={"TEMPORAL_SHIELD_SERVER_PROT": "1"})
+    # Not ours: ignored. Non-setting names of ours: allowed.
+    load_config(env={"TEMPORAL_ADDRESS": "x", "SHIELD_ANYTHING": "y"})
+
+
+def test_workers_leave_server_variables_to_the_server() -> None:
+    cfg = load_config(env={"TEMPORAL_SHIELD_SERVER_PORT": "9000"})
+    assert cfg == load_config(env={})
+
+
+def test_deprecated_names_still_work_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "temporal_shield.config"):
+        cfg = load_config(env={"TEMPORAL_SHIELD_KMS_ENDPOINT_URL": "http://127.0.0.1:1"})
+    assert cfg.keys.aws_endpoint_url == "http://127.0.0.1:1"
+    assert "TEMPORAL_SHIELD_KEYS_AWS_ENDPOINT_URL" in caplog.text
+    with pytest.raises(ConfigError, match="both"):
+        load_config(
+            env={"TEMPORAL_SHIELD_S3_BUCKET": "a", "TEMPORAL_SHIELD_STORAGE_S3_BUCKET": "b"}
+        )
+    server, _ = load_server_config(
+        env={
+            "TEMPORAL_SHIELD_SERVER_INSECURE_DEV": "1",
+            "TEMPORAL_SHIELD_SERVER_JWT_ISSUER": "https://idp",
+        }
+    )
+    assert server.auth.issuer == "https://idp"
+    assert set(DEPRECATED_ENV.values()) <= {*ENV_VARS, *SERVER_ENV}
+
+
+def test_classification_rules_from_env_keep_order() -> None:
+    cfg = load_config(env={"TEMPORAL_SHIELD_CLASSIFICATION_WORKFLOW_IDS": "a-*=phi, *=pci"})
+    assert cfg.classification.workflow_ids == (("a-*", "phi"), ("*", "pci"))
+    assert cfg.classification.label_for("ns", "a-1") == "phi"
+    with pytest.raises(ConfigError, match="pattern=label"):
+        load_config(env={"TEMPORAL_SHIELD_CLASSIFICATION_NAMESPACES": "clinic-*"})
+
+
+def test_xdg_config_home_sets_keyring_and_default_file(tmp_path: Path) -> None:
+    assert load_config(env={}).keys.uri == DEFAULT_KEY_URI
+    xdg = tmp_path / "xdg"
+    cfg = load_config(env={"XDG_CONFIG_HOME": str(xdg)})
+    assert cfg.keys.uri == f"local://{xdg}/temporal-shield/keyring.json"
+    # A relative XDG_CONFIG_HOME is ignored (XDG spec).
+    assert load_config(env={"XDG_CONFIG_HOME": "rel"}).keys.uri == DEFAULT_KEY_URI
+    (xdg / "temporal-shield").mkdir(parents=True)
+    (xdg / "temporal-shield" / "shield.toml").write_text('namespace = "from-xdg"\n')
+    assert load_config(env={"XDG_CONFIG_HOME": str(xdg)}).namespace == "from-xdg"
+    home = tmp_path / "home"
+    (home / ".config" / "temporal-shield").mkdir(parents=True)
+    (home / ".config" / "temporal-shield" / "shield.toml").write_text('namespace = "from-home"\n')
+    assert load_config(env={"HOME": str(home)}).namespace == "from-home"
+    # TEMPORAL_SHIELD_CONFIG, then an explicit path, win over the default file.
+    other = tmp_path / "other.toml"
+    other.write_text('namespace = "from-env"\n')
+    env = {"XDG_CONFIG_HOME": str(xdg), "TEMPORAL_SHIELD_CONFIG": str(other)}
+    assert load_config(env=env).namespace == "from-env"
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text('namespace = "explicit"\n')
+    assert load_config(explicit, env=env).namespace == "explicit"
+    # The server follows the same rules.
+    (xdg / "temporal-shield" / "shield.toml").write_text("[server]\ninsecure_dev = true\n")
+    server, _ = load_server_config(env={"XDG_CONFIG_HOME": str(xdg)})
+    assert server.insecure_dev is True
