@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._main import add_output, emit
+
+if TYPE_CHECKING:
+    from temporal_shield.server._verify import Report
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``audit verify`` and ``audit keygen`` to the command line."""
-    audit = sub.add_parser("audit", help="work with the codec server's audit log")
-    audit_sub = audit.add_subparsers(dest="action", required=True)
+    text = "work with the codec server's audit log"
+    audit = sub.add_parser("audit", help=text, description=text.capitalize() + ".")
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = "check hash chains, signed checkpoints and external checkpoints"
     verify = audit_sub.add_parser(
         "verify",
-        help="check hash chains, signed checkpoints and external checkpoints "
-        "(exit 0 intact, 1 broken or forged, 2 usage or read errors)",
+        help=text,
+        description=text.capitalize() + ". Exit status 0 intact, 1 broken or forged, "
+        "2 usage or read errors.",
     )
-    verify.add_argument("files", nargs="+", metavar="FILE", help="one file per replica")
+    verify.add_argument("files", nargs="+", metavar="FILE", help="one audit file per replica")
     verify.add_argument(
         "--checkpoints",
         action="append",
@@ -26,21 +36,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "s3://bucket/prefix (repeatable)",
     )
     verify.add_argument(
-        "--public-key", action="append", default=[], metavar="PEM", help="verifying key"
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="public key file that verifies checkpoint signatures (repeatable)",
     )
     verify.add_argument(
-        "--kms-key", action="append", default=[], metavar="URI", help="aws-kms://KEY to verify with"
+        "--kms-key",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="aws-kms://KEY whose public key verifies checkpoint signatures (repeatable)",
     )
-    verify.add_argument("--s3-endpoint-url", help="S3 endpoint for s3:// checkpoints")
-    verify.add_argument("--s3-region", help="S3 region for s3:// checkpoints")
-    verify.add_argument("--kms-endpoint-url", help="KMS endpoint for --kms-key")
-    verify.add_argument("--kms-region", help="KMS region for --kms-key")
-    keygen = audit_sub.add_parser(
-        "keygen", help="create an Ed25519 checkpoint signing key (0600) and its public key"
-    )
+    verify.add_argument("--s3-endpoint-url", metavar="URL", help="S3 endpoint for s3:// sources")
+    verify.add_argument("--s3-region", metavar="REGION", help="S3 region for s3:// sources")
+    verify.add_argument("--kms-endpoint-url", metavar="URL", help="KMS endpoint for --kms-key")
+    verify.add_argument("--kms-region", metavar="REGION", help="KMS region for --kms-key")
+    add_output(verify)
+    text = "create an Ed25519 checkpoint signing key (mode 0600) and its public key"
+    keygen = audit_sub.add_parser("keygen", help=text, description=text.capitalize() + ".")
     keygen.add_argument(
-        "--out", required=True, help="folder for the key pair (not the audit log's folder)"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the key pair (not the audit log's folder)",
     )
+    add_output(keygen)
     audit.set_defaults(func=run)
 
 
@@ -50,8 +72,19 @@ def run(args: argparse.Namespace) -> int:
         from temporal_shield.server._signer import generate_ed25519
 
         private, public = generate_ed25519(Path(args.out))
-        print(f"wrote {private} (mode 0600: the server's audit.signing_key = ed25519://{private})")
-        print(f"wrote {public} (give it to `audit verify --public-key`)")
+        emit(
+            args,
+            {
+                "private_key": str(private),
+                "public_key": str(public),
+                "signing_key": f"ed25519://{private}",
+            },
+            lambda: [
+                f"wrote {private} (mode 0600: the server's audit.signing_key = "
+                f"ed25519://{private})",
+                f"wrote {public} (give it to `audit verify --public-key`)",
+            ],
+        )
         return 0
     return _verify(args)
 
@@ -93,27 +126,41 @@ def _verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "signed checkpoints found: give --public-key PEM or --kms-key URI to check them"
         )
+    emit(args, _as_json(report), lambda: _as_text(report))
+    sys.stdout.flush()
+    return 0 if report.ok else 1
+
+
+def _as_json(report: Report) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "files": [
+            {"file": str(path), **dataclasses.asdict(result)} for path, result in report.files
+        ],
+        "findings": list(report.findings),
+    }
+
+
+def _as_text(report: Report) -> list[str]:
+    lines = []
     for path, result in report.files:
         if not result.ok:
-            print(
+            lines.append(
                 f"{path}: chain broken at line {result.broken_line} ({result.reason}); "
                 f"{result.records} records before it are intact"
             )
             continue
         if not result.checkpoints and not result.anchored:
-            print(
+            lines.append(
                 f"{path}: chain intact, {result.records} records; no checkpoints: all "
                 f"{result.records} records are protected only by the hash chain"
             )
             continue
         replica = f"replica {result.replica}, " if result.replica else ""
-        print(
+        lines.append(
             f"{path}: chain intact, {result.records} records ({replica}{result.checkpoints} "
             f"signed checkpoints in the file, {result.anchored} external checkpoints match); "
             f"{result.unprotected} records after the last checkpoint (record "
             f"{result.signed_records}) are protected only by the hash chain"
         )
-    for finding in report.findings:
-        print(finding)
-    sys.stdout.flush()
-    return 0 if report.ok else 1
+    return lines + list(report.findings)

@@ -7,7 +7,8 @@ runs a workflow with PII-like data and prints the input as Temporal stored it
 authentication against a locally generated signing key standing in for the
 identity provider, a demo RBAC policy, an audit log — prints the workflow's Web
 UI URL and a ready ``temporal workflow show`` command with a token, and keeps
-running until Ctrl-C. It stops everything it started.
+running until Ctrl-C. It stops everything it started. With ``--no-wait`` it
+stops after the workflow and prints neither (they would point at stopped servers).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from temporal_shield.codec import KEY_ID_METADATA, Keyring
-from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin
+from temporal_shield.converter import (
+    KeysConfig,
+    ShieldConfig,
+    ShieldPlugin,
+    client_connect_config,
+)
 from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
 
 from ._devserver import DevServer, free_port, temporal_cli
@@ -136,8 +142,11 @@ async def run_demo(workdir: Path, *, wait: bool = True) -> int:
     codec_url = f"http://127.0.0.1:{codec_port}"
     with DevServer(ui=True, codec_endpoint=codec_url) as server:
         print(f"dev server:   {server.address}")
-        client = await Client.connect(server.address, plugins=[ShieldPlugin(config)])
-        raw = await Client.connect(server.address)  # no codec: sees what the server stores
+        # How a worker connects (envconfig + our [tls]); env={} because the demo's
+        # own dev server must not be redirected by the caller's TEMPORAL_* settings.
+        connect = client_connect_config(config, address=server.address, env={})
+        client = await Client.connect(**connect, plugins=[ShieldPlugin(config)])
+        raw = await Client.connect(**connect)  # no codec: sees what the server stores
         workflow_id = f"intake-{uuid.uuid4().hex[:8]}"
         async with Worker(
             client, task_queue="shield-demo", workflows=[IntakeWorkflow], activities=[triage]
@@ -161,6 +170,14 @@ async def run_demo(workdir: Path, *, wait: bool = True) -> int:
         print(f"key id {key_id}; SSN present in raw history: {leaked}")
         if leaked:
             return 1
+        if not wait:
+            # Everything stops on return: a URL or command for it would not work.
+            print(
+                "\n--no-wait: the dev server stops now and no codec server is started; run "
+                "`temporal-shield demo` without --no-wait for the Web UI and a decrypting "
+                "`temporal workflow show` command."
+            )
+            return 0
         assert server.ui_url is not None
         runner, token = await _start_codec_server(workdir, config, codec_port, server.ui_url)
         try:
@@ -178,10 +195,9 @@ async def run_demo(workdir: Path, *, wait: bool = True) -> int:
                 f"    {cli} workflow show --workflow-id {workflow_id} --address {server.address} "
                 f"--codec-endpoint {codec_url} --codec-auth 'Bearer {token}'"
             )
-            if wait:
-                print("\nPress Ctrl-C to stop the dev server and the codec server.")
-                sys.stdout.flush()
-                await _until_stopped()
+            print("\nPress Ctrl-C to stop the dev server and the codec server.")
+            sys.stdout.flush()
+            await _until_stopped()
         finally:
             await runner.cleanup()
         return 0

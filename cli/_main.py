@@ -3,23 +3,75 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from temporal_shield.codec import ShieldError
 
 from . import __version__
 
+DESCRIPTION = """\
+Compression and KMS envelope encryption for Temporal payloads: manage keys,
+re-encrypt offloaded payloads, scan history for plaintext, run the remote codec
+server for the Web UI and CLI, verify its audit log, and try it all in a demo.
 
-def _keyring_path(value: str | None) -> Path:
-    from temporal_shield.converter import DEFAULT_KEY_URI
+Exit status: 0 success, 1 findings (plaintext found, audit chain broken, objects
+that failed to re-encrypt), 2 usage, configuration, connection or file errors
+(one line on standard error)."""
 
-    if value:
-        return Path(value).expanduser()
-    return Path(DEFAULT_KEY_URI.removeprefix("local://")).expanduser()
+CONFIG_HELP = (
+    "TOML configuration file (default: $TEMPORAL_SHIELD_CONFIG, else "
+    "$XDG_CONFIG_HOME/temporal-shield/shield.toml if it exists)"
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit 2 (argparse prints the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_output(parser: argparse.ArgumentParser) -> None:
+    """``-o/--output text|json``, as the ``temporal`` CLI has it."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="output format: text for people, json for programs (default: text)",
+    )
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[], Sequence[str]]) -> None:
+    """Print ``data`` as JSON with ``--output json``, else the lines ``text()`` gives."""
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        for line in text():
+            print(line)
+
+
+def _keyring_path(args: argparse.Namespace) -> Path:
+    """``--keyring``, else the configured ``keys.uri`` when it is a ``local://`` keyring."""
+    from temporal_shield.codec import ConfigError
+    from temporal_shield.converter import load_config
+
+    if args.keyring:
+        return Path(args.keyring).expanduser()
+    uri = load_config(args.config).keys.uri
+    if not uri.startswith("local://"):
+        raise ConfigError(
+            f"keys.uri is {uri!r}, not a local:// keyring: give --keyring PATH "
+            "(KMS keys are rotated in the KMS)"
+        )
+    return Path(uri.removeprefix("local://")).expanduser()
 
 
 def _rewrap(args: argparse.Namespace) -> int:
@@ -27,14 +79,13 @@ def _rewrap(args: argparse.Namespace) -> int:
 
     import boto3
 
-    from temporal_shield.codec import aws_client_config
+    from temporal_shield.codec import ConfigError, aws_client_config
     from temporal_shield.converter import build_codec, load_config, rewrap
 
     config = load_config(args.config)
     bucket = args.bucket or config.storage.s3_bucket
     if not bucket:
-        print("temporal-shield: error: no bucket (--bucket or storage.s3_bucket)", file=sys.stderr)
-        return 2
+        raise ConfigError("no bucket: give --bucket or set storage.s3_bucket")
     aws = config.storage.aws
     s3 = boto3.client(
         "s3",
@@ -53,15 +104,32 @@ def _rewrap(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
     )
-    verb = "would re-encrypt" if args.dry_run else "re-encrypted"
-    print(
-        f"{report.scanned} objects: {verb} {report.rewrapped}, already current {report.current}, "
-        f"not ours {report.foreign}, failed {len(report.failed)}"
+
+    def text() -> list[str]:
+        verb = "would re-encrypt" if args.dry_run else "re-encrypted"
+        lines = [
+            f"{report.scanned} objects: {verb} {report.rewrapped}, already current "
+            f"{report.current}, not ours {report.foreign}, failed {len(report.failed)}"
+        ]
+        lines += [f"  failed: {key}" for key in report.failed]
+        if report.last_key:
+            lines.append(f"resume with --start-after {report.last_key!r}")
+        return lines
+
+    emit(
+        args,
+        {
+            "bucket": bucket,
+            "dry_run": args.dry_run,
+            "scanned": report.scanned,
+            "rewrapped": report.rewrapped,
+            "current": report.current,
+            "foreign": report.foreign,
+            "failed": report.failed,
+            "last_key": report.last_key,
+        },
+        text,
     )
-    for key in report.failed:
-        print(f"  failed: {key}")
-    if report.last_key:
-        print(f"resume with --start-after {report.last_key!r}")
     return 1 if report.failed else 0
 
 
@@ -70,27 +138,52 @@ def _keys(args: argparse.Namespace) -> int:
 
     if args.action == "rewrap":
         return _rewrap(args)
-    path = _keyring_path(args.keyring)
+    path = _keyring_path(args)
     if args.action == "init":
         if path.exists():
             raise ConfigError(f"{path} already exists; use `keys rotate` to add a key")
         ring = Keyring.new()
         ring.save(path)
-        print(f"created {path} with primary key {ring.primary}")
+        emit(
+            args,
+            {"keyring": str(path), "primary": ring.primary},
+            lambda: [f"created {path} with primary key {ring.primary}"],
+        )
         return 0
     ring = Keyring.load(path)
     if args.action == "rotate":
         ring = ring.rotated()
         ring.save(path)
-        print(f"new primary key {ring.primary}; older keys stay active for decryption")
+        emit(
+            args,
+            {"keyring": str(path), "primary": ring.primary},
+            lambda: [f"new primary key {ring.primary}; older keys stay active for decryption"],
+        )
     elif args.action == "retire":
         ring = ring.retired(args.key_id)
         ring.save(path)
-        print(f"retired {args.key_id}: payloads under it can no longer be decrypted")
+        emit(
+            args,
+            {"keyring": str(path), "retired": args.key_id},
+            lambda: [f"retired {args.key_id}: payloads under it can no longer be decrypted"],
+        )
     else:
-        for key in ring.keys:
-            mark = "primary" if key.id == ring.primary else ""
-            print(f"{key.id}\t{key.created}\t{key.state}\t{mark}".rstrip())
+        primary = ring.primary
+        emit(
+            args,
+            {
+                "keyring": str(path),
+                "primary": primary,
+                "keys": [
+                    {"id": k.id, "created": k.created, "state": k.state, "primary": k.id == primary}
+                    for k in ring.keys
+                ],
+            },
+            lambda: [
+                "\t".join([k.id, k.created, k.state, "primary" if k.id == primary else ""]).rstrip()
+                for k in ring.keys
+            ],
+        )
     return 0
 
 
@@ -128,8 +221,12 @@ def _workers(text: str) -> int:
 def _certs(args: argparse.Namespace) -> int:
     from temporal_shield.certs import dev_pki
 
-    for folder in dev_pki(Path(args.out)):
-        print(f"wrote {folder}/{{tls.crt,tls.key,ca.crt}}")
+    folders = [str(folder) for folder in dev_pki(Path(args.out))]
+    emit(
+        args,
+        {"secrets": folders, "files": ["tls.crt", "tls.key", "ca.crt"]},
+        lambda: [f"wrote {folder}/{{tls.crt,tls.key,ca.crt}}" for folder in folders],
+    )
     return 0
 
 
@@ -139,43 +236,58 @@ def _demo(args: argparse.Namespace) -> int:
     return main(wait=not args.no_wait)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
-    p = argparse.ArgumentParser(prog="temporal-shield", description=__doc__)
-    p.add_argument("--version", action="version", version=__version__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _command(sub: argparse._SubParsersAction[Any], name: str, text: str) -> argparse.ArgumentParser:
+    """A sub-command whose one-line help is also its description (``--help`` shows it)."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=text, description=text[0].upper() + text[1:] + "."
+    )
+    return parser
 
-    keys = sub.add_parser("keys", help="manage the local keyring (embedded default KEKs)")
-    keys_sub = keys.add_subparsers(dest="action", required=True)
+
+def _add_keys(sub: argparse._SubParsersAction[Any]) -> None:
+    keys = _command(sub, "keys", "manage the local keyring and re-encrypt offloaded payloads")
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
         ("init", "create a keyring with one primary key"),
-        ("list", "list keys (ids, creation time, state; never key material)"),
-        ("rotate", "add a new primary key; old keys stay readable"),
-        ("retire", "stop a non-primary key from decrypting"),
+        ("list", "list keys: ids, creation time, state (never key material)"),
+        ("rotate", "add a new primary key; older keys stay readable"),
+        ("retire", "stop a key that is not the primary from decrypting"),
     ):
-        sp = keys_sub.add_parser(name, help=text)
-        sp.add_argument("--keyring", help="keyring file (default ~/.config/temporal-shield/)")
+        sp = _command(keys_sub, name, text)
+        sp.add_argument(
+            "--keyring",
+            metavar="PATH",
+            help="keyring file (default: keys.uri from the configuration when it is "
+            "local://, else $XDG_CONFIG_HOME/temporal-shield/keyring.json)",
+        )
+        sp.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
         if name == "retire":
-            sp.add_argument("key_id")
-    rw = keys_sub.add_parser(
-        "rewrap", help="re-encrypt S3-offloaded payloads under the current primary key"
+            sp.add_argument("key_id", metavar="KEY_ID", help="id of the key to retire")
+        add_output(sp)
+    rw = _command(
+        keys_sub, "rewrap", "re-encrypt S3-offloaded payloads under the current primary key"
     )
-    rw.add_argument("--config", help="TOML file (keys and [storage]); else environment")
-    rw.add_argument("--bucket", help="bucket (default storage.s3_bucket)")
+    rw.add_argument("--config", metavar="FILE", help=CONFIG_HELP + "; keys and [storage]")
+    rw.add_argument("--bucket", help="bucket to rewrap (default: storage.s3_bucket)")
     rw.add_argument("--prefix", default="", help="only objects under this key prefix")
-    rw.add_argument("--start-after", default="", help="resume after this object key")
-    rw.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    rw.add_argument("--start-after", default="", metavar="KEY", help="resume after this key")
+    rw.add_argument(
+        "--dry-run", action="store_true", help="report what would change, change nothing"
+    )
+    add_output(rw)
     keys.set_defaults(func=_keys)
 
-    from ._audit_cli import add_parser as add_audit
 
-    add_audit(sub)
-
-    serve = sub.add_parser("serve", help="run the remote codec server for the Web UI and CLI")
-    serve.add_argument("--config", help="TOML file (default $TEMPORAL_SHIELD_CONFIG)")
+def _add_serve(sub: argparse._SubParsersAction[Any]) -> None:
+    serve = _command(sub, "serve", "run the remote codec server for the Web UI and CLI")
+    serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--policy", help="RBAC policy file (overrides server.policy_file)")
+    serve.add_argument(
+        "--port", type=int, help="listen port, 0 for any free port (overrides server.port)"
+    )
+    serve.add_argument(
+        "--policy", metavar="FILE", help="RBAC policy file (overrides server.policy_file)"
+    )
     serve.add_argument(
         "--insecure-dev",
         action="store_true",
@@ -184,34 +296,78 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=_workers,
+        metavar="N",
         help="processes serving the port: a number, or 'auto' (one per CPU); "
         "overrides server.workers",
     )
     serve.add_argument(
         "--metrics-port",
         type=int,
-        help="also serve /metrics, /healthz, /readyz on this port + worker index "
+        metavar="PORT",
+        help="also serve /metrics, /healthz, /readyz on this port plus the worker index "
         "(overrides server.metrics_port)",
     )
     serve.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor
     serve.set_defaults(func=_serve)
 
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = Parser(
+        prog="temporal-shield",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--version", action="version", version=__version__, help="print the version and exit"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_keys(sub)
+
+    from ._audit_cli import add_parser as add_audit
+
+    add_audit(sub)
+    _add_serve(sub)
+
     from ._scan_cli import add_parser as add_scan
 
     add_scan(sub)
 
-    certs = sub.add_parser("certs", help="local PKI in the cert-manager Secret layout")
-    certs_sub = certs.add_subparsers(dest="action", required=True)
-    dev = certs_sub.add_parser("dev", help="create a CA and the deploy/ leaf certificates")
-    dev.add_argument("--out", required=True, help="output folder (one sub-folder per Secret)")
+    from ._cluster_cli import add_parser as add_scan_worker
+
+    add_scan_worker(sub)
+
+    certs = _command(sub, "certs", "make a local PKI in the cert-manager Secret layout")
+    certs_sub = certs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dev = _command(certs_sub, "dev", "create a CA and the deploy/ leaf certificates")
+    dev.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (one sub-folder per Secret)"
+    )
+    add_output(dev)
     certs.set_defaults(func=_certs)
 
-    demo = sub.add_parser("demo", help="run a workflow with encrypted PII on a dev server")
+    demo = _command(sub, "demo", "run a workflow with encrypted PII on a local dev server")
     demo.add_argument(
-        "--no-wait", action="store_true", help="stop right after printing (no Ctrl-C wait)"
+        "--no-wait",
+        action="store_true",
+        help="stop everything right after the workflow (no codec server, no Ctrl-C wait)",
     )
     demo.set_defaults(func=_demo)
+    _describe_commands(p)
     return p
+
+
+def _describe_commands(p: argparse.ArgumentParser) -> None:
+    """Give every sub-command registered elsewhere its help line as a description too."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                text = helps.get(name)
+                if not child.description and text:
+                    child.description = text[0].upper() + text[1:] + "."
+                _describe_commands(child)
 
 
 def entry() -> NoReturn:
@@ -222,22 +378,59 @@ def entry() -> NoReturn:
     with SIGABRT: a status that means "plaintext found" or "chain broken" must
     not depend on that, so flush and leave with ``os._exit``.
     """
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong, without a traceback.
+
+    Our own errors never carry key material or payloads, so the message is safe
+    to print.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+    elif isinstance(exc, ShieldError):
+        text = str(exc)
+    elif "Failed client connect" in str(exc):
+        # The SDK's message is a Rust debug dump; its last "message" is the reason.
+        reasons = re.findall(r'message: "([^"]+)"', str(exc))
+        text = f"cannot connect to Temporal: {reasons[-1] if reasons else exc}"
+    else:
+        text = f"{_kind(exc)}: {exc}" if str(exc) else _kind(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _kind(exc: BaseException) -> str:
+    """A reader's name for an exception from a library we call."""
+    module = type(exc).__module__.split(".")[0]
+    if module == "temporalio":
+        return "Temporal"
+    if module in ("botocore", "boto3"):
+        return "AWS"
+    return type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    Every error ends the same way: one line on stderr and status 2. Findings
+    (status 1) are decided by the commands themselves.
+    """
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ShieldError as exc:
-        print(f"temporal-shield: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one place maps every failure to "error, status 2"
+        print(f"temporal-shield: error: {describe(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
         "scan", help="report payloads in history that are not encrypted (exit 1 if any)"
     )
     scan.add_argument("--address", default="localhost:7233", help="Temporal frontend host:port")
-    scan.add_argument("--namespace", default="default")
+    scan.add_argument("--namespace", default="default", help="namespace to scan")
     scan.add_argument("--query", help="visibility query selecting workflow runs")
     scan.add_argument("--since", help="only runs started after this RFC 3339 time")
     scan.add_argument("--limit", type=int, help="stop after this many runs")

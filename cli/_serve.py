@@ -160,15 +160,18 @@ async def _run(
             reuse_port=worker is not None,
         )
         await site.start()
+        # The port actually bound: with ``port = 0`` the configured one says nothing.
+        port = int(runner.addresses[0][1])
         if metrics_port:
             side = ShieldRunner(create_metrics_app(app), config, shutdown_timeout=1.0)
             await side.setup()
             await web.TCPSite(side, config.host, metrics_port, ssl_context=ssl_context).start()
         scheme = "https" if ssl_context else "http"
         name = f"worker {worker.index}" if worker else "codec server"
-        log.info("%s listening on %s://%s:%d", name, scheme, config.host, config.port)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        log.info("%s listening on %s://%s:%d", name, scheme, host, port)
         if metrics_port:
-            log.info("%s metrics on %s://%s:%d", name, scheme, config.host, metrics_port)
+            log.info("%s metrics on %s://%s:%d", name, scheme, host, metrics_port)
         if worker is not None:
             _report_to_supervisor(loop, worker.control, stop)
         await stop.wait()
