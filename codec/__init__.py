@@ -17,14 +17,22 @@ from ._errors import (
 )
 from ._format import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, Header, is_envelope, parse
 from ._local import KEY_ID_PREFIX, Keyring, KeyringEntry, LocalKeyProvider
-from ._provider import GeneratedDataKey, KeyProvider
-from ._uri import provider_from_uri
+from ._provider import GeneratedDataKey, KeyProvider, KeyProviderFactory
+from ._uri import (
+    AwsKmsKeyProviderFactory,
+    LocalKeyProviderFactory,
+    provider_from_uri,
+    register_key_provider,
+    registered_key_providers,
+    unregister_key_provider,
+)
 
 __all__ = [
     "CLASSIFICATION_METADATA",
     "ENCODING",
     "KEY_ID_METADATA",
     "KEY_ID_PREFIX",
+    "AwsKmsKeyProviderFactory",
     "AwsSettings",
     "Compression",
     "CompressionConfig",
@@ -38,10 +46,12 @@ __all__ = [
     "Header",
     "KeyProvider",
     "KeyProviderError",
+    "KeyProviderFactory",
     "KeyStats",
     "Keyring",
     "KeyringEntry",
     "LocalKeyProvider",
+    "LocalKeyProviderFactory",
     "Opened",
     "PayloadTooLargeError",
     "Sealed",
@@ -51,5 +61,8 @@ __all__ = [
     "is_envelope",
     "parse",
     "provider_from_uri",
+    "register_key_provider",
+    "registered_key_providers",
+    "unregister_key_provider",
     "validate_classification",
 ]

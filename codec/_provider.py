@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Only the settings dataclass; importing it at run time would be harmless,
+    # but this module is the extension point and stays dependency-free.
+    from ._aws import AwsSettings
 
 
 @dataclass(frozen=True)
@@ -57,4 +63,61 @@ class KeyProvider(ABC):
 
         Raises:
             KeyProviderError: the provider is not usable.
+        """
+
+
+class KeyProviderFactory(ABC):
+    """Builds the :class:`KeyProvider` a key URI names (a scheme such as ``vault://``).
+
+    Register one with :func:`~temporal_shield.codec.register_key_provider` (for the
+    whole process) or pass it to ``ShieldPlugin(key_providers=[...])`` (for one
+    plugin); ``keys.uri`` and ``keys.decrypt_uris`` then reach it like the built-in
+    ``local://`` and ``aws-kms://``. This is how Tink chooses a KMS client: the
+    first one whose ``does_support(uri)`` is true.
+
+    Contract:
+        * :meth:`supports` is a cheap, side-effect-free test of the URI (by
+          default: it starts with :attr:`scheme`); it must not raise and must
+          not import heavy SDKs: it is asked about every URI, including those
+          meant for other providers.
+        * :meth:`create` is called only for URIs :meth:`supports` accepted. It
+          returns a ready :class:`KeyProvider` or raises
+          :class:`~._errors.ConfigError` (with a message naming what is wrong,
+          never a secret); import provider SDKs here, lazily.
+        * ``decrypt_only`` asks for a provider whose :attr:`KeyProvider.primary_key_id`
+          is ``None`` (an old key kept readable), where the provider can tell.
+        * ``allowed_key_ids`` restricts decryption to those KEK ids (empty: the
+          provider's own keys only).
+        * ``aws`` carries the configured AWS connection settings; other
+          providers ignore it.
+    """
+
+    @property
+    @abstractmethod
+    def scheme(self) -> str:
+        """The URI prefix this factory serves, e.g. ``"vault://"`` (shown in errors)."""
+
+    def supports(self, uri: str) -> bool:
+        """Whether this factory builds providers for ``uri`` (default: prefix :attr:`scheme`)."""
+        return uri.startswith(self.scheme)
+
+    @abstractmethod
+    def create(
+        self,
+        uri: str,
+        *,
+        decrypt_only: bool,
+        allowed_key_ids: tuple[str, ...],
+        aws: AwsSettings | None,
+    ) -> KeyProvider:
+        """Build the provider ``uri`` names.
+
+        Args:
+            uri: A key URI :meth:`supports` accepted.
+            decrypt_only: Do not wrap new data keys with this key.
+            allowed_key_ids: Restrict decryption to these KEK ids.
+            aws: AWS connection settings from the configuration, if any.
+
+        Raises:
+            ConfigError: the URI is malformed or the provider cannot be set up.
         """

@@ -24,7 +24,14 @@ from ._config import (
 )
 from ._connect import client_connect_config
 from ._history import iter_messages, iter_payloads
-from ._install import ShieldPlugin, build_codec, data_converter, key_providers
+from ._install import (
+    ChainedCodec,
+    ShieldPlugin,
+    build_codec,
+    data_converter,
+    key_providers,
+    shield_codec,
+)
 from ._rewrap import RewrapReport, rewrap
 from ._scan import ScanReport, scan, terminal_progress
 from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
@@ -37,6 +44,7 @@ __all__ = [
     "ENV_PREFIX",
     "ENV_VARS",
     "Boto3S3Client",
+    "ChainedCodec",
     "ClassificationConfig",
     "KeysConfig",
     "PayloadLike",
@@ -61,6 +69,7 @@ __all__ = [
     "read_toml",
     "rewrap",
     "scan",
+    "shield_codec",
     "temporal_tls",
     "terminal_progress",
 ]

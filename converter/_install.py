@@ -1,48 +1,95 @@
-"""One-line installation: a configured ``DataConverter`` and a Temporal plugin."""
+"""Installation on a client: compose with its ``DataConverter``, as a plugin or by hand.
+
+temporal-shield adds three things to whatever data converter a client already
+has, and keeps the rest (the payload converter above all: Pydantic models and
+other custom types keep working):
+
+* the payload codec (an existing codec is refused, or chained with
+  ``chain_codec=True``: it runs before ours on encode, after ours on decode);
+* failure encoding (the SDK default failure converter is swapped for the one
+  that moves messages and stack traces into encoded attributes; a custom one
+  is kept if it already does so, refused otherwise, and always kept with
+  ``encrypt_failures = false``);
+* S3 offload (a user's own ``external_storage`` is kept; it and our
+  ``storage.s3_bucket`` together are refused).
+
+Applying it again (the plugin on a client built from another client's config,
+or on top of :func:`data_converter`) replaces our layer instead of adding a
+second one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import ClientConfig
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverter,
     DefaultFailureConverterWithEncodedAttributes,
+    ExternalStorage,
     FailureConverter,
+    PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
 )
 from temporalio.plugin import SimplePlugin
+from temporalio.worker import ReplayerConfig
 
 from temporal_shield.codec import (
+    ConfigError,
     DataKeyManager,
     Envelope,
     KeyProvider,
+    KeyProviderFactory,
     provider_from_uri,
 )
 
 from ._codec import ShieldCodec
 from ._config import ShieldConfig
 from ._settings import load_config
-from ._storage import external_storage
+from ._storage import ShieldS3Driver, external_storage
 
 PLUGIN_NAME = "temporal-shield"
 
 
-def key_providers(config: ShieldConfig) -> list[KeyProvider]:
-    """The key providers ``config`` names: the primary first, then decrypt-only ones."""
+def key_providers(
+    config: ShieldConfig, *, factories: Sequence[KeyProviderFactory] = ()
+) -> list[KeyProvider]:
+    """The key providers ``config`` names: the primary first, then decrypt-only ones.
+
+    Args:
+        config: Settings (``keys.uri``, ``keys.decrypt_uris``).
+        factories: Key provider factories asked before the registry
+            (:func:`~temporal_shield.codec.register_key_provider`).
+
+    Raises:
+        ConfigError: a URI has no provider (the message lists the available
+            schemes) or its provider cannot be set up.
+    """
     aws = config.keys.aws
     allowed = config.keys.allowed_key_ids
-    providers = [provider_from_uri(config.keys.uri, allowed_key_ids=allowed, aws=aws)]
+    providers = [
+        provider_from_uri(config.keys.uri, allowed_key_ids=allowed, aws=aws, factories=factories)
+    ]
     providers += [
-        provider_from_uri(uri, decrypt_only=True, allowed_key_ids=allowed, aws=aws)
+        provider_from_uri(
+            uri, decrypt_only=True, allowed_key_ids=allowed, aws=aws, factories=factories
+        )
         for uri in config.keys.decrypt_uris
     ]
     return providers
 
 
 def build_codec(
-    config: ShieldConfig | None = None, *, providers: list[KeyProvider] | None = None
+    config: ShieldConfig | None = None,
+    *,
+    providers: list[KeyProvider] | None = None,
+    factories: Sequence[KeyProviderFactory] = (),
 ) -> ShieldCodec:
     """Build the :class:`ShieldCodec` for ``config``.
 
@@ -50,14 +97,18 @@ def build_codec(
         config: Settings; default: :func:`load_config` (TOML file named by
             ``TEMPORAL_SHIELD_CONFIG`` and ``TEMPORAL_SHIELD_*`` variables).
         providers: Key providers to use instead of the ones ``config`` names
-            (for tests and custom providers).
+            (for tests).
+        factories: Key provider factories for the URIs ``config`` names, asked
+            before the registry.
 
     Raises:
         ConfigError: the configuration or a keyring is invalid, or a KMS key
             cannot be resolved.
     """
     config = config or load_config()
-    keys = DataKeyManager(providers or key_providers(config), policy=config.data_keys)
+    keys = DataKeyManager(
+        providers or key_providers(config, factories=factories), policy=config.data_keys
+    )
     envelope = Envelope(
         keys, compression=config.compression, max_plaintext=config.max_payload_bytes
     )
@@ -69,37 +120,167 @@ def build_codec(
     )
 
 
+class ChainedCodec(PayloadCodec, WithSerializationContext):
+    """A user's payload codec followed by temporal-shield's.
+
+    Encode runs the user's codec first and encrypts its output; decode decrypts
+    first and hands the result to the user's codec. History therefore holds
+    only our ciphertext, and the user's codec sees exactly the payloads it
+    produced. Both codecs receive the serialization context.
+    """
+
+    def __init__(self, user_codec: PayloadCodec, shield: ShieldCodec) -> None:
+        """Chain ``user_codec`` (inner) and ``shield`` (outer)."""
+        self.user_codec = user_codec
+        self.shield = shield
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        """See :class:`PayloadCodec`."""
+        return await self.shield.encode(await self.user_codec.encode(payloads))
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        """See :class:`PayloadCodec`."""
+        return await self.user_codec.decode(await self.shield.decode(payloads))
+
+    def with_context(self, context: SerializationContext) -> Self:
+        """See :class:`WithSerializationContext`."""
+        user = self.user_codec
+        if isinstance(user, WithSerializationContext):
+            user = user.with_context(context)
+        return type(self)(user, self.shield.with_context(context))
+
+
+def shield_codec(converter: DataConverter) -> ShieldCodec | None:
+    """temporal-shield's codec inside ``converter`` (alone or chained), if any."""
+    codec = converter.payload_codec
+    if isinstance(codec, ChainedCodec):
+        return codec.shield
+    return codec if isinstance(codec, ShieldCodec) else None
+
+
 def data_converter(
     config: ShieldConfig | None = None,
     *,
     codec: ShieldCodec | None = None,
     base: DataConverter | None = None,
+    chain_codec: bool = False,
+    key_providers: Sequence[KeyProviderFactory] = (),
 ) -> DataConverter:
-    """A ``DataConverter`` that encrypts every payload (and failure) with temporal-shield.
+    """``base`` with temporal-shield added: every payload (and failure) encrypted.
 
     Example::
 
-        client = await Client.connect("localhost:7233", data_converter=data_converter())
+        from temporalio.contrib.pydantic import pydantic_data_converter
+        converter = data_converter(config, base=pydantic_data_converter)
+        client = await Client.connect("localhost:7233", data_converter=converter)
 
     Args:
         config: Settings; default: :func:`load_config`.
         codec: A prebuilt codec (else built from ``config``).
-        base: Converter to extend (its payload converter is kept); default
-            ``DataConverter.default``.
+        base: Converter to extend; default ``DataConverter.default``. Its payload
+            converter and external storage are kept (see the module docstring
+            for what is refused).
+        chain_codec: Keep a payload codec ``base`` already has, running it before
+            ours on encode and after ours on decode; without it, such a codec is
+            a :class:`ConfigError`.
+        key_providers: Key provider factories for the URIs ``config`` names,
+            asked before the registry.
+
+    Raises:
+        ConfigError: invalid settings, or ``base`` holds something that cannot be
+            combined (a payload codec without ``chain_codec``, a failure converter
+            that leaves messages in plaintext while ``encrypt_failures`` is on,
+            its own external storage while ``storage.s3_bucket`` is set).
     """
     config = config or load_config()
-    codec = codec or build_codec(config)
-    failure_cls: type[FailureConverter] = (
-        DefaultFailureConverterWithEncodedAttributes
-        if config.encrypt_failures
-        else DefaultFailureConverter
+    codec = codec or build_codec(config, factories=key_providers)
+    return _compose(
+        base,
+        codec,
+        encrypt_failures=config.encrypt_failures,
+        chain_codec=chain_codec,
+        storage=external_storage(config.storage),
     )
+
+
+def _compose(
+    base: DataConverter | None,
+    codec: ShieldCodec,
+    *,
+    encrypt_failures: bool,
+    chain_codec: bool,
+    storage: ExternalStorage | None,
+) -> DataConverter:
+    base = base or DataConverter.default
+    # dataclasses.replace keeps payload_converter_class (and any subclass of
+    # DataConverter), as the SDK's own plugins do.
     return dataclasses.replace(
-        base or DataConverter.default,
-        payload_codec=codec,
-        failure_converter_class=failure_cls,
-        external_storage=external_storage(config.storage),
+        base,
+        payload_codec=_payload_codec(base.payload_codec, codec, chain=chain_codec),
+        failure_converter_class=_failure_converter(base, encrypt=encrypt_failures),
+        external_storage=_external_storage(base.external_storage, storage),
     )
+
+
+def _payload_codec(
+    existing: PayloadCodec | None, ours: ShieldCodec, *, chain: bool
+) -> PayloadCodec:
+    if existing is None or isinstance(existing, ShieldCodec):
+        # Ours already there (applied twice): replace it, never stack a second layer.
+        return ours
+    if isinstance(existing, ChainedCodec):
+        # A chain accepted once stays a chain, with our layer replaced.
+        return ChainedCodec(existing.user_codec, ours)
+    if chain:
+        return ChainedCodec(existing, ours)
+    raise ConfigError(
+        f"the client's data converter already has a payload codec "
+        f"({type(existing).__qualname__}); temporal-shield would drop it. Pass "
+        "chain_codec=True to keep it (it then runs before ours on encode and after "
+        "ours on decode), or remove it"
+    )
+
+
+def _failure_converter(base: DataConverter, *, encrypt: bool) -> type[FailureConverter]:
+    current = base.failure_converter_class
+    if not encrypt:
+        return current
+    if current is DefaultFailureConverter:
+        return DefaultFailureConverterWithEncodedAttributes
+    # A custom converter that already moves message and stack trace into the
+    # encoded attributes (which our codec then encrypts) is compatible as it is.
+    if isinstance(base.failure_converter, DefaultFailureConverter) and getattr(
+        base.failure_converter, "_encode_common_attributes", False
+    ):
+        return current
+    raise ConfigError(
+        f"the client's data converter has a custom failure converter "
+        f"({current.__qualname__}) that leaves failure messages and stack traces "
+        "in plaintext, so encrypt_failures cannot be honoured. Make it a "
+        "DefaultFailureConverter with encode_common_attributes=True, or set "
+        "encrypt_failures = false to keep it (failure messages then stay readable "
+        "in history)"
+    )
+
+
+def _external_storage(
+    existing: ExternalStorage | None, ours: ExternalStorage | None
+) -> ExternalStorage | None:
+    if existing is None or _is_ours(existing):
+        return ours or existing
+    if ours is None:
+        # The SDK applies external storage after the codec: the user's store
+        # receives our ciphertext.
+        return existing
+    raise ConfigError(
+        "the client's data converter already has external storage and "
+        "storage.s3_bucket is set too; the SDK takes one. Remove storage.s3_bucket "
+        "to keep yours (it then stores encrypted payloads), or remove yours"
+    )
+
+
+def _is_ours(storage: ExternalStorage) -> bool:
+    return bool(storage.drivers) and all(isinstance(d, ShieldS3Driver) for d in storage.drivers)
 
 
 class ShieldPlugin(SimplePlugin):
@@ -110,31 +291,71 @@ class ShieldPlugin(SimplePlugin):
         client = await Client.connect("localhost:7233", plugins=[ShieldPlugin()])
         worker = Worker(client, task_queue="q", workflows=[...])  # inherits it
 
-    The codec's default namespace becomes the client's namespace.
+    The plugin builds on the converter the client is given (see the module
+    docstring: the payload converter and external storage are kept, an existing
+    payload codec is refused unless ``chain_codec=True``), and binds the codec's
+    default namespace to the client's namespace. Applying it more than once
+    (``Client(**client.config())``, a replayer given the client's converter)
+    leaves one layer of encryption.
     """
 
-    def __init__(self, config: ShieldConfig | str | Path | None = None) -> None:
-        """Create the plugin.
+    def __init__(
+        self,
+        config: ShieldConfig | str | Path | None = None,
+        *,
+        chain_codec: bool = False,
+        key_providers: Sequence[KeyProviderFactory] = (),
+    ) -> None:
+        """Create the plugin; keys are loaded now, so a bad configuration fails here.
 
         Args:
             config: A :class:`ShieldConfig`, a TOML file path, or ``None`` for
                 :func:`load_config` (environment and ``TEMPORAL_SHIELD_CONFIG``).
+            chain_codec: Keep a payload codec the client already has, running it
+                before ours on encode and after ours on decode.
+            key_providers: Key provider factories for the key URIs of
+                ``config`` (e.g. a ``vault://`` one), asked before the registry.
+
+        Raises:
+            ConfigError: invalid settings, or no provider for a key URI.
         """
         if not isinstance(config, ShieldConfig):
             config = load_config(config)
         self.config = config
-        self.converter = data_converter(config)
-        super().__init__(PLUGIN_NAME, data_converter=self._converter_for)
+        self.chain_codec = chain_codec
+        self.codec = build_codec(config, factories=key_providers)
+        self._storage = external_storage(config.storage)
+        self.converter = self.compose(None)
+        """The default converter with temporal-shield added (for use without a client)."""
+        # Converters are composed in configure_client/configure_replayer, which
+        # know the namespace; SimplePlugin's callable would not.
+        super().__init__(PLUGIN_NAME)
 
-    def _converter_for(self, existing: DataConverter | None) -> DataConverter:
-        return self.converter
+    def compose(
+        self, existing: DataConverter | None, *, namespace: str | None = None
+    ) -> DataConverter:
+        """``existing`` with temporal-shield added, payloads bound to ``namespace``.
+
+        Raises:
+            ConfigError: ``existing`` holds something that cannot be combined.
+        """
+        codec = self.codec.with_namespace(namespace) if namespace else self.codec
+        return _compose(
+            existing,
+            codec,
+            encrypt_failures=self.config.encrypt_failures,
+            chain_codec=self.chain_codec,
+            storage=self._storage,
+        )
 
     def configure_client(self, config: ClientConfig) -> ClientConfig:
-        """Bind the codec's default namespace to the client's, then apply the converter."""
-        codec = self.converter.payload_codec
-        assert isinstance(codec, ShieldCodec)
+        """Compose with the client's converter, bound to the client's namespace."""
         namespace = config.get("namespace") or self.config.namespace
-        self.converter = dataclasses.replace(
-            self.converter, payload_codec=codec.with_namespace(namespace)
-        )
+        config["data_converter"] = self.compose(config.get("data_converter"), namespace=namespace)
         return super().configure_client(config)
+
+    def configure_replayer(self, config: ReplayerConfig) -> ReplayerConfig:
+        """Compose with the replayer's converter, bound to its namespace."""
+        namespace = config.get("namespace") or self.config.namespace
+        config["data_converter"] = self.compose(config.get("data_converter"), namespace=namespace)
+        return super().configure_replayer(config)
