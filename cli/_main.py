@@ -378,6 +378,9 @@ def entry() -> NoReturn:
         code = main()
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except Exception as exc:  # a failure main() does not know: still one line, no traceback
+        print(f"temporal-shield: internal error: {describe(exc)}", file=sys.stderr)
+        code = 2
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -416,17 +419,32 @@ def _kind(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
-    Every error ends the same way: one line on stderr and status 2. Findings
-    (status 1) are decided by the commands themselves.
+    Every expected error ends the same way: one line on stderr and status 2
+    (see :func:`expected`). Findings (status 1) are decided by the commands.
     """
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one place maps every failure to "error, status 2"
+    except Exception as exc:  # one place maps every expected failure to "error, status 2"
+        if not expected(exc):
+            raise  # a bug: entry() still prints one line, tests see the exception
         print(f"temporal-shield: error: {describe(exc)}", file=sys.stderr)
         return 2
+
+
+def expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is an operating failure rather than a bug.
+
+    Operating failures: configuration, files, connections, KMS/S3, a missing
+    optional package.
+    """
+    if isinstance(exc, (ShieldError, OSError, ImportError)):
+        return True
+    if "Failed client connect" in str(exc):  # temporalio raises a bare RuntimeError
+        return True
+    return type(exc).__module__.split(".")[0] in ("temporalio", "botocore", "boto3")
 
 
 if __name__ == "__main__":

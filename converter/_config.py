@@ -182,8 +182,8 @@ class TemporalTlsConfig:
     key_file: str = ""
     """Client private key (overrides ``dir``)."""
     server_name: str = ""
-    """Expected name in the frontend's certificate, when it differs from the address
-    (needs a CA or a client certificate too: alone it would not switch TLS on)."""
+    """Expected name in the frontend's certificate, when it differs from the address.
+    Needs ``dir`` or ``ca_file`` too: set alone it is an error (it once meant plaintext)."""
 
     def __post_init__(self) -> None:
         if self.server_name and not self.enabled:

@@ -14,10 +14,15 @@ top-level one, and ``TEMPORAL_SHIELD_SERVER_<...>`` for the codec server's
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import itertools
 import logging
 import os
+import re
+import textwrap
 import tomllib
 import types
 import typing
@@ -329,3 +334,77 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
             raise ConfigError(f"{label} must be a table of strings")
         return tuple((str(k), v) for k, v in value.items())
     raise ConfigError(f"{label}: unsupported setting type")  # pragma: no cover
+
+
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """The docstrings written under each field of dataclass ``cls`` (from its source)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _markdown(text: str) -> str:
+    """A docstring as one Markdown table cell (reST roles and literals to code spans)."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", " ".join(text.split()))
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        return _type_name(next(a for a in args if a is not type(None))) + " (empty: unset)"
+    if origin is tuple:
+        if args[0] == tuple[str, str]:
+            return "table of strings (env: `glob=label,...`)"
+        return "list of strings (env: comma-separated)"
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]
+
+
+def _default(f: dataclasses.Field[Any], tp: Any) -> str:
+    if f.default is dataclasses.MISSING:
+        return "see description"  # computed at start-up (host name, XDG path)
+    value = f.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if value == () and typing.get_args(tp)[0] == tuple[str, str]:
+        return "`{}`"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
+    return f'`"{value}"`' if isinstance(value, str) else f"`{value}`"
+
+
+def reference_markdown(cls: type[Any], path: tuple[str, ...] = ()) -> str:
+    """Markdown tables of every setting of ``cls``, one per ``[section]``.
+
+    Each row: the TOML key, its environment variable, type, default and the
+    docstring under the field (docs/configuration.md is generated from this).
+    """
+    docs = field_docs(cls)
+    rows: list[str] = []
+    sections: list[str] = []
+    for name, tp, f in schema_fields(cls):
+        if _is_section(tp):
+            sections.append(reference_markdown(tp, (*path, name)))
+            continue
+        env = ENV_PREFIX + "_".join((*path, name)).upper()
+        doc = _markdown(docs.get(name, ""))
+        rows.append(f"| `{name}` | `{env}` | {_type_name(tp)} | {_default(f, tp)} | {doc} |")
+    title = f"### `[{'.'.join(path)}]`" if path else "### Top level"
+    head = "| setting | environment | type | default | meaning |\n|---|---|---|---|---|"
+    table = f"{title}\n\n{head}\n" + "\n".join(rows) + "\n" if rows else ""
+    return "\n".join([table, *sections]) if table else "\n".join(sections)

@@ -14,12 +14,8 @@ from ._config import ShieldConfig
 def temporal_tls(config: ShieldConfig) -> TLSConfig | None:
     """The SDK TLS settings for connecting to the Temporal frontend, or ``None``.
 
-    Example::
-
-        config = load_config()
-        client = await Client.connect(
-            address, tls=temporal_tls(config) or False, plugins=[ShieldPlugin(config)]
-        )
+    Most callers want :func:`client_connect_config`, which also reads the SDK's
+    ``envconfig`` (``TEMPORAL_ADDRESS``, ``TEMPORAL_TLS_*``, profiles) and uses this.
 
     Raises:
         ConfigError: ``dir`` is not a folder or holds none of the files, a named

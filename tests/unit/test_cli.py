@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from temporal_shield._main import describe, parser
+from temporal_shield._main import describe, expected, parser
 from temporal_shield.codec import ConfigError, Keyring
 
 SCRIPT = str(Path(sys.executable).with_name("temporal-shield"))
@@ -162,3 +162,12 @@ def test_describe_gives_one_line_without_secrets_of_ours() -> None:
     )
     assert describe(ValueError()) == "ValueError"
     assert describe(ValueError("odd")) == "ValueError: odd"
+
+
+def test_operating_failures_are_expected_and_bugs_are_not() -> None:
+    assert expected(ConfigError("x"))
+    assert expected(PermissionError(13, "Permission denied"))
+    assert expected(RuntimeError("Failed client connect: Server connection error"))
+    assert expected(ModuleNotFoundError("No module named 'aiohttp'", name="aiohttp"))
+    assert not expected(KeyError("bug"))
+    assert not expected(RuntimeError("something else"))

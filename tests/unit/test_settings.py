@@ -228,3 +228,45 @@ def test_xdg_config_home_sets_keyring_and_default_file(tmp_path: Path) -> None:
     (xdg / "temporal-shield" / "shield.toml").write_text("[server]\ninsecure_dev = true\n")
     server, _ = load_server_config(env={"XDG_CONFIG_HOME": str(xdg)})
     assert server.insecure_dev is True
+
+
+DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def test_configuration_doc_lists_every_setting_as_generated() -> None:
+    from temporal_shield.server._config import REFERENCE_BEGIN, REFERENCE_END, settings_reference
+
+    text = DOCS.read_text()
+    block = text.split(REFERENCE_BEGIN)[1].split(REFERENCE_END)[0]
+    assert block.strip() == settings_reference().strip(), (
+        "docs/configuration.md is stale: run update_reference (see the doc)"
+    )
+    for name in {*ENV_VARS, *SERVER_ENV}:
+        assert f"`{name}`" in block, name
+    for old, new in DEPRECATED_ENV.items():
+        assert f"| `{old}` | `{new}` |" in block
+
+
+def test_every_field_has_a_docstring_for_the_reference() -> None:
+    from temporal_shield.converter._settings import field_docs
+
+    def walk(cls: type[Any]) -> None:
+        docs = field_docs(cls)
+        for name, tp, _ in schema_fields(cls):
+            assert docs.get(name), f"{cls.__name__}.{name} has no docstring"
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                walk(tp)
+
+    walk(ShieldConfig)
+    walk(ServerConfig)
+
+
+def test_the_documented_example_file_loads_on_both_sides(tmp_path: Path) -> None:
+    text = DOCS.read_text().split("## Example\n\n```toml\n")[1].split("```")[0]
+    path = tmp_path / "shield.toml"
+    path.write_text(text)
+    worker = load_config(path, env={})
+    assert worker.tls.server_name == "temporal-frontend"
+    server, shield = load_server_config(path, env={})
+    assert server.auth.issuer == "https://idp.example.com/"
+    assert shield == worker
