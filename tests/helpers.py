@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from temporal_shield.codec import (
+    AwsSettings,
     ConfigError,
     DecryptionError,
     GeneratedDataKey,
     KeyProvider,
     KeyProviderError,
+    KeyProviderFactory,
     Keyring,
     LocalKeyProvider,
 )
@@ -101,4 +103,30 @@ class FakeClock:
         return self.now
 
 
-__all__ = ["ConfigError", "FakeClock", "FakeKms", "make_keyring", "require"]
+class VaultFactory(KeyProviderFactory):
+    """A third-party key provider factory: ``vault://NAME`` -> a :class:`FakeKms` per name."""
+
+    scheme = "vault://"
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, object]] = []
+        self.kms: dict[str, FakeKms] = {}
+
+    def create(
+        self,
+        uri: str,
+        *,
+        decrypt_only: bool,
+        allowed_key_ids: tuple[str, ...],
+        aws: AwsSettings | None,
+    ) -> KeyProvider:
+        name = uri[len(self.scheme) :]
+        if not name:
+            raise ConfigError("vault:// URI needs a key name")
+        self.created.append(
+            {"uri": uri, "decrypt_only": decrypt_only, "allowed": allowed_key_ids, "aws": aws}
+        )
+        return self.kms.setdefault(name, FakeKms(f"vault:{name}"))
+
+
+__all__ = ["ConfigError", "FakeClock", "FakeKms", "VaultFactory", "make_keyring", "require"]

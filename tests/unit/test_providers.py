@@ -34,33 +34,7 @@ from temporal_shield.converter import (
     shield_codec,
 )
 
-from ..helpers import FakeKms
-
-
-class VaultFactory(KeyProviderFactory):
-    """A stand-in for a third-party provider: ``vault://NAME`` -> an in-memory KMS."""
-
-    scheme = "vault://"
-
-    def __init__(self) -> None:
-        self.created: list[dict[str, Any]] = []
-        self.providers: dict[str, FakeKms] = {}
-
-    def create(
-        self,
-        uri: str,
-        *,
-        decrypt_only: bool,
-        allowed_key_ids: tuple[str, ...],
-        aws: AwsSettings | None,
-    ) -> KeyProvider:
-        name = uri[len(self.scheme) :]
-        if not name:
-            raise ConfigError("vault:// URI needs a key name")
-        self.created.append(
-            {"uri": uri, "decrypt_only": decrypt_only, "allowed": allowed_key_ids, "aws": aws}
-        )
-        return self.providers.setdefault(name, FakeKms(f"vault:{name}"))
+from ..helpers import FakeKms, VaultFactory
 
 
 @pytest.fixture
@@ -126,7 +100,7 @@ async def test_registered_factory_is_reached_from_the_config(vault: VaultFactory
     codec = build_codec(config)
     (sealed,) = await codec.encode([_plain("x")])
     assert sealed.metadata["encryption-key-id"] == b"vault:payments"
-    assert vault.providers["payments"].generate_calls == 1
+    assert vault.kms["payments"].generate_calls == 1
     assert (await codec.decode([sealed]))[0].data == b'"x"'
 
 
