@@ -190,15 +190,15 @@ def _shield_command(kind: str, port: int, workdir: Path, workers: int) -> list[s
 
 
 def _shield_env(kind: str, workdir: Path) -> dict[str, str]:
-    env = {**os.environ, "TEMPORAL_SHIELD_KEY_URI": f"local://{workdir / 'keyring.json'}"}
+    env = {**os.environ, "TEMPORAL_SHIELD_KEYS_URI": f"local://{workdir / 'keyring.json'}"}
     if kind == "shield-insecure":
         return env
     return {
         **env,
         "TEMPORAL_SHIELD_SERVER_POLICY_FILE": str(workdir / "policy.yaml"),
-        "TEMPORAL_SHIELD_SERVER_JWT_ISSUER": ISSUER,
-        "TEMPORAL_SHIELD_SERVER_JWT_AUDIENCE": AUDIENCE,
-        "TEMPORAL_SHIELD_SERVER_JWT_PUBLIC_KEY_FILES": str(workdir / "idp.pem"),
+        "TEMPORAL_SHIELD_SERVER_AUTH_ISSUER": ISSUER,
+        "TEMPORAL_SHIELD_SERVER_AUTH_AUDIENCE": AUDIENCE,
+        "TEMPORAL_SHIELD_SERVER_AUTH_PUBLIC_KEY_FILES": str(workdir / "idp.pem"),
         # A fresh chain per start (with several workers: audit-N-w0.jsonl, ...).
         "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(workdir / f"audit-{next(_STARTS)}.jsonl"),
     }

@@ -66,9 +66,9 @@ async def test_rotate_rewrap_retire_keeps_every_object_readable(
         check=False,
         env={
             **os.environ,
-            "TEMPORAL_SHIELD_KEY_URI": f"local://{ring}",
-            "TEMPORAL_SHIELD_S3_BUCKET": bucket,
-            "TEMPORAL_SHIELD_S3_ENDPOINT_URL": aws_env["endpoint_url"],
+            "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+            "TEMPORAL_SHIELD_STORAGE_S3_BUCKET": bucket,
+            "TEMPORAL_SHIELD_STORAGE_S3_ENDPOINT_URL": aws_env["endpoint_url"],
         },
     )
     assert cli.returncode == 0, cli.stderr

@@ -151,6 +151,6 @@ def test_allow_insecure_jwks_url_from_toml_and_environment(
     with pytest.raises(ConfigError, match="allow_insecure_jwks_url"):
         load_server_config(path, env={})
     server, _ = load_server_config(
-        path, env={"TEMPORAL_SHIELD_SERVER_ALLOW_INSECURE_JWKS_URL": "true"}
+        path, env={"TEMPORAL_SHIELD_SERVER_AUTH_ALLOW_INSECURE_JWKS_URL": "true"}
     )
     assert server.auth.allow_insecure_jwks_url

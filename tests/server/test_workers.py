@@ -197,7 +197,7 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
         metrics = free_port()
     env = {
         **os.environ,
-        "TEMPORAL_SHIELD_KEY_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
         "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(logs / "audit.jsonl"),
         "TEMPORAL_SHIELD_SERVER_AUDIT_REPLICA_ID": "pod-0",
         "TEMPORAL_SHIELD_SERVER_AUDIT_SIGNING_KEY": f"ed25519://{private}",
@@ -266,7 +266,7 @@ def _serve_two_workers(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_worker_that_cannot_start_stops_the_supervisor_with_2(tmp_path: Path) -> None:
-    out = _serve_two_workers({"TEMPORAL_SHIELD_KEY_URI": f"local://{tmp_path / 'missing.json'}"})
+    out = _serve_two_workers({"TEMPORAL_SHIELD_KEYS_URI": f"local://{tmp_path / 'missing.json'}"})
     assert out.returncode == 2
     assert "could not start" in out.stderr
 
@@ -275,7 +275,7 @@ def test_stdout_as_the_only_audit_sink_is_refused_with_workers(tmp_path: Path) -
     ring = tmp_path / "keyring.json"
     Keyring.new().save(ring)
     out = _serve_two_workers(
-        {"TEMPORAL_SHIELD_KEY_URI": f"local://{ring}", "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "1"}
+        {"TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}", "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "1"}
     )
     assert out.returncode == 2
     assert "only audit sink" in out.stderr

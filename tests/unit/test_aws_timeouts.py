@@ -90,16 +90,16 @@ def test_timeouts_come_from_toml_and_environment(tmp_path: Path) -> None:
     config = load_config(
         path,
         env={
-            "TEMPORAL_SHIELD_KMS_CONNECT_TIMEOUT": "0.5",
-            "TEMPORAL_SHIELD_KMS_MAX_ATTEMPTS": "4",
-            "TEMPORAL_SHIELD_S3_CONNECT_TIMEOUT": "1",
-            "TEMPORAL_SHIELD_S3_READ_TIMEOUT": "9",
+            "TEMPORAL_SHIELD_KEYS_KMS_CONNECT_TIMEOUT": "0.5",
+            "TEMPORAL_SHIELD_KEYS_KMS_MAX_ATTEMPTS": "4",
+            "TEMPORAL_SHIELD_STORAGE_S3_CONNECT_TIMEOUT": "1",
+            "TEMPORAL_SHIELD_STORAGE_S3_READ_TIMEOUT": "9",
         },
     )
     assert config.keys.aws == AwsSettings(connect_timeout=0.5, read_timeout=7.5, max_attempts=4)
     assert config.storage.aws == AwsSettings(connect_timeout=1, read_timeout=9, max_attempts=5)
     with pytest.raises(ConfigError):
-        load_config(env={"TEMPORAL_SHIELD_KMS_READ_TIMEOUT": "0"})
+        load_config(env={"TEMPORAL_SHIELD_KEYS_KMS_READ_TIMEOUT": "0"})
 
 
 class _Built(Exception):
@@ -129,8 +129,8 @@ def test_every_aws_client_gets_the_shared_config(
         raise _Built
 
     monkeypatch.setattr(boto3, "client", client)
-    monkeypatch.setenv("TEMPORAL_SHIELD_S3_READ_TIMEOUT", "3")  # for the CLI
-    monkeypatch.setenv("TEMPORAL_SHIELD_KEY_URI", f"local://{tmp_path / 'ring.json'}")
+    monkeypatch.setenv("TEMPORAL_SHIELD_STORAGE_S3_READ_TIMEOUT", "3")  # for the CLI
+    monkeypatch.setenv("TEMPORAL_SHIELD_KEYS_URI", f"local://{tmp_path / 'ring.json'}")
     with pytest.raises(_Built):
         build()
     (kwargs,) = made
