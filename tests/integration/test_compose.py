@@ -323,6 +323,12 @@ async def test_applying_the_plugin_twice_encrypts_once(
     )
     replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert replayed.replay_failure is None
+    # Under the SDK's default replay namespace the payloads do not authenticate.
+    elsewhere = Replayer(
+        workflows=[ShoutWorkflow], data_converter=again.data_converter, plugins=[plugin]
+    )
+    failed = await elsewhere.replay_workflow(history, raise_on_replay_failure=False)
+    assert failed.replay_failure is not None
 
 
 # -- a custom key provider -----------------------------------------------------------
