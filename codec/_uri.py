@@ -163,6 +163,7 @@ def provider_from_uri(
     """
     if not isinstance(uri, str) or not uri:
         raise ConfigError(f"a key URI must be a non-empty string, not {uri!r}")
+    _check_factories(factories)
     candidates = (*factories, *registered_key_providers())
     for factory in candidates:
         if _supports(factory, uri):
@@ -175,6 +176,20 @@ def provider_from_uri(
             )
     schemes = ", ".join(dict.fromkeys(_scheme(f) for f in candidates)) or "none"
     raise ConfigError(f"unsupported key URI {uri!r}: no key provider for it (available: {schemes})")
+
+
+def _check_factories(factories: object) -> None:
+    """Programming errors in the ``factories`` argument are TypeErrors, like registration."""
+    if isinstance(factories, KeyProviderFactory | str | bytes) or not isinstance(
+        factories, Sequence
+    ):
+        raise TypeError(
+            f"key provider factories must be a list of KeyProviderFactory, not "
+            f"{type(factories).__name__}"
+        )
+    for factory in factories:
+        if not isinstance(factory, KeyProviderFactory):
+            raise TypeError(f"not a KeyProviderFactory: {type(factory).__name__}")
 
 
 def _supports(factory: KeyProviderFactory, uri: str) -> bool:

@@ -162,6 +162,12 @@ def test_a_built_in_can_be_unregistered(keyring_path: Path) -> None:
     assert isinstance(provider_from_uri(f"local://{keyring_path}"), LocalKeyProvider)
 
 
+@pytest.mark.parametrize("factories", [VaultFactory(), "vault://", [object()], None])
+def test_factories_that_are_not_a_list_of_factories_are_type_errors(factories: Any) -> None:
+    with pytest.raises(TypeError, match="KeyProviderFactory"):
+        provider_from_uri("vault://x", factories=factories)
+
+
 def test_registering_something_else_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="KeyProviderFactory"):
         register_key_provider(object())  # type: ignore[arg-type]
