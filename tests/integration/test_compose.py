@@ -86,9 +86,13 @@ async def _raw_payloads(dev_server: DevServer, workflow_id: str) -> tuple[bytes,
     return b"".join(e.SerializeToString() for e in history.events), payloads
 
 
-async def _shout(client: Client, text: str) -> tuple[str, str]:
+async def _shout(
+    client: Client, text: str, *, plugins: Sequence[ShieldPlugin] = ()
+) -> tuple[str, str]:
     queue = f"compose-{uuid.uuid4().hex[:8]}"
-    async with Worker(client, task_queue=queue, workflows=[ShoutWorkflow], activities=[shout]):
+    async with Worker(
+        client, task_queue=queue, workflows=[ShoutWorkflow], activities=[shout], plugins=plugins
+    ):
         result = await client.execute_workflow(ShoutWorkflow.run, text, id=queue, task_queue=queue)
     return queue, result
 
@@ -300,7 +304,9 @@ async def test_applying_the_plugin_twice_encrypts_once(
         plugins=[ShieldPlugin(_config(keyring_path))],
     )
     assert isinstance(third.data_converter.payload_codec, ShieldCodec)
-    queue, result = await _shout(third, mark("twice"))
+    # A worker given the plugin again as well (the SDK warns) changes nothing either.
+    with pytest.warns(UserWarning, match="same plugin type"):
+        queue, result = await _shout(third, mark("twice"), plugins=[plugin])
     assert result == mark("twice").upper()
 
     raw, payloads = await _raw_payloads(dev_server, queue)
