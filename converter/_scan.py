@@ -1,75 +1,139 @@
 """Encryption-coverage scan: which payloads in a namespace's histories are not encrypted.
 
 Reads raw histories (no codec), event by event, and never keeps or prints payload
-contents: only where each payload sits (event type and field), whether it is
-temporal-shield ciphertext, and — from the unencrypted header of ciphertexts —
-which KEK ids and classification labels are in use.
+contents: only where each payload sits (event type and field), which category it
+falls in, and — from the unencrypted header of our ciphertexts — which KEK ids and
+classification labels are in use.
+
+Categories (see ``docs/scan.md``):
+
+* **encrypted** — a temporal-shield envelope (:func:`temporal_shield.codec.is_envelope`:
+  magic, version and a well-formed header), whatever the label says;
+* **foreign encryption** — labelled ``binary/encrypted`` and shaped like ciphertext
+  (at least a 12-byte nonce and a 16-byte tag, not text) but not our envelope, e.g.
+  Temporal's sample codec;
+* **plaintext** — everything else that carries application data, including a
+  ``binary/encrypted`` label on bytes that are not ciphertext (a forged label);
+* **written by Temporal** — items the SDK or the server writes in every namespace
+  and that provably hold no application data (recognised by their exact shape);
+* **search attributes** — plaintext by design (the server indexes them).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import sys
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from temporal_shield.codec import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA
+from temporal_shield.codec import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, is_envelope
 
 from ._history import iter_messages
 
-_INDEX = re.compile(r"\[[^\]]*\]")
+# List indices collapse (one row per field, not per element); map keys are kept
+# (`details[data]`, `fields[note]`) because they say what the field holds.
+_LIST_INDEX = re.compile(r"\[\d+\]")
 ENCODED_FAILURE_MESSAGE = "Encoded failure"
 """What ``DefaultFailureConverterWithEncodedAttributes`` leaves in clear."""
 
+Location = tuple[str, str]
+"""(event type without ``EVENT_TYPE_``, field path)."""
+TemporalLocation = tuple[str, str, str]
+"""(event type, field path, what Temporal wrote there)."""
 
-def _where(event_type: int, path: str) -> tuple[str, str]:
+PLAINTEXT = "plaintext"
+FOREIGN = "foreign_encryption"
+TEMPORAL = "temporal_written"
+SEARCH = "search_attributes"
+_CATEGORIES = (PLAINTEXT, FOREIGN, TEMPORAL, SEARCH)
+
+
+def _where(event_type: int, path: str) -> Location:
     name = EventType.Name(EventType.ValueType(event_type)).removeprefix("EVENT_TYPE_")
-    return name, _INDEX.sub("[]", path)
+    return name, _LIST_INDEX.sub("[]", path)
 
 
 @dataclass
 class ScanReport:
-    """Counts only; safe to print, log and store."""
+    """Counts only; safe to print, log and store.
+
+    ``as_json`` and ``from_json`` are exact inverses, and ``merge`` adds two
+    reports, so partial reports can travel (activities, heartbeats) and be folded.
+    """
 
     namespace: str
     workflows: int = 0
     events: int = 0
     payloads: int = 0
+    """Payload messages seen (failure texts are not payloads)."""
     encrypted: int = 0
-    plaintext: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """Unencrypted payloads and failure texts by (event type, field)."""
-    search_attributes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Payloads that are temporal-shield envelopes."""
+    plaintext: Counter[Location] = field(default_factory=Counter)
+    """Unencrypted application payloads and failure texts by (event type, field)."""
+    foreign_encryption: Counter[Location] = field(default_factory=Counter)
+    """``binary/encrypted`` ciphertext that is not ours (e.g. Temporal's sample codec)."""
+    temporal_written: Counter[TemporalLocation] = field(default_factory=Counter)
+    """Plaintext written by the SDK or server with no application data in it."""
+    search_attributes: Counter[Location] = field(default_factory=Counter)
     """Search attributes: plaintext by design (the server indexes them)."""
     key_ids: Counter[str] = field(default_factory=Counter)
     classifications: Counter[str] = field(default_factory=Counter)
-    first_seen: dict[tuple[str, str], str] = field(default_factory=dict)
-    """A workflow id where each plaintext location was first seen."""
+    first_seen: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """``(category, *location)`` → a workflow id where it was first seen."""
 
     @property
     def clean(self) -> bool:
-        """No plaintext besides search attributes."""
-        return not self.plaintext
+        """Nothing but our ciphertext, Temporal-written items and search attributes."""
+        return not self.plaintext and not self.foreign_encryption
+
+    def count(self, category: str, location: tuple[str, ...], workflow_id: str) -> None:
+        """Count one item of ``category`` at ``location`` (remembering a first example)."""
+        counter: Counter[Any] = getattr(self, category)
+        counter[location] += 1
+        self.first_seen.setdefault((category, *location), workflow_id)
+
+    def merge(self, other: ScanReport) -> None:
+        """Add every count of ``other`` to this report.
+
+        Examples already known are kept, so folding per-run reports in visibility
+        order gives exactly the report a sequential scan gives.
+        """
+        self.workflows += other.workflows
+        self.events += other.events
+        self.payloads += other.payloads
+        self.encrypted += other.encrypted
+        for name in _CATEGORIES:
+            counter: Counter[Any] = getattr(self, name)
+            counter.update(getattr(other, name))
+        self.key_ids.update(other.key_ids)
+        self.classifications.update(other.classifications)
+        for key, workflow_id in other.first_seen.items():
+            self.first_seen.setdefault(key, workflow_id)
 
     def as_json(self) -> dict[str, Any]:
-        """A JSON-serialisable form of the report."""
+        """A JSON-serialisable form of the report (inverse: :meth:`from_json`)."""
 
-        def rows(counter: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
-            return [
-                {
-                    "event_type": e,
-                    "field": f,
-                    "count": n,
-                    "example_workflow_id": self.first_seen.get((e, f), ""),
-                }
-                for (e, f), n in sorted(counter.items())
-            ]
+        def rows(category: str) -> list[dict[str, Any]]:
+            counter: Counter[Any] = getattr(self, category)
+            out = []
+            for location, n in sorted(counter.items()):
+                row: dict[str, Any] = {"event_type": location[0], "field": location[1]}
+                if category == TEMPORAL:
+                    row["kind"] = location[2]
+                row["count"] = n
+                row["example_workflow_id"] = self.first_seen.get((category, *location), "")
+                out.append(row)
+            return out
 
         return {
             "namespace": self.namespace,
@@ -78,11 +142,33 @@ class ScanReport:
             "payloads": self.payloads,
             "encrypted": self.encrypted,
             "clean": self.clean,
-            "plaintext": rows(self.plaintext),
-            "search_attributes": rows(self.search_attributes),
-            "key_ids": dict(self.key_ids),
-            "classifications": dict(self.classifications),
+            **{name: rows(name) for name in _CATEGORIES},
+            "key_ids": dict(sorted(self.key_ids.items())),
+            "classifications": dict(sorted(self.classifications.items())),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScanReport:
+        """Rebuild a report from :meth:`as_json` output (``clean`` is recomputed)."""
+        report = cls(
+            namespace=str(data["namespace"]),
+            workflows=int(data["workflows"]),
+            events=int(data["events"]),
+            payloads=int(data["payloads"]),
+            encrypted=int(data["encrypted"]),
+            key_ids=Counter({str(k): int(n) for k, n in data["key_ids"].items()}),
+            classifications=Counter({str(k): int(n) for k, n in data["classifications"].items()}),
+        )
+        for category in _CATEGORIES:
+            counter: Counter[Any] = getattr(report, category)
+            for row in data.get(category, []):
+                location: tuple[str, ...] = (str(row["event_type"]), str(row["field"]))
+                if category == TEMPORAL:
+                    location += (str(row["kind"]),)
+                counter[location] += int(row["count"])
+                if row.get("example_workflow_id"):
+                    report.first_seen[(category, *location)] = str(row["example_workflow_id"])
+        return report
 
     def as_table(self) -> str:
         """A human-readable table."""
@@ -90,16 +176,27 @@ class ScanReport:
             f"namespace {self.namespace}: {self.workflows} workflow runs, {self.events} events, "
             f"{self.payloads} payloads, {self.encrypted} encrypted by temporal-shield",
         ]
-        if self.plaintext:
-            lines.append("\nNOT ENCRYPTED (event type / field: count, example workflow id)")
-            for (e, f), n in sorted(self.plaintext.items()):
-                lines.append(f"  {e:<45} {f:<60} {n:>6}  {self.first_seen.get((e, f), '')}")
-        else:
-            lines.append("\nevery payload and failure message is encrypted")
-        if self.search_attributes:
-            lines.append("\nsearch attributes (plaintext by design; keep PII out of them)")
-            for (e, f), n in sorted(self.search_attributes.items()):
-                lines.append(f"  {e:<45} {f:<60} {n:>6}")
+
+        def section(category: str, title: str) -> None:
+            counter: Counter[Any] = getattr(self, category)
+            if not counter:
+                return
+            lines.append(f"\n{title}")
+            for location, n in sorted(counter.items()):
+                e, f = location[0], location[1]
+                kind = f" [{location[2]}]" if category == TEMPORAL else ""
+                example = self.first_seen.get((category, *location), "")
+                lines.append(f"  {e:<40} {f + kind:<70} {n:>6}  {example}")
+
+        section(PLAINTEXT, "NOT ENCRYPTED (event type / field: count, example workflow id)")
+        section(
+            FOREIGN,
+            "ENCRYPTED BY ANOTHER CODEC (binary/encrypted, not a temporal-shield envelope)",
+        )
+        if self.clean:
+            lines.append("\nevery payload and failure message is encrypted by temporal-shield")
+        section(TEMPORAL, "written by Temporal, no application data")
+        section(SEARCH, "search attributes (plaintext by design; keep PII out of them)")
         if self.key_ids:
             lines.append("\nkey ids in use")
             lines += [f"  {k:<60} {n:>6}" for k, n in self.key_ids.most_common()]
@@ -109,31 +206,148 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def _inspect(report: ScanReport, workflow_id: str, event: Any) -> None:
+# --- what Temporal writes itself -------------------------------------------------
+
+_LOCAL_ACTIVITY_MARKER = "core_local_activity"
+_PATCH_MARKER = "core_patch"
+# The SDK core's LocalActivityMarkerData (sdk-core, serialised with serde_json):
+# every key and the JSON types it may have.
+_LOCAL_ACTIVITY_KEYS: dict[str, tuple[type, ...]] = {
+    "seq": (int,),
+    "attempt": (int,),
+    "activity_id": (str,),
+    "activity_type": (str,),
+    "complete_time": (dict, type(None)),
+    "backoff": (dict, type(None)),
+    "original_schedule_time": (dict, type(None)),
+}
+_TIMESTAMP_KEYS = {"seconds", "nanos"}
+
+
+def _json_object(payload: Payload) -> dict[str, Any] | None:
+    """The payload's JSON object if it is exactly ``json/plain`` with no other metadata."""
+    if set(payload.metadata) != {"encoding"} or payload.metadata["encoding"] != b"json/plain":
+        return None
+    try:
+        value = json.loads(payload.data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_local_activity_data(payload: Payload) -> bool:
+    value = _json_object(payload)
+    if value is None or not set(value) <= set(_LOCAL_ACTIVITY_KEYS):
+        return False
+    if not {"seq", "attempt", "activity_id", "activity_type"} <= set(value):
+        return False
+    for key, item in value.items():
+        types = _LOCAL_ACTIVITY_KEYS[key]
+        if int in types and not _is_int(item):
+            return False
+        if not isinstance(item, types):
+            return False
+        if isinstance(item, dict) and not (
+            set(item) <= _TIMESTAMP_KEYS and all(_is_int(v) for v in item.values())
+        ):
+            return False
+    return True
+
+
+def _is_patch_data(payload: Payload) -> bool:
+    value = _json_object(payload)
+    return (
+        value is not None
+        and set(value) == {"id", "deprecated"}
+        and isinstance(value["id"], str)
+        and isinstance(value["deprecated"], bool)
+    )
+
+
+def _marker_item(event: HistoryEvent, path: str, payload: Payload) -> str | None:
+    """What Temporal wrote at ``path`` of a marker event, or ``None`` if not provably Temporal's."""
+    if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+        return None
+    marker = event.marker_recorded_event_attributes
+    if path != "marker_recorded_event_attributes.details[data].payloads[0]":
+        return None
+    if len(marker.details["data"].payloads) != 1:
+        return None
+    if marker.marker_name == _LOCAL_ACTIVITY_MARKER and _is_local_activity_data(payload):
+        return "local activity marker"
+    if marker.marker_name == _PATCH_MARKER and _is_patch_data(payload):
+        return "patch marker"
+    return None
+
+
+# Server-authored timeout failures (service/history/workflow/util.go and
+# timer_queue_active_task_executor.go in temporalio/temporal): message is
+# "activity <TimeoutType> timeout" with the type spelled as the enum's Go name.
+_SERVER_TIMEOUT_MESSAGES = {
+    f"activity {kind} timeout": f"server {kind} timeout"
+    for kind in ("StartToClose", "ScheduleToStart", "ScheduleToClose", "Heartbeat")
+}
+
+
+def _server_failure(failure: Failure) -> str | None:
+    """What the server wrote, if ``failure`` is exactly a server-authored timeout failure."""
+    if not failure.HasField("timeout_failure_info"):
+        return None
+    kind = _SERVER_TIMEOUT_MESSAGES.get(failure.message)
+    if kind is None or failure.stack_trace or failure.HasField("encoded_attributes"):
+        return None
+    if failure.source not in ("", "Server"):
+        return None
+    # A heartbeat timeout carries the last heartbeat details: application data,
+    # inspected (and counted) as payloads on their own.
+    return kind
+
+
+def _inspect(report: ScanReport, workflow_id: str, event: HistoryEvent) -> None:
     report.events += 1
     for path, message in iter_messages(event, (Payload, Failure)):
-        where = _where(event.event_type, path)
         if isinstance(message, Failure):
             _inspect_failure(report, workflow_id, event.event_type, path, message)
             continue
         assert isinstance(message, Payload)
-        _inspect_payload(report, workflow_id, where, message)
+        kind = _marker_item(event, path, message)
+        if kind is not None:
+            report.payloads += 1
+            report.count(TEMPORAL, (*_where(event.event_type, path), kind), workflow_id)
+            continue
+        _inspect_payload(report, workflow_id, _where(event.event_type, path), message)
+
+
+def _looks_like_ciphertext(data: bytes) -> bool:
+    """At least a nonce and a tag, and not text (ciphertext is almost never valid UTF-8)."""
+    if len(data) < 12 + 16:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _inspect_payload(
-    report: ScanReport, workflow_id: str, where: tuple[str, str], payload: Payload
+    report: ScanReport, workflow_id: str, where: Location, payload: Payload
 ) -> None:
     report.payloads += 1
     if "search_attributes" in where[1]:
-        report.search_attributes[where] += 1
-    elif payload.metadata.get("encoding") == ENCODING:
+        report.count(SEARCH, where, workflow_id)
+    elif is_envelope(payload.data):
         report.encrypted += 1
         report.key_ids[payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")] += 1
         label = payload.metadata.get(CLASSIFICATION_METADATA, b"").decode(errors="replace")
         report.classifications[label or "unclassified"] += 1
+    elif payload.metadata.get("encoding") == ENCODING and _looks_like_ciphertext(payload.data):
+        report.count(FOREIGN, where, workflow_id)
     else:
-        report.plaintext[where] += 1
-        report.first_seen.setdefault(where, workflow_id)
+        report.count(PLAINTEXT, where, workflow_id)
 
 
 def _inspect_failure(
@@ -146,8 +360,11 @@ def _inspect_failure(
         _inspect_payload(report, workflow_id, where, failure.encoded_attributes)
     elif failure.message or failure.stack_trace:
         where = _where(event_type, f"{path}.message")
-        report.plaintext[where] += 1
-        report.first_seen.setdefault(where, workflow_id)
+        kind = _server_failure(failure)
+        if kind is not None:
+            report.count(TEMPORAL, (*where, kind), workflow_id)
+        else:
+            report.count(PLAINTEXT, where, workflow_id)
     for sub_path, payload in iter_messages(failure, (Payload,), path):
         if sub_path.endswith("encoded_attributes") or sub_path.startswith(f"{path}.cause"):
             continue  # counted above, or by the recursion into the cause below
@@ -157,34 +374,92 @@ def _inspect_failure(
         _inspect_failure(report, workflow_id, event_type, f"{path}.cause", failure.cause)
 
 
+# --- scanning ----------------------------------------------------------------------
+
+
+async def scan_run(client: Client, report: ScanReport, workflow_id: str, run_id: str) -> None:
+    """Scan one run's raw history into ``report`` (streamed event by event).
+
+    Args:
+        client: A client **without** the temporal-shield codec (raw payloads).
+        report: Where the counts go; ``workflows`` is incremented once.
+        workflow_id: The run's workflow id.
+        run_id: The run to read (not the latest run of the id).
+    """
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    async for event in handle.fetch_history_events():
+        _inspect(report, workflow_id, event)
+    report.workflows += 1
+
+
+async def _runs(client: Client, query: str | None, limit: int | None) -> AsyncIterator[Any]:
+    listed = 0
+    async for execution in client.list_workflows(query or None, page_size=100):
+        if limit is not None and listed >= limit:
+            return
+        listed += 1
+        yield execution
+
+
 async def scan(
     client: Client,
     *,
     query: str | None = None,
     limit: int | None = None,
+    concurrency: int = 1,
     progress: Callable[[ScanReport], None] | None = None,
 ) -> ScanReport:
     """Scan the raw histories of the workflow runs ``query`` selects.
 
-    Memory stays bounded: runs are paged from visibility and each history is
-    streamed event by event.
+    Up to ``concurrency`` histories are read at once, fed from the visibility
+    pager; per-run reports are folded in visibility order, so the result is the
+    same as a sequential scan's. Memory stays bounded: at most ``concurrency``
+    runs are in flight and each history is streamed event by event.
 
     Args:
         client: A client **without** the temporal-shield codec (raw payloads).
         query: Visibility query (default: every run in the namespace).
         limit: Stop after this many runs.
-        progress: Called after each run (e.g. to draw a progress line).
+        concurrency: Histories read at once (1 = sequential).
+        progress: Called after each run is folded (e.g. to draw a progress line).
+
+    Raises:
+        ValueError: ``concurrency`` or ``limit`` is below 1 / 0.
     """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must not be negative, not {limit}")
     report = ScanReport(namespace=client.namespace)
-    async for execution in client.list_workflows(query or None, page_size=100):
-        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
-        async for event in handle.fetch_history_events():
-            _inspect(report, execution.id, event)
-        report.workflows += 1
+
+    def fold(one: ScanReport) -> None:
+        report.merge(one)
         if progress is not None:
             progress(report)
-        if limit is not None and report.workflows >= limit:
-            break
+
+    fetchers = asyncio.Semaphore(concurrency)
+
+    async def one(execution: Any) -> ScanReport:
+        single = ScanReport(namespace=client.namespace)
+        async with fetchers:
+            await scan_run(client, single, execution.id, execution.run_id)
+        return single
+
+    # A window of tasks in visibility order, twice as long as the fetchers are
+    # many: a slow run at its head does not idle the other fetchers, the oldest
+    # is folded before a new one is listed once the window is full (bounded
+    # memory), and folding in list order keeps the report deterministic.
+    window: deque[asyncio.Task[ScanReport]] = deque()
+    try:
+        async for execution in _runs(client, query, limit):
+            if len(window) >= 2 * concurrency:
+                fold(await window.popleft())
+            window.append(asyncio.create_task(one(execution)))
+        while window:
+            fold(await window.popleft())
+    finally:
+        for task in window:
+            task.cancel()
     return report
 
 

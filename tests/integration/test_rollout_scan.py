@@ -60,7 +60,7 @@ async def test_workflow_started_before_encryption_completes_after_switch(
             "workflow_execution_started_event_attributes.input.payloads[]",
         ): 1
     }
-    assert report.first_seen[next(iter(report.plaintext))] == queue
+    assert report.first_seen[("plaintext", *next(iter(report.plaintext)))] == queue
     # ...the new ones (signal, result) as encrypted under the keyring's key.
     assert report.encrypted == 2
     assert set(report.key_ids) == {f"local:{Keyring.load(ring).primary}"}

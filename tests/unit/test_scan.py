@@ -1,44 +1,81 @@
-"""The coverage scan's classification of history fields (synthetic events)."""
+"""The coverage scan's classification of history fields (synthetic events) and its report."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.history.v1 import HistoryEvent
 
+from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
 from temporal_shield.converter._scan import ScanReport, _inspect
 
+LA_DATA = {
+    "seq": 1,
+    "attempt": 1,
+    "activity_id": "1",
+    "activity_type": "charge",
+    "complete_time": {"seconds": 1700000000, "nanos": 5},
+    "backoff": None,
+    "original_schedule_time": {"seconds": 1700000000, "nanos": 1},
+}
 
-def _encrypted() -> Payload:
-    return Payload(
-        metadata={
-            "encoding": b"binary/encrypted",
-            "encryption-key-id": b"local:k-1",
-            "temporal-shield-classification": b"phi",
-        },
-        data=b"\x00",
+
+@pytest.fixture
+async def encrypted(keyring_path: Path) -> Payload:
+    codec = build_codec(
+        ShieldConfig(
+            keys=KeysConfig(uri=f"local://{keyring_path}"),
+            classification=ClassificationConfig(default="phi"),
+        )
     )
+    [payload] = await codec.encode([_json("secret")])
+    return payload
 
 
-def test_failures_search_attributes_and_payloads_are_told_apart() -> None:
+def _json(value: Any, **extra: bytes) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain", **extra}, data=json.dumps(value).encode())
+
+
+def _marker(name: str, data: Payload, *, more: dict[str, Payload] | None = None) -> HistoryEvent:
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_MARKER_RECORDED)
+    attrs = event.marker_recorded_event_attributes
+    attrs.marker_name = name
+    attrs.details["data"].payloads.add().CopyFrom(data)
+    for key, payload in (more or {}).items():
+        attrs.details[key].payloads.add().CopyFrom(payload)
+    return event
+
+
+def _scan(*events: HistoryEvent) -> ScanReport:
     report = ScanReport(namespace="ns")
+    for event in events:
+        _inspect(report, "wf-1", event)
+    return report
+
+
+MARKER_DATA = "marker_recorded_event_attributes.details[data].payloads[]"
+
+
+def test_failures_search_attributes_and_payloads_are_told_apart(encrypted: Payload) -> None:
     failed = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
     failure = failed.activity_task_failed_event_attributes.failure
     failure.message = "card 4111 declined"  # plaintext failure text
-    failure.cause.encoded_attributes.CopyFrom(_encrypted())
-    failure.cause.application_failure_info.details.payloads.add().CopyFrom(_encrypted())
-    failure.application_failure_info.details.payloads.add().CopyFrom(
-        Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')
-    )
-    _inspect(report, "wf-1", failed)
+    failure.cause.encoded_attributes.CopyFrom(encrypted)
+    failure.cause.application_failure_info.details.payloads.add().CopyFrom(encrypted)
+    failure.application_failure_info.details.payloads.add().CopyFrom(_json("x"))
     started = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
     attrs = started.workflow_execution_started_event_attributes
-    attrs.input.payloads.add().CopyFrom(_encrypted())
-    attrs.search_attributes.indexed_fields["CustomerId"].CopyFrom(
-        Payload(metadata={"encoding": b"json/plain"}, data=b'"c-1"')
-    )
-    attrs.memo.fields["note"].CopyFrom(Payload(metadata={"encoding": b"json/plain"}, data=b"1"))
-    _inspect(report, "wf-1", started)
+    attrs.input.payloads.add().CopyFrom(encrypted)
+    attrs.search_attributes.indexed_fields["CustomerId"].CopyFrom(_json("c-1"))
+    attrs.memo.fields["note"].CopyFrom(_json(1))
+    report = _scan(failed, started)
     assert report.plaintext == {
         ("ACTIVITY_TASK_FAILED", "activity_task_failed_event_attributes.failure.message"): 1,
         (
@@ -47,18 +84,237 @@ def test_failures_search_attributes_and_payloads_are_told_apart() -> None:
         ): 1,
         (
             "WORKFLOW_EXECUTION_STARTED",
-            "workflow_execution_started_event_attributes.memo.fields[]",
+            "workflow_execution_started_event_attributes.memo.fields[note]",
         ): 1,
     }
     assert report.search_attributes == {
         (
             "WORKFLOW_EXECUTION_STARTED",
-            "workflow_execution_started_event_attributes.search_attributes.indexed_fields[]",
+            "workflow_execution_started_event_attributes.search_attributes.indexed_fields[CustomerId]",
         ): 1
     }
     assert report.encrypted == 3  # input, cause attributes, cause details: each once
     assert report.classifications == {"phi": 3}
-    assert report.key_ids == {"local:k-1": 3}
+    assert len(report.key_ids) == 1
+    assert sum(report.key_ids.values()) == 3
+    assert not report.temporal_written
+    assert not report.foreign_encryption
     table = report.as_table()
     assert "4111" not in table
     assert "NOT ENCRYPTED" in table
+
+
+def test_sdk_markers_of_the_exact_shape_are_temporal_written() -> None:
+    report = _scan(
+        _marker("core_local_activity", _json(LA_DATA)),
+        _marker("core_local_activity", _json({**LA_DATA, "backoff": {"seconds": 2}})),
+        _marker("core_patch", _json({"id": "v2", "deprecated": False})),
+    )
+    assert report.temporal_written == {
+        ("MARKER_RECORDED", MARKER_DATA, "local activity marker"): 2,
+        ("MARKER_RECORDED", MARKER_DATA, "patch marker"): 1,
+    }
+    assert report.clean
+    assert not report.plaintext
+    assert report.payloads == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # an extra key (application data smuggled beside the SDK's fields)
+        ("core_local_activity", _json({**LA_DATA, "card": "4111"})),
+        # a known key with the wrong type
+        ("core_local_activity", _json({**LA_DATA, "activity_id": {"pan": "4111"}})),
+        ("core_local_activity", _json({**LA_DATA, "seq": True})),
+        ("core_local_activity", _json({**LA_DATA, "complete_time": {"seconds": "x"}})),
+        ("core_local_activity", _json({**LA_DATA, "complete_time": {"ssn": 1}})),
+        # a required key missing
+        ("core_local_activity", _json({"seq": 1, "attempt": 1})),
+        ("core_patch", _json({"id": "v2", "deprecated": False, "note": "x"})),
+        ("core_patch", _json({"id": 7, "deprecated": False})),
+        ("core_patch", _json({"id": "v2", "deprecated": "no"})),
+        ("core_patch", _json(["v2", False])),
+        # the right shape under another marker name, or another encoding
+        ("my_marker", _json({"id": "v2", "deprecated": False})),
+        ("core_patch", _json({"id": "v2", "deprecated": False}, extra=b"1")),
+        (
+            "core_patch",
+            Payload(metadata={"encoding": b"binary/plain"}, data=b'{"id":"v2","deprecated":false}'),
+        ),
+        ("core_patch", Payload(metadata={"encoding": b"json/plain"}, data=b"{not json")),
+    ],
+)
+def test_markers_carrying_more_are_plaintext(name: str, data: Payload) -> None:
+    report = _scan(_marker(name, data))
+    assert report.plaintext == {("MARKER_RECORDED", MARKER_DATA): 1}
+    assert not report.temporal_written
+    assert not report.clean
+
+
+def test_marker_with_a_second_details_entry_or_payload_is_plaintext() -> None:
+    two = _marker("core_patch", _json({"id": "v2", "deprecated": False}))
+    two.marker_recorded_event_attributes.details["data"].payloads.add().CopyFrom(
+        _json({"id": "v3", "deprecated": False})
+    )
+    beside = _marker("core_local_activity", _json(LA_DATA), more={"extra": _json("pii")})
+    report = _scan(two, beside)
+    assert report.plaintext == {
+        ("MARKER_RECORDED", MARKER_DATA): 2,
+        ("MARKER_RECORDED", "marker_recorded_event_attributes.details[extra].payloads[]"): 1,
+    }
+    assert report.temporal_written == {("MARKER_RECORDED", MARKER_DATA, "local activity marker"): 1}
+
+
+def _timeout_event(message: str, **failure_fields: Any) -> HistoryEvent:
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT)
+    failure = event.activity_task_timed_out_event_attributes.failure
+    failure.message = message
+    failure.source = "Server"
+    failure.timeout_failure_info.timeout_type = TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE
+    for key, value in failure_fields.items():
+        setattr(failure, key, value)
+    return event
+
+
+def test_server_timeout_failures_are_temporal_written() -> None:
+    report = _scan(
+        _timeout_event("activity StartToClose timeout"),
+        _timeout_event("activity Heartbeat timeout"),
+    )
+    where = "activity_task_timed_out_event_attributes.failure.message"
+    assert report.temporal_written == {
+        ("ACTIVITY_TASK_TIMED_OUT", where, "server StartToClose timeout"): 1,
+        ("ACTIVITY_TASK_TIMED_OUT", where, "server Heartbeat timeout"): 1,
+    }
+    assert report.clean
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _timeout_event("activity StartToClose timeout: card 4111"),
+        _timeout_event("activity StartToClose timeout", stack_trace="at charge(4111)"),
+        _timeout_event("activity StartToClose timeout", source="PythonSDK"),
+    ],
+)
+def test_timeout_failures_carrying_more_are_plaintext(event: HistoryEvent) -> None:
+    report = _scan(event)
+    assert not report.temporal_written
+    assert report.plaintext == {
+        ("ACTIVITY_TASK_TIMED_OUT", "activity_task_timed_out_event_attributes.failure.message"): 1
+    }
+
+
+def test_server_message_without_timeout_info_is_plaintext() -> None:
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
+    failure = event.activity_task_failed_event_attributes.failure
+    failure.message = "activity StartToClose timeout"
+    failure.application_failure_info.type = "X"
+    assert _scan(event).plaintext
+    assert not _scan(event).temporal_written
+
+
+def test_timeout_heartbeat_details_are_inspected_as_payloads() -> None:
+    event = _timeout_event("activity Heartbeat timeout")
+    failure = event.activity_task_timed_out_event_attributes.failure
+    failure.timeout_failure_info.last_heartbeat_details.payloads.add().CopyFrom(_json("row 17"))
+    report = _scan(event)
+    assert sum(report.temporal_written.values()) == 1
+    assert report.plaintext == {
+        (
+            "ACTIVITY_TASK_TIMED_OUT",
+            "activity_task_timed_out_event_attributes.failure.timeout_failure_info"
+            ".last_heartbeat_details.payloads[]",
+        ): 1
+    }
+
+
+def _sample_codec_payload(plaintext: bytes) -> Payload:
+    # samples-python encryption/codec.py: nonce (12 bytes) || AES-GCM ciphertext.
+    nonce = os.urandom(12)
+    data = nonce + AESGCM(os.urandom(32)).encrypt(nonce, plaintext, None)
+    return Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"test-key-id"}, data=data
+    )
+
+
+def test_foreign_encryption_and_forged_labels(encrypted: Payload) -> None:
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+    payloads = event.workflow_execution_started_event_attributes.input.payloads
+    payloads.add().CopyFrom(_sample_codec_payload(b'"card 4111"'))
+    forged = Payload(
+        metadata={"encoding": b"binary/encrypted"}, data=b'{"card": "4111 1111 1111 1111"}'
+    )
+    payloads.add().CopyFrom(forged)
+    short = Payload(metadata={"encoding": b"binary/encrypted"}, data=b"\xff\x00")
+    payloads.add().CopyFrom(short)
+    # our label on bytes that only start like an envelope is not ours
+    bad_magic = Payload(metadata=dict(encrypted.metadata), data=b"TS\x09" + encrypted.data[3:])
+    payloads.add().CopyFrom(bad_magic)
+    report = _scan(event)
+    where = (
+        "WORKFLOW_EXECUTION_STARTED",
+        "workflow_execution_started_event_attributes.input.payloads[]",
+    )
+    assert report.foreign_encryption == {where: 2}  # sample codec, and the bad-magic ciphertext
+    assert report.plaintext == {where: 2}  # forged label on JSON, too short for ciphertext
+    assert report.encrypted == 0
+    assert not report.clean
+
+
+def test_envelope_counts_as_encrypted_whatever_the_label(encrypted: Payload) -> None:
+    relabelled = Payload(metadata={"encoding": b"json/plain"}, data=encrypted.data)
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+    event.workflow_execution_started_event_attributes.input.payloads.add().CopyFrom(relabelled)
+    assert _scan(event).encrypted == 1
+
+
+def _full_report(encrypted: Payload) -> ScanReport:
+    failed = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
+    failed.activity_task_failed_event_attributes.failure.message = "boom"
+    started = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+    attrs = started.workflow_execution_started_event_attributes
+    attrs.input.payloads.add().CopyFrom(encrypted)
+    attrs.input.payloads.add().CopyFrom(_sample_codec_payload(b"x"))
+    attrs.search_attributes.indexed_fields["CustomerId"].CopyFrom(_json("c-1"))
+    report = ScanReport(namespace="ns")
+    _inspect(report, "wf-a", failed)
+    _inspect(report, "wf-b", started)
+    _inspect(report, "wf-c", _marker("core_patch", _json({"id": "v2", "deprecated": True})))
+    _inspect(report, "wf-c", _timeout_event("activity ScheduleToClose timeout"))
+    report.workflows = 3
+    return report
+
+
+def test_json_round_trip_is_exact(encrypted: Payload) -> None:
+    report = _full_report(encrypted)
+    data = report.as_json()
+    assert all(data[k] for k in ("plaintext", "foreign_encryption", "temporal_written"))
+    again = ScanReport.from_json(json.loads(json.dumps(data)))
+    assert again == report
+    assert again.as_json() == data
+    empty = ScanReport(namespace="x")
+    assert ScanReport.from_json(empty.as_json()) == empty
+
+
+def test_merge_adds_counts_and_keeps_first_examples(encrypted: Payload) -> None:
+    one = _full_report(encrypted)
+    other = ScanReport(namespace="ns")
+    failed = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
+    failed.activity_task_failed_event_attributes.failure.message = "boom again"
+    _inspect(other, "wf-z", failed)
+    other.workflows = 1
+    merged = ScanReport.from_json(one.as_json())
+    merged.merge(other)
+    where = ("ACTIVITY_TASK_FAILED", "activity_task_failed_event_attributes.failure.message")
+    assert merged.plaintext[where] == 2
+    assert merged.first_seen[("plaintext", *where)] == "wf-a"  # the existing example stays
+    assert merged.workflows == 4
+    assert merged.events == one.events + 1
+    assert merged.encrypted == one.encrypted
+    assert merged.key_ids == one.key_ids
+    # merging into an empty report copies the other exactly
+    copy = ScanReport(namespace="ns")
+    copy.merge(one)
+    assert copy == one
