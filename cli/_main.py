@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from temporal_shield.codec import ShieldError
 
 from . import __version__
+from ._extras import missing_extra
 
 DESCRIPTION = """\
 Compression and KMS envelope encryption for Temporal payloads: manage keys,
@@ -395,6 +396,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = exc.filename if exc.filename is not None else ""
         text = f"{where}: {exc.strerror}" if where else exc.strerror
+    elif isinstance(exc, ImportError) and (hint := missing_extra(exc)):
+        text = hint  # an optional package of an extra: name the extra to install
     elif isinstance(exc, ShieldError):
         text = str(exc)
     elif "Failed client connect" in str(exc):

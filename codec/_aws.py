@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,30 @@ from ._provider import GeneratedDataKey, KeyProvider
 if TYPE_CHECKING:
     from botocore.config import Config
     from types_boto3_kms import KMSClient
+
+AWS_EXTRA = "pip install 'temporal-shield[aws]'"
+"""How to install what :func:`require_aws` looks for."""
+
+
+def require_aws(feature: str) -> None:
+    """Check that the AWS SDK is installed before ``feature`` uses it.
+
+    The default install leaves boto3 out (a worker with a local keyring never
+    needs it), so every AWS feature calls this first, the way tink-py's
+    ``awskms`` integration names its extra.
+
+    Args:
+        feature: What needs the SDK, for the message (e.g. ``"S3 offload"``).
+
+    Raises:
+        ImportError: boto3 is missing; the message names the extra to install
+            and ``name`` is ``"boto3"``.
+    """
+    try:
+        importlib.import_module("boto3")
+    except ImportError:
+        raise ImportError(f"{feature} needs the AWS SDK: {AWS_EXTRA}", name="boto3") from None
+
 
 # Defaults for every AWS client we create (KMS and S3). botocore's own defaults
 # (60 s connect, 60 s read, legacy retries: 5 attempts) hold a caller for about
@@ -63,7 +88,11 @@ def aws_client_config(settings: AwsSettings) -> Config:
     Pass it as ``boto3.client(service, config=aws_client_config(settings), ...)``
     so that a hung or unreachable endpoint fails within the bound that
     :class:`AwsSettings` documents instead of botocore's minutes.
+
+    Raises:
+        ImportError: boto3 (and so botocore) is not installed.
     """
+    require_aws("an AWS client")
     from botocore.config import Config
 
     return Config(

@@ -2,7 +2,8 @@
 
 The SDK applies external storage *after* the codec, so what lands in the bucket is
 the already-encrypted payload. We supply the small client adapter the SDK's S3
-driver asks for, over plain boto3 (already a worker dependency), and one
+driver asks for, over plain boto3 (the ``aws`` extra, imported only when a
+bucket is configured, so a worker without offload never loads it), and one
 extension of the driver: history references carry the SHA-256 of the stored
 bytes, so an object that ``keys rewrap`` re-encrypted under a new KEK no longer
 matches. :class:`ShieldS3Driver` accepts such an object only when its
@@ -17,7 +18,6 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import boto3
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.aws.s3driver import S3StorageDriver, S3StorageDriverClient
 from temporalio.converter import (
@@ -27,6 +27,7 @@ from temporalio.converter import (
 )
 
 from temporal_shield.codec import ENCODING, DecryptionError, aws_client_config, parse
+from temporal_shield.codec._aws import require_aws
 
 from ._config import StorageConfig
 
@@ -104,9 +105,17 @@ def _origin(payload: Payload) -> str | None:
 
 
 def external_storage(config: StorageConfig) -> ExternalStorage | None:
-    """The SDK external-storage settings for ``config``, or ``None`` if offload is off."""
+    """The SDK external-storage settings for ``config``, or ``None`` if offload is off.
+
+    Raises:
+        ImportError: offload is on and boto3 is not installed (the message names
+            the ``temporal-shield[aws]`` extra).
+    """
     if not config.s3_bucket:
         return None
+    require_aws("S3 offload (storage.s3_bucket)")
+    import boto3
+
     aws = config.aws
     client = boto3.client(
         "s3",
