@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import sys
+import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
@@ -220,6 +222,7 @@ _LOCAL_ACTIVITY_KEYS: dict[str, tuple[type, ...]] = {
     "complete_time": (dict, type(None)),
     "backoff": (dict, type(None)),
     "original_schedule_time": (dict, type(None)),
+    "activation_index": (int,),
 }
 _TIMESTAMP_KEYS = {"seconds", "nanos"}
 
@@ -284,34 +287,58 @@ def _marker_item(event: HistoryEvent, path: str, payload: Payload) -> str | None
     return None
 
 
-# Server-authored timeout failures (service/history/workflow/util.go and
-# timer_queue_active_task_executor.go in temporalio/temporal): message is
-# "activity <TimeoutType> timeout" with the type spelled as the enum's Go name.
-_SERVER_TIMEOUT_MESSAGES = {
-    f"activity {kind} timeout": f"server {kind} timeout"
-    for kind in ("StartToClose", "ScheduleToStart", "ScheduleToClose", "Heartbeat")
+# Timeout failures as a real server writes them (evidence in
+# tests/integration/test_scan_temporal_written.py): the message names the timeout
+# type the failure info carries, source is "Server", no stack trace.
+_TIMEOUT_NAMES = {
+    TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE: "StartToClose",
+    TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START: "ScheduleToStart",
+    TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE: "ScheduleToClose",
+    TimeoutType.TIMEOUT_TYPE_HEARTBEAT: "Heartbeat",
 }
+_SERVER_TIMEOUT_FORMS = (
+    "activity {} timeout",
+    "Not enough time to schedule next retry before activity {} timeout, giving up retrying",
+)
+_LOCAL_ACTIVITY_TIMEOUT = "Activity timed out"
+"""What the SDK core writes in a local-activity marker's failure on timeout."""
 
 
-def _server_failure(failure: Failure) -> str | None:
-    """What the server wrote, if ``failure`` is exactly a server-authored timeout failure."""
+def _temporal_failure(event: HistoryEvent, path: str, failure: Failure) -> str | None:
+    """What Temporal wrote, if ``failure`` has exactly the shape of a Temporal timeout.
+
+    Only the failure's own message is vouched for: payloads inside it (last
+    heartbeat details) and its cause are inspected on their own.
+    """
     if not failure.HasField("timeout_failure_info"):
         return None
-    kind = _SERVER_TIMEOUT_MESSAGES.get(failure.message)
-    if kind is None or failure.stack_trace or failure.HasField("encoded_attributes"):
+    if failure.stack_trace or failure.HasField("encoded_attributes"):
         return None
-    if failure.source not in ("", "Server"):
+    if failure.HasField("application_failure_info"):  # one-of: defensive only
         return None
-    # A heartbeat timeout carries the last heartbeat details: application data,
-    # inspected (and counted) as payloads on their own.
-    return kind
+    name = _TIMEOUT_NAMES.get(failure.timeout_failure_info.timeout_type)
+    if name is None:
+        return None
+    if failure.source == "Server" and failure.message in (
+        form.format(name) for form in _SERVER_TIMEOUT_FORMS
+    ):
+        return f"server {name} timeout"
+    if (
+        failure.source == ""
+        and failure.message == _LOCAL_ACTIVITY_TIMEOUT
+        and event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and event.marker_recorded_event_attributes.marker_name == _LOCAL_ACTIVITY_MARKER
+        and path == "marker_recorded_event_attributes.failure"
+    ):
+        return f"SDK local activity {name} timeout"
+    return None
 
 
 def _inspect(report: ScanReport, workflow_id: str, event: HistoryEvent) -> None:
     report.events += 1
     for path, message in iter_messages(event, (Payload, Failure)):
         if isinstance(message, Failure):
-            _inspect_failure(report, workflow_id, event.event_type, path, message)
+            _inspect_failure(report, workflow_id, event, path, message)
             continue
         assert isinstance(message, Payload)
         kind = _marker_item(event, path, message)
@@ -323,14 +350,29 @@ def _inspect(report: ScanReport, workflow_id: str, event: HistoryEvent) -> None:
 
 
 def _looks_like_ciphertext(data: bytes) -> bool:
-    """At least a nonce and a tag, and not text (ciphertext is almost never valid UTF-8)."""
+    """At least a nonce and a tag, not text, and (when long enough to tell) random-looking.
+
+    Ciphertext is almost never valid UTF-8, and from 256 bytes its byte entropy
+    is above 6.9 bits (random data: 7.17 on average at 256 bytes); structured
+    plaintext (protobuf, JSON, text) is far below. Compressed plaintext is not
+    told apart from ciphertext: no scan can, without the key.
+    """
     if len(data) < 12 + 16:
         return False
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
+        pass
+    else:
+        return False
+    if len(data) < 256:
         return True
-    return False
+    counts = Counter(data)
+    entropy = -sum(n / len(data) * math.log2(n / len(data)) for n in counts.values())
+    return entropy >= _MIN_CIPHERTEXT_ENTROPY
+
+
+_MIN_CIPHERTEXT_ENTROPY = 6.5
 
 
 def _inspect_payload(
@@ -351,8 +393,9 @@ def _inspect_payload(
 
 
 def _inspect_failure(
-    report: ScanReport, workflow_id: str, event_type: int, path: str, failure: Failure
+    report: ScanReport, workflow_id: str, event: HistoryEvent, path: str, failure: Failure
 ) -> None:
+    event_type = event.event_type
     # A failure's message and stack trace are strings, not payloads: in clear
     # unless the failure converter moved them into encoded_attributes.
     if failure.HasField("encoded_attributes"):
@@ -360,7 +403,7 @@ def _inspect_failure(
         _inspect_payload(report, workflow_id, where, failure.encoded_attributes)
     elif failure.message or failure.stack_trace:
         where = _where(event_type, f"{path}.message")
-        kind = _server_failure(failure)
+        kind = _temporal_failure(event, path, failure)
         if kind is not None:
             report.count(TEMPORAL, (*where, kind), workflow_id)
         else:
@@ -371,7 +414,7 @@ def _inspect_failure(
         assert isinstance(payload, Payload)
         _inspect_payload(report, workflow_id, _where(event_type, sub_path), payload)
     if failure.HasField("cause"):
-        _inspect_failure(report, workflow_id, event_type, f"{path}.cause", failure.cause)
+        _inspect_failure(report, workflow_id, event, f"{path}.cause", failure.cause)
 
 
 # --- scanning ----------------------------------------------------------------------
@@ -399,6 +442,51 @@ async def _runs(client: Client, query: str | None, limit: int | None) -> AsyncIt
             return
         listed += 1
         yield execution
+
+
+async def scan_in_order(
+    client: Client,
+    runs: AsyncIterable[Any] | Iterable[Any],
+    concurrency: int,
+    fold: Callable[[ScanReport], None],
+) -> None:
+    """Scan ``runs`` (objects with ``id`` and ``run_id``), ``concurrency`` at a time.
+
+    Each run gets its own report, handed to ``fold`` in the order of ``runs``
+    whatever order the fetches finish in, so folding with
+    :meth:`ScanReport.merge` gives the same report as a sequential scan. At most
+    ``2 * concurrency`` runs are listed ahead of the fold (flat memory).
+    """
+    fetchers = asyncio.Semaphore(concurrency)
+
+    async def one(execution: Any) -> ScanReport:
+        single = ScanReport(namespace=client.namespace)
+        async with fetchers:
+            await scan_run(client, single, execution.id, execution.run_id)
+        return single
+
+    async def listed() -> AsyncIterator[Any]:
+        if isinstance(runs, AsyncIterable):
+            async for execution in runs:
+                yield execution
+        else:
+            for execution in runs:
+                yield execution
+
+    # A window twice as long as the fetchers are many: a slow run at its head
+    # does not idle the other fetchers, and the oldest is folded before another
+    # run is listed once the window is full.
+    window: deque[asyncio.Task[ScanReport]] = deque()
+    try:
+        async for execution in listed():
+            if len(window) >= 2 * concurrency:
+                fold(await window.popleft())
+            window.append(asyncio.create_task(one(execution)))
+        while window:
+            fold(await window.popleft())
+    finally:
+        for task in window:
+            task.cancel()
 
 
 async def scan(
@@ -437,37 +525,33 @@ async def scan(
         if progress is not None:
             progress(report)
 
-    fetchers = asyncio.Semaphore(concurrency)
-
-    async def one(execution: Any) -> ScanReport:
-        single = ScanReport(namespace=client.namespace)
-        async with fetchers:
-            await scan_run(client, single, execution.id, execution.run_id)
-        return single
-
-    # A window of tasks in visibility order, twice as long as the fetchers are
-    # many: a slow run at its head does not idle the other fetchers, the oldest
-    # is folded before a new one is listed once the window is full (bounded
-    # memory), and folding in list order keeps the report deterministic.
-    window: deque[asyncio.Task[ScanReport]] = deque()
-    try:
-        async for execution in _runs(client, query, limit):
-            if len(window) >= 2 * concurrency:
-                fold(await window.popleft())
-            window.append(asyncio.create_task(one(execution)))
-        while window:
-            fold(await window.popleft())
-    finally:
-        for task in window:
-            task.cancel()
+    await scan_in_order(client, _runs(client, query, limit), concurrency, fold)
     return report
 
 
+class _Throttle:
+    """Redraw at most ten times a second: a fast scan must not spend its time on stderr."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < 0.1:
+            return False
+        self.last = now
+        return True
+
+
+_throttle = _Throttle()
+
+
 def terminal_progress(report: ScanReport) -> None:
-    """A one-line progress indicator on stderr when it is a terminal."""
-    if sys.stderr.isatty():
+    """A one-line progress indicator on stderr, drawn only when it is a terminal."""
+    if sys.stderr.isatty() and _throttle.due():
         sys.stderr.write(
             f"\rscanned {report.workflows} runs, {report.payloads} payloads, "
-            f"{sum(report.plaintext.values())} not encrypted"
+            f"{sum(report.plaintext.values())} not encrypted, "
+            f"{sum(report.foreign_encryption.values())} other codecs' ciphertext"
         )
         sys.stderr.flush()

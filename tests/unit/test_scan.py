@@ -166,12 +166,16 @@ def test_marker_with_a_second_details_entry_or_payload_is_plaintext() -> None:
     assert report.temporal_written == {("MARKER_RECORDED", MARKER_DATA, "local activity marker"): 1}
 
 
-def _timeout_event(message: str, **failure_fields: Any) -> HistoryEvent:
+def _timeout_event(
+    message: str,
+    timeout_type: TimeoutType.ValueType = TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE,
+    **failure_fields: Any,
+) -> HistoryEvent:
     event = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT)
     failure = event.activity_task_timed_out_event_attributes.failure
     failure.message = message
     failure.source = "Server"
-    failure.timeout_failure_info.timeout_type = TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE
+    failure.timeout_failure_info.timeout_type = timeout_type
     for key, value in failure_fields.items():
         setattr(failure, key, value)
     return event
@@ -180,12 +184,18 @@ def _timeout_event(message: str, **failure_fields: Any) -> HistoryEvent:
 def test_server_timeout_failures_are_temporal_written() -> None:
     report = _scan(
         _timeout_event("activity StartToClose timeout"),
-        _timeout_event("activity Heartbeat timeout"),
+        _timeout_event("activity Heartbeat timeout", TimeoutType.TIMEOUT_TYPE_HEARTBEAT),
+        _timeout_event(
+            "Not enough time to schedule next retry before activity ScheduleToClose timeout,"
+            " giving up retrying",
+            TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE,
+        ),
     )
     where = "activity_task_timed_out_event_attributes.failure.message"
     assert report.temporal_written == {
         ("ACTIVITY_TASK_TIMED_OUT", where, "server StartToClose timeout"): 1,
         ("ACTIVITY_TASK_TIMED_OUT", where, "server Heartbeat timeout"): 1,
+        ("ACTIVITY_TASK_TIMED_OUT", where, "server ScheduleToClose timeout"): 1,
     }
     assert report.clean
 
@@ -196,6 +206,11 @@ def test_server_timeout_failures_are_temporal_written() -> None:
         _timeout_event("activity StartToClose timeout: card 4111"),
         _timeout_event("activity StartToClose timeout", stack_trace="at charge(4111)"),
         _timeout_event("activity StartToClose timeout", source="PythonSDK"),
+        # the message names another timeout than the failure info carries
+        _timeout_event("activity Heartbeat timeout", TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE),
+        _timeout_event("activity StartToClose timeout", TimeoutType.TIMEOUT_TYPE_UNSPECIFIED),
+        # the SDK's local-activity wording outside a local-activity marker
+        _timeout_event("Activity timed out", source=""),
     ],
 )
 def test_timeout_failures_carrying_more_are_plaintext(event: HistoryEvent) -> None:
@@ -216,7 +231,7 @@ def test_server_message_without_timeout_info_is_plaintext() -> None:
 
 
 def test_timeout_heartbeat_details_are_inspected_as_payloads() -> None:
-    event = _timeout_event("activity Heartbeat timeout")
+    event = _timeout_event("activity Heartbeat timeout", TimeoutType.TIMEOUT_TYPE_HEARTBEAT)
     failure = event.activity_task_timed_out_event_attributes.failure
     failure.timeout_failure_info.last_heartbeat_details.payloads.add().CopyFrom(_json("row 17"))
     report = _scan(event)
@@ -228,6 +243,31 @@ def test_timeout_heartbeat_details_are_inspected_as_payloads() -> None:
             ".last_heartbeat_details.payloads[]",
         ): 1
     }
+
+
+def _la_timeout_marker(name: str, message: str) -> HistoryEvent:
+    event = _marker(name, _json(LA_DATA))
+    failure = event.marker_recorded_event_attributes.failure
+    failure.message = message
+    failure.timeout_failure_info.timeout_type = TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE
+    return event
+
+
+def test_local_activity_timeout_in_its_marker_is_temporal_written() -> None:
+    report = _scan(_la_timeout_marker("core_local_activity", "Activity timed out"))
+    where = "marker_recorded_event_attributes.failure.message"
+    assert (
+        report.temporal_written[
+            ("MARKER_RECORDED", where, "SDK local activity StartToClose timeout")
+        ]
+        == 1
+    )
+    assert report.clean
+    for bad in (
+        _la_timeout_marker("core_patch", "Activity timed out"),
+        _la_timeout_marker("core_local_activity", "Activity timed out: card 4111"),
+    ):
+        assert _scan(bad).plaintext[("MARKER_RECORDED", where)] == 1
 
 
 def _sample_codec_payload(plaintext: bytes) -> Payload:
@@ -318,3 +358,19 @@ def test_merge_adds_counts_and_keeps_first_examples(encrypted: Payload) -> None:
     copy = ScanReport(namespace="ns")
     copy.merge(one)
     assert copy == one
+
+
+def test_long_low_entropy_binary_under_the_label_is_plaintext() -> None:
+    # Protobuf-like binary plaintext (not UTF-8) relabelled as encrypted.
+    record = b"\x0a\x08customer\x12\xff\x01" + b"4111111111111111" * 20
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+    payloads = event.workflow_execution_started_event_attributes.input.payloads
+    payloads.add().CopyFrom(Payload(metadata={"encoding": b"binary/encrypted"}, data=record))
+    payloads.add().CopyFrom(_sample_codec_payload(record))
+    report = _scan(event)
+    where = (
+        "WORKFLOW_EXECUTION_STARTED",
+        "workflow_execution_started_event_attributes.input.payloads[]",
+    )
+    assert report.plaintext == {where: 1}
+    assert report.foreign_encryption == {where: 1}
