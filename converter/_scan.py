@@ -271,14 +271,19 @@ def _is_patch_data(payload: Payload) -> bool:
     )
 
 
+_MARKER_DATA_KEY = {_LOCAL_ACTIVITY_MARKER: "data", _PATCH_MARKER: "patch-data"}
+"""The details entry each SDK marker keeps its JSON in (as a real dev server stores it)."""
+
+
 def _marker_item(event: HistoryEvent, path: str, payload: Payload) -> str | None:
     """What Temporal wrote at ``path`` of a marker event, or ``None`` if not provably Temporal's."""
     if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
         return None
     marker = event.marker_recorded_event_attributes
-    if path != "marker_recorded_event_attributes.details[data].payloads[0]":
+    key = _MARKER_DATA_KEY.get(marker.marker_name)
+    if key is None or path != f"marker_recorded_event_attributes.details[{key}].payloads[0]":
         return None
-    if len(marker.details["data"].payloads) != 1:
+    if len(marker.details[key].payloads) != 1:
         return None
     if marker.marker_name == _LOCAL_ACTIVITY_MARKER and _is_local_activity_data(payload):
         return "local activity marker"

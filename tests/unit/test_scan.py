@@ -43,11 +43,14 @@ def _json(value: Any, **extra: bytes) -> Payload:
     return Payload(metadata={"encoding": b"json/plain", **extra}, data=json.dumps(value).encode())
 
 
-def _marker(name: str, data: Payload, *, more: dict[str, Payload] | None = None) -> HistoryEvent:
+def _marker(
+    name: str, data: Payload, *, more: dict[str, Payload] | None = None, key: str = ""
+) -> HistoryEvent:
     event = HistoryEvent(event_type=EventType.EVENT_TYPE_MARKER_RECORDED)
     attrs = event.marker_recorded_event_attributes
     attrs.marker_name = name
-    attrs.details["data"].payloads.add().CopyFrom(data)
+    key = key or ("patch-data" if name == "core_patch" else "data")
+    attrs.details[key].payloads.add().CopyFrom(data)
     for key, payload in (more or {}).items():
         attrs.details[key].payloads.add().CopyFrom(payload)
     return event
@@ -61,6 +64,7 @@ def _scan(*events: HistoryEvent) -> ScanReport:
 
 
 MARKER_DATA = "marker_recorded_event_attributes.details[data].payloads[]"
+PATCH_DATA = "marker_recorded_event_attributes.details[patch-data].payloads[]"
 
 
 def test_failures_search_attributes_and_payloads_are_told_apart(encrypted: Payload) -> None:
@@ -112,7 +116,7 @@ def test_sdk_markers_of_the_exact_shape_are_temporal_written() -> None:
     )
     assert report.temporal_written == {
         ("MARKER_RECORDED", MARKER_DATA, "local activity marker"): 2,
-        ("MARKER_RECORDED", MARKER_DATA, "patch marker"): 1,
+        ("MARKER_RECORDED", PATCH_DATA, "patch marker"): 1,
     }
     assert report.clean
     assert not report.plaintext
@@ -147,23 +151,35 @@ def test_sdk_markers_of_the_exact_shape_are_temporal_written() -> None:
 )
 def test_markers_carrying_more_are_plaintext(name: str, data: Payload) -> None:
     report = _scan(_marker(name, data))
-    assert report.plaintext == {("MARKER_RECORDED", MARKER_DATA): 1}
+    where = PATCH_DATA if name == "core_patch" else MARKER_DATA
+    assert report.plaintext == {("MARKER_RECORDED", where): 1}
     assert not report.temporal_written
     assert not report.clean
 
 
 def test_marker_with_a_second_details_entry_or_payload_is_plaintext() -> None:
     two = _marker("core_patch", _json({"id": "v2", "deprecated": False}))
-    two.marker_recorded_event_attributes.details["data"].payloads.add().CopyFrom(
+    two.marker_recorded_event_attributes.details["patch-data"].payloads.add().CopyFrom(
         _json({"id": "v3", "deprecated": False})
     )
     beside = _marker("core_local_activity", _json(LA_DATA), more={"extra": _json("pii")})
     report = _scan(two, beside)
     assert report.plaintext == {
-        ("MARKER_RECORDED", MARKER_DATA): 2,
+        ("MARKER_RECORDED", PATCH_DATA): 2,
         ("MARKER_RECORDED", "marker_recorded_event_attributes.details[extra].payloads[]"): 1,
     }
     assert report.temporal_written == {("MARKER_RECORDED", MARKER_DATA, "local activity marker"): 1}
+
+
+def test_marker_json_under_another_details_key_is_plaintext() -> None:
+    patch = _marker("core_patch", _json({"id": "v2", "deprecated": False}), key="data")
+    local = _marker("core_local_activity", _json(LA_DATA), key="patch-data")
+    report = _scan(patch, local)
+    assert report.plaintext == {
+        ("MARKER_RECORDED", MARKER_DATA): 1,
+        ("MARKER_RECORDED", PATCH_DATA): 1,
+    }
+    assert not report.temporal_written
 
 
 def _timeout_event(
