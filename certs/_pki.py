@@ -52,6 +52,7 @@ LEAVES: tuple[LeafSpec, ...] = (
     ),
     LeafSpec(name="temporal-worker-tls", dns_names=("temporal-worker",), usages=(CLIENT_AUTH,)),
     LeafSpec(name="temporal-ui-tls", dns_names=("temporal-ui",), usages=(CLIENT_AUTH,)),
+    LeafSpec(name="temporal-admin-tls", dns_names=("temporal-admin",), usages=(CLIENT_AUTH,)),
     LeafSpec(
         name="temporal-shield-codec-tls",
         dns_names=("temporal-shield-codec", "temporal-shield-codec.temporal.svc.cluster.local"),

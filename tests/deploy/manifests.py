@@ -1,8 +1,10 @@
-"""Load deploy/ like kustomize would (resources + strategic-merge patches) and check it."""
+"""Render deploy/ with the real ``kubectl kustomize`` and check it against schemas."""
 
 from __future__ import annotations
 
-import copy
+import functools
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from ..helpers import require
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -23,50 +27,35 @@ def load_yaml(path: Path) -> list[Doc]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def _key(doc: Doc) -> tuple[str, str]:
-    return doc["kind"], doc["metadata"]["name"]
+def kubectl() -> str | None:
+    """The ``kubectl`` binary (its built-in kustomize renders offline), if installed."""
+    found = shutil.which("kubectl")
+    if found is None and Path("/usr/bin/kubectl").exists():
+        found = "/usr/bin/kubectl"
+    return found
 
 
-def merge(base: Any, patch: Any) -> Any:
-    """The subset of strategic merge our patches use: maps merge, named lists merge by name."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for k, v in patch.items():
-            out[k] = merge(base[k], v) if k in base else copy.deepcopy(v)
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(patch, list)
-        and all(isinstance(x, dict) and "name" in x for x in base + patch)
-    ):
-        out_list = [copy.deepcopy(x) for x in base]
-        for item in patch:
-            match = next((i for i, x in enumerate(out_list) if x["name"] == item["name"]), None)
-            if match is None:
-                out_list.append(copy.deepcopy(item))
-            else:
-                out_list[match] = merge(out_list[match], item)
-        return out_list
-    return copy.deepcopy(patch)
+@functools.cache
+def _render(folder: Path) -> str:
+    exe = kubectl()
+    require(exe is not None, "kubectl (with kustomize v5) is not installed")
+    assert exe is not None
+    result = subprocess.run(
+        [exe, "kustomize", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {folder} failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def build(folder: Path) -> list[Doc]:
-    """Render a kustomization folder (resources, patches, namespace) into documents."""
-    kust = load_yaml(folder / "kustomization.yaml")[0]
-    docs: list[Doc] = []
-    for resource in kust.get("resources", []):
-        path = folder / resource
-        docs += build(path) if path.is_dir() else load_yaml(path)
-    for patch in kust.get("patches", []):
-        for p in load_yaml(folder / patch["path"]):
-            index = next((i for i, d in enumerate(docs) if _key(d) == _key(p)), None)
-            if index is None:
-                raise AssertionError(f"patch {patch['path']} targets missing {_key(p)}")
-            docs[index] = merge(docs[index], p)
-    if "namespace" in kust:
-        for d in docs:
-            d.setdefault("metadata", {})["namespace"] = kust["namespace"]
-    return docs
+    """Render a kustomization folder with the real ``kubectl kustomize``.
+
+    Kubernetes' own merge rules apply (``volumeMounts`` by ``mountPath``, ``ports``
+    by ``containerPort``, ``labels:``), which a renderer of our own got wrong.
+    Each call returns fresh documents: tests may change them.
+    """
+    return [d for d in yaml.safe_load_all(_render(folder.resolve())) if d]
 
 
 def _crd_schema(kind: str) -> Doc:
@@ -88,11 +77,22 @@ def schema_errors(doc: Doc) -> list[str]:
     return []
 
 
+OPERATOR_SECRETS = frozenset({"temporal-shield-audit-signing"})
+"""Secrets an operator creates (deploy/README.md says how), not cert-manager."""
+
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def pod_spec(doc: Doc) -> Doc:
+    """The pod template's spec of a Deployment or StatefulSet."""
+    return doc["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
 def secret_mounts(docs: list[Doc]) -> Iterator[tuple[str, str]]:
-    """(deployment, secret name) for every Secret volume of every Deployment."""
+    """(workload, secret name) for every Secret volume of every Deployment/StatefulSet."""
     for d in docs:
-        if d["kind"] == "Deployment":
-            for volume in d["spec"]["template"]["spec"].get("volumes", []):
+        if d["kind"] in WORKLOADS:
+            for volume in pod_spec(d).get("volumes", []):
                 if "secret" in volume:
                     yield d["metadata"]["name"], volume["secret"]["secretName"]
 
@@ -104,7 +104,7 @@ def consistency_errors(docs: list[Doc]) -> list[str]:
     issuers = {d["metadata"]["name"] for d in docs if d["kind"] == "Issuer"}
     produced = {c["spec"]["secretName"] for c in certs}
     for deployment, secret in secret_mounts(docs):
-        if secret not in produced:
+        if secret not in produced | OPERATOR_SECRETS:
             errors.append(f"{deployment} mounts Secret {secret} that no Certificate produces")
     for c in certs:
         name, spec = c["metadata"]["name"], c["spec"]
@@ -124,7 +124,7 @@ def consistency_errors(docs: list[Doc]) -> list[str]:
         for field in ("duration", "renewBefore"):
             if field not in spec:
                 errors.append(f"{name}: {field} missing")
-    client_secrets = {"temporal-worker-tls", "temporal-ui-tls"}
+    client_secrets = {"temporal-worker-tls", "temporal-ui-tls", "temporal-admin-tls"}
     for c in certs:
         if c["spec"]["secretName"] in client_secrets and "client auth" not in c["spec"]["usages"]:
             errors.append(f"{c['metadata']['name']}: client certificate without client auth")

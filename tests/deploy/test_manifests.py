@@ -11,7 +11,7 @@ from temporal_shield.certs import LEAVES
 
 from .manifests import DEPLOY, build, consistency_errors, load_yaml, schema_errors
 
-OVERLAYS = ["base", "overlays/dev", "overlays/production"]
+OVERLAYS = ["base", "overlays/dev", "overlays/production", "overlays/checkpoint"]
 
 
 @pytest.mark.parametrize("folder", OVERLAYS)
