@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.history.v1 import HistoryEvent
 
 from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
-from temporal_shield.converter._scan import ScanReport, _inspect
+from temporal_shield.converter._scan import ScanReport, _inspect, scan
 
 LA_DATA = {
     "seq": 1,
@@ -390,3 +392,67 @@ def test_long_low_entropy_binary_under_the_label_is_plaintext() -> None:
     )
     assert report.plaintext == {where: 1}
     assert report.foreign_encryption == {where: 1}
+
+
+class _FakeHandle:
+    def __init__(self, client: _FakeClient, workflow_id: str) -> None:
+        self.client, self.workflow_id = client, workflow_id
+
+    async def fetch_history_events(self) -> Any:
+        self.client.in_flight += 1
+        self.client.max_in_flight = max(self.client.max_in_flight, self.client.in_flight)
+        # later runs finish first: the fold must still follow list order
+        for _ in range(50 - int(self.workflow_id)):
+            await asyncio.sleep(0)
+        self.client.in_flight -= 1
+        event = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+        attrs = event.workflow_execution_started_event_attributes
+        attrs.input.payloads.add().CopyFrom(_json(self.workflow_id))
+        yield event
+
+
+class _FakeClient:
+    namespace = "ns"
+
+    def __init__(self) -> None:
+        self.in_flight = self.max_in_flight = self.listed = 0
+
+    def get_workflow_handle(self, workflow_id: str, *, run_id: str) -> _FakeHandle:
+        return _FakeHandle(self, workflow_id)
+
+    async def list_workflows(self, query: str | None, page_size: int) -> Any:
+        for i in range(40):
+            self.listed += 1
+            yield SimpleNamespace(id=str(i), run_id=f"r{i}")
+
+
+async def test_scan_bounds_in_flight_and_listing_and_folds_in_order() -> None:
+    client = _FakeClient()
+    folded: list[int] = []
+    ahead: list[int] = []
+
+    def progress(report: ScanReport) -> None:
+        folded.append(report.workflows)
+        ahead.append(client.listed - report.workflows)
+
+    report = await scan(client, concurrency=4, progress=progress)  # type: ignore[arg-type]
+    assert report.workflows == 40
+    assert client.max_in_flight == 4
+    assert max(ahead) <= 2 * 4  # listing never runs far ahead of the fold (flat memory)
+    assert folded == list(range(1, 41))
+    # run "0" finished last but is the first example, as in a sequential scan
+    where = (
+        "WORKFLOW_EXECUTION_STARTED",
+        "workflow_execution_started_event_attributes.input.payloads[]",
+    )
+    assert report.first_seen[("plaintext", *where)] == "0"
+    sequential = await scan(_FakeClient(), concurrency=1)  # type: ignore[arg-type]
+    assert sequential == report
+
+
+async def test_scan_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        await scan(_FakeClient(), concurrency=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit"):
+        await scan(_FakeClient(), limit=-1)  # type: ignore[arg-type]
+    assert (await scan(_FakeClient(), limit=0)).workflows == 0  # type: ignore[arg-type]
