@@ -18,6 +18,7 @@ from ._errors import (
 from ._format import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, Header, is_envelope, parse
 from ._local import KEY_ID_PREFIX, Keyring, KeyringEntry, LocalKeyProvider
 from ._provider import GeneratedDataKey, KeyProvider, KeyProviderFactory
+from ._sample import SAMPLE_KEYS_FORMAT, SampleKeys
 from ._uri import (
     AwsKmsKeyProviderFactory,
     LocalKeyProviderFactory,
@@ -32,6 +33,7 @@ __all__ = [
     "ENCODING",
     "KEY_ID_METADATA",
     "KEY_ID_PREFIX",
+    "SAMPLE_KEYS_FORMAT",
     "AwsKmsKeyProviderFactory",
     "AwsSettings",
     "Compression",
@@ -54,6 +56,7 @@ __all__ = [
     "LocalKeyProviderFactory",
     "Opened",
     "PayloadTooLargeError",
+    "SampleKeys",
     "Sealed",
     "ShieldError",
     "SingleFlight",

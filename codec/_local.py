@@ -83,19 +83,9 @@ class Keyring:
         Raises:
             ConfigError: the file is missing, readable by group/others, or malformed.
         """
+        text = read_private(path, "keyring", missing="; create it with `temporal-shield keys init`")
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise ConfigError(
-                f"keyring {path} does not exist; create it with `temporal-shield keys init`"
-            ) from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"keyring {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`"
-            )
-        try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(text)
             return cls._from_doc(doc)
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"keyring {path} is malformed: {type(exc).__name__}") from None
@@ -182,6 +172,25 @@ class Keyring:
             for k in self.keys
         )
         return Keyring(primary=self.primary, keys=keys)
+
+
+def read_private(path: Path, what: str, *, missing: str = "") -> str:
+    """The text of a key file that only its owner may access (mode 0600 or stricter).
+
+    Raises:
+        ConfigError: the file does not exist (``missing`` is appended to the
+            message) or group or others can access it.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist{missing}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{what} {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`"
+        )
+    return path.read_text()
 
 
 def _new_entry(random: Callable[[int], bytes]) -> KeyringEntry:

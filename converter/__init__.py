@@ -13,7 +13,7 @@ SDK's ``temporalio.envconfig`` (``TEMPORAL_ADDRESS``, ``TEMPORAL_*``, profiles) 
 our ``[tls]`` section.
 """
 
-from ._codec import PayloadLike, ShieldCodec, is_encrypted
+from ._codec import PayloadLike, PlaintextRefusedError, ShieldCodec, is_encrypted
 from ._config import (
     DEFAULT_KEY_URI,
     ClassificationConfig,
@@ -48,6 +48,7 @@ __all__ = [
     "ClassificationConfig",
     "KeysConfig",
     "PayloadLike",
+    "PlaintextRefusedError",
     "RewrapReport",
     "ScanReport",
     "ShieldCodec",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol, Self
 
 from temporalio.api.common.v1 import Payload
@@ -22,7 +24,13 @@ from temporal_shield.codec import (
     DecryptionError,
     Envelope,
     Header,
+    SampleKeys,
+    ShieldError,
+    is_envelope,
 )
+from temporal_shield.codec._format import MAGIC
+
+from ._config import ShieldConfig
 
 _MAX_TEMPLATES = 64
 """Bound on cached metadata templates: one per key id and label in use."""
@@ -46,8 +54,32 @@ class PayloadLike(Protocol):
 
 
 def is_encrypted(payload: PayloadLike) -> bool:
-    """Whether ``payload`` carries the temporal-shield encoding."""
+    """Whether ``payload`` carries the ``binary/encrypted`` label (ours or another codec's).
+
+    The label is no proof: :func:`temporal_shield.codec.is_envelope` tells our
+    envelopes apart by their bytes.
+    """
     return payload.metadata.get("encoding") == ENCODING
+
+
+class PlaintextRefusedError(ShieldError):
+    """A payload that is not a temporal-shield envelope, where encryption is required.
+
+    Raised on decode in namespaces matched by ``require_encryption``. It fails the
+    workflow task (the SDK retries it and shows the failure), so a planted payload
+    never reaches workflow code. The message names the namespace and the payload's
+    ``encoding`` label, never its data.
+    """
+
+    def __init__(self, namespace: str, encoding: str) -> None:
+        """Describe the refusal (``encoding`` is shown cut and escaped)."""
+        super().__init__(
+            f"refused a payload that is not a temporal-shield envelope "
+            f"(encoding {encoding!r}) in namespace {namespace!r}, where encryption is "
+            "required (require_encryption)"
+        )
+        self.namespace = namespace
+        self.encoding = encoding
 
 
 class ShieldCodec(PayloadCodec, WithSerializationContext):
@@ -57,10 +89,15 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         * :meth:`encode` returns exactly one encrypted payload per input, in order,
           or raises (``KeyProviderError``, ``PayloadTooLargeError``): it never
           returns a plaintext payload.
-        * :meth:`decode` returns exactly one payload per input, in order. Payloads
-          with another encoding (plaintext written before encryption was switched
-          on, or by other codecs) pass through unchanged; encrypted payloads that
-          fail to authenticate raise :class:`DecryptionError`.
+        * :meth:`decode` returns exactly one payload per input, in order. What is
+          ours is told by the bytes (the envelope's magic), not by the label: our
+          envelopes that fail to authenticate raise :class:`DecryptionError`.
+          Everything else (plaintext written before encryption was switched on,
+          other codecs' ``binary/encrypted`` payloads) passes through unchanged,
+          except that Temporal's sample codec payloads are decrypted when
+          ``sample_keys`` has their key id, and that in namespaces matched by
+          ``require_encryption`` every non-envelope payload (sample ones
+          included) raises :class:`PlaintextRefusedError`.
         * Inputs are not mutated.
 
     The Temporal SDK calls :meth:`with_context` with the namespace and workflow id
@@ -75,6 +112,8 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         namespace: str,
         classifier: Classifier | None = None,
         strict_workflow_binding: bool = False,
+        require_encryption: Sequence[str] = (),
+        sample_keys: SampleKeys | None = None,
     ) -> None:
         """Create a codec.
 
@@ -83,12 +122,18 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             namespace: Namespace used when there is no serialization context.
             classifier: Chooses the classification label per namespace.
             strict_workflow_binding: Also bind payloads to their workflow id.
+            require_encryption: Namespace globs where decoding refuses every
+                payload that is not a temporal-shield envelope.
+            sample_keys: Reader of Temporal's sample codec payloads (migration;
+                decrypt only).
         """
         self.envelope = envelope
         self._templates: dict[tuple[str, str], Payload] = {}
         """Shared by the copies :meth:`with_context` makes."""
         self._classifier = classifier
         self._strict = strict_workflow_binding
+        self._require = tuple(require_encryption)
+        self._sample_keys = sample_keys
         self._bind(namespace)
 
     def _bind(self, namespace: str, workflow_id: str | None = None) -> None:
@@ -96,6 +141,12 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         self._workflow_id = workflow_id
         # Resolved once per binding, not once per payload.
         self._label = self._classifier(namespace, workflow_id) if self._classifier else ""
+        self._refuse = any(fnmatch.fnmatchcase(namespace, glob) for glob in self._require)
+
+    @property
+    def requires_encryption(self) -> bool:
+        """Whether decoding in the current namespace refuses non-envelope payloads."""
+        return self._refuse
 
     @property
     def namespace(self) -> str:
@@ -153,13 +204,22 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         """See :class:`PayloadCodec`."""
         out = []
+        # Whether anything but our envelopes needs a look (else: as it is).
+        inspect = self._refuse or self._sample_keys is not None
         for payload in payloads:
             # Read once: every access to a protobuf field builds a new wrapper.
             metadata = payload.metadata
             if metadata.get("encoding") != ENCODING:
-                out.append(payload)
+                out.append(self._not_ours(payload, metadata) if inspect else payload)
                 continue
-            decoded = self._open_cached(payload, metadata)
+            data = payload.data
+            # Ours by the bytes: the label is shared with other codecs.
+            if data[:2] != MAGIC or (
+                self._sample_keys is not None and self._sample_ciphertext(metadata, data)
+            ):
+                out.append(self._not_ours(payload, metadata, data))
+                continue
+            decoded = self._open_cached(data, metadata)
             if decoded is None:
                 decoded = await self.open(
                     payload, namespace=self._namespace, workflow_id=self._workflow_id
@@ -168,19 +228,50 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         return out
 
     async def decode_one(self, payload: Payload) -> Payload:
-        """Decode a single payload (pass-through for foreign encodings)."""
-        if not is_encrypted(payload):
-            return payload
-        return await self.open(payload, namespace=self._namespace, workflow_id=self._workflow_id)
+        """Decode a single payload (the rules of :meth:`decode`)."""
+        return (await self.decode([payload]))[0]
 
-    def _open_cached(self, payload: Payload, metadata: Mapping[str, bytes]) -> Payload | None:
+    def _sample_ciphertext(self, metadata: Mapping[str, bytes], data: bytes) -> bool:
+        """Whether a payload that starts with our magic is in fact the sample codec's.
+
+        One sample nonce in 65,536 starts with the two magic bytes: such a payload
+        under a sample key id that is not a well-formed envelope is the sample's.
+        """
+        assert self._sample_keys is not None
+        key_id = metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
+        return key_id in self._sample_keys and not is_envelope(data)
+
+    def _not_ours(
+        self, payload: Payload, metadata: Mapping[str, bytes], data: bytes | None = None
+    ) -> Payload:
+        """A payload that is not our envelope: refused, read by the sample reader, or as is.
+
+        Raises:
+            PlaintextRefusedError: encryption is required in this namespace.
+            DecryptionError: a sample codec payload under a configured key id
+                did not authenticate, or holds no payload.
+        """
+        encoding = metadata.get("encoding", b"")
+        if self._refuse:
+            # Sample payloads too: a static key binds them to no namespace or
+            # workflow, so they could be copied anywhere (docs/operations.md).
+            shown = encoding[:64].decode("ascii", "backslashreplace")
+            raise PlaintextRefusedError(self._namespace, shown)
+        sample_keys = self._sample_keys
+        if sample_keys is not None and encoding == ENCODING:
+            key_id = metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
+            if key_id in sample_keys:
+                return _inner(sample_keys.open(key_id, payload.data if data is None else data))
+        return payload
+
+    def _open_cached(self, data: bytes, metadata: Mapping[str, bytes]) -> Payload | None:
         """:meth:`open` by :meth:`Envelope.open_cached`, or ``None`` where that does not apply."""
         key_id = metadata.get(KEY_ID_METADATA)
         if key_id is None:
             return None
         try:
             plaintext = self.envelope.open_cached(
-                payload.data,
+                data,
                 key_id=key_id.decode(),
                 namespace=self._namespace,
                 workflow_id=self._workflow_id,
@@ -220,6 +311,16 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             parsed=parsed,
         )
         return _inner(opened.plaintext)
+
+
+def sample_keys(config: ShieldConfig) -> SampleKeys | None:
+    """The sample codec reader ``keys.sample_keys_file`` names, if any.
+
+    Raises:
+        ConfigError: the file is missing, not 0600, or malformed.
+    """
+    path = config.keys.sample_keys_file
+    return SampleKeys.load(Path(path).expanduser()) if path else None
 
 
 def _inner(plaintext: bytes) -> Payload:

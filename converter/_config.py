@@ -61,6 +61,10 @@ class KeysConfig:
     allowed_key_ids: tuple[str, ...] = ()
     """If non-empty, restricts decryption to these KEKs (local key names or AWS
     key ids/ARNs/aliases). The primary KEK is always allowed."""
+    sample_keys_file: str = ""
+    """Keys of Temporal's sample encryption codec (JSON, mode 0600; see
+    docs/format.md): workers then read the sample's payloads while writing ours,
+    until they age out (docs/operations.md). Empty: no sample reader."""
     aws_region: str | None = None
     """AWS region for KMS (else the usual AWS configuration)."""
     aws_endpoint_url: str | None = None

@@ -49,7 +49,7 @@ from temporal_shield.codec import (
     provider_from_uri,
 )
 
-from ._codec import ShieldCodec
+from ._codec import ShieldCodec, sample_keys
 from ._config import ShieldConfig
 from ._settings import load_config
 from ._storage import ShieldS3Driver, external_storage
@@ -117,6 +117,8 @@ def build_codec(
         namespace=config.namespace,
         classifier=config.classification.label_for,
         strict_workflow_binding=config.strict_workflow_binding,
+        require_encryption=config.require_encryption,
+        sample_keys=sample_keys(config),
     )
 
 

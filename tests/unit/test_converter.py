@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,14 @@ from temporal_shield.codec import (
     KEY_ID_METADATA,
     ConfigError,
     DecryptionError,
+    SampleKeys,
+    ShieldError,
+    is_envelope,
 )
 from temporal_shield.converter import (
     ClassificationConfig,
     KeysConfig,
+    PlaintextRefusedError,
     ShieldCodec,
     ShieldConfig,
     ShieldPlugin,
@@ -28,6 +33,8 @@ from temporal_shield.converter import (
     data_converter,
     load_config,
 )
+
+from ..sample_codec import SAMPLE_KEY, SAMPLE_KEY_ID, sample_codec, write_sample_keys
 
 
 def _config(keyring: Path, **kw: object) -> ShieldConfig:
@@ -315,3 +322,205 @@ default = "internal"
     assert (await other.encode([_json('"x"')]))[0].metadata[CLASSIFICATION_METADATA] == b"phi"
     plain = codec.with_context(WorkflowSerializationContext(namespace="default", workflow_id="x"))
     assert (await plain.encode([_json('"x"')]))[0].metadata[CLASSIFICATION_METADATA] == b"internal"
+
+
+# --- Telling formats apart, enforcement, the sample codec reader ---------------------
+
+
+def _sample_file(tmp_path: Path, **keys: bytes) -> Path:
+    return write_sample_keys(tmp_path / "sample-keys.json", keys or {SAMPLE_KEY_ID: SAMPLE_KEY})
+
+
+async def test_a_foreign_binary_encrypted_payload_passes_through_not_decryption_error(
+    keyring_path: Path,
+) -> None:
+    codec = build_codec(_config(keyring_path))
+    foreign = await sample_codec().encode([_json('"old"')])
+    # Not ours by its bytes: unchanged, whatever the label says (no reader configured).
+    assert await codec.decode(foreign) == foreign
+    # A forged label on plaintext is not ours either.
+    forged = Payload(metadata={"encoding": b"binary/encrypted"}, data=b'"plain"')
+    assert await codec.decode([forged]) == [forged]
+    # Our own envelopes are still authenticated: a flipped bit after the magic fails.
+    ours = (await codec.encode([_json('"x"')]))[0]
+    tampered = Payload()
+    tampered.CopyFrom(ours)
+    tampered.data = ours.data[:2] + bytes([ours.data[2] ^ 1]) + ours.data[3:]
+    with pytest.raises(DecryptionError):
+        await codec.decode([tampered])
+
+
+async def test_sample_reader_decodes_sample_payloads_and_writes_only_ours(
+    keyring_path: Path, tmp_path: Path
+) -> None:
+    keys = _sample_file(tmp_path)
+    codec = _reader(keyring_path, keys)
+    old = [_json(f'"old-{i}"') for i in range(3)]
+    sample = await sample_codec().encode(old)
+    ours = await codec.encode([_json('"new"')])
+    assert is_envelope(ours[0].data)  # writes ours, never the sample's format
+    assert await codec.decode([*sample, *ours]) == [*old, _json('"new"')]
+
+
+async def test_sample_payload_starting_with_our_magic_is_still_the_samples(
+    keyring_path: Path, tmp_path: Path
+) -> None:
+    keys = _sample_file(tmp_path)
+    codec = _reader(keyring_path, keys)
+    sample = sample_codec()
+    inner = _json('"collision"')
+    # One sample nonce in 65,536 starts with b"TS": forge that nonce on purpose.
+    nonce = b"TS" + bytes(10)
+    data = nonce + sample.encryptor.encrypt(nonce, inner.SerializeToString(), None)
+    payload = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": SAMPLE_KEY_ID.encode()},
+        data=data,
+    )
+    assert await codec.decode([payload]) == [inner]
+
+
+@pytest.mark.parametrize(
+    "case", ["truncated", "short", "wrong key id", "wrong key", "not a payload", "flipped"]
+)
+async def test_hostile_sample_payloads_are_one_opaque_error(
+    keyring_path: Path, tmp_path: Path, case: str
+) -> None:
+    keys = _sample_file(tmp_path, **{SAMPLE_KEY_ID: SAMPLE_KEY, "other": bytes(32)})
+    codec = _reader(keyring_path, keys)
+    sample = sample_codec()
+    good = (await sample.encode([_json('"secret-value"')]))[0]
+    key_id = SAMPLE_KEY_ID
+    data = good.data
+    if case == "truncated":
+        data = data[:-1]
+    elif case == "short":
+        data = data[:27]  # less than a nonce and a tag
+    elif case == "wrong key id":
+        key_id = "other"  # a configured id, but not the key that sealed it
+    elif case == "wrong key":
+        data = sample_codec(key=bytes(range(32))).encrypt(_json('"x"').SerializeToString())
+    elif case == "not a payload":
+        data = sample.encrypt(b"\xff\xff\xff\xff")  # authenticates, but holds no Payload
+    elif case == "flipped":
+        data = data[:20] + bytes([data[20] ^ 0x80]) + data[21:]
+    payload = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": key_id.encode()},
+        data=data,
+    )
+    with pytest.raises(DecryptionError) as raised:
+        await codec.decode([payload])
+    assert str(raised.value) == "payload could not be decrypted"
+    assert "secret-value" not in repr(raised.value.__cause__)
+
+
+async def test_sample_payload_under_an_unknown_key_id_passes_through(
+    keyring_path: Path, tmp_path: Path
+) -> None:
+    keys = _sample_file(tmp_path)
+    codec = _reader(keyring_path, keys)
+    unknown = await sample_codec(key_id="someone-elses").encode([_json('"x"')])
+    assert await codec.decode(unknown) == unknown
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        (None, 0o600, "does not exist"),
+        ("ok", 0o640, "accessible by group or others"),
+        ("ok", 0o604, "accessible by group or others"),
+        ('{"format": "other/v1", "keys": {}}', 0o600, "malformed"),
+        ('{"format": "temporal-shield-sample-keys/v1", "keys": {"k": "!!"}}', 0o600, "malformed"),
+        ('{"format": "temporal-shield-sample-keys/v1", "keys": []}', 0o600, "malformed"),
+        ("not json", 0o600, "malformed"),
+        ('{"format": "temporal-shield-sample-keys/v1", "keys": {}}', 0o600, "at least one"),
+        ('{"format": "temporal-shield-sample-keys/v1", "keys": {"k": "AAAA"}}', 0o600, "32 bytes"),
+    ],
+)
+def test_sample_keys_file_is_validated(
+    tmp_path: Path, content: str | None, mode: int, message: str
+) -> None:
+    path = tmp_path / "sample-keys.json"
+    if content == "ok":
+        write_sample_keys(path, {SAMPLE_KEY_ID: SAMPLE_KEY}, mode)
+    elif content is not None:
+        path.write_text(content)
+        path.chmod(mode)
+    with pytest.raises(ConfigError, match=message) as raised:
+        SampleKeys.load(path)
+    assert base64.b64encode(SAMPLE_KEY).decode() not in str(raised.value)
+
+
+def test_sample_keys_never_print_their_material(tmp_path: Path) -> None:
+    keys = SampleKeys.load(_sample_file(tmp_path))
+    assert keys.key_ids == (SAMPLE_KEY_ID,)
+    assert SAMPLE_KEY.decode() not in repr(keys)
+    assert "test-key-id" in repr(keys)
+
+
+def _reader(keyring_path: Path, sample_keys: Path, **kw: object) -> ShieldCodec:
+    keys = KeysConfig(uri=f"local://{keyring_path}", sample_keys_file=str(sample_keys))
+    return build_codec(ShieldConfig(keys=keys, **kw))  # type: ignore[arg-type]
+
+
+def _requiring(keyring_path: Path) -> ShieldCodec:
+    return build_codec(_config(keyring_path, require_encryption=("prod-*",)))
+
+
+async def test_require_encryption_refuses_non_envelopes_by_namespace_glob(
+    keyring_path: Path,
+) -> None:
+    codec = _requiring(keyring_path)
+    prod = codec.with_context(WorkflowSerializationContext(namespace="prod-eu", workflow_id="w"))
+    dev = codec.with_context(WorkflowSerializationContext(namespace="dev", workflow_id="w"))
+    assert prod.requires_encryption
+    assert not dev.requires_encryption
+    planted = _json('"planted secret"')
+    assert await dev.decode([planted]) == [planted]
+    with pytest.raises(PlaintextRefusedError) as raised:
+        await prod.decode([planted])
+    message = str(raised.value)
+    assert "prod-eu" in message
+    assert "json/plain" in message
+    assert "planted secret" not in message
+    assert isinstance(raised.value, ShieldError)
+    # Our envelopes still decode there.
+    ours = await prod.encode([_json('"fine"')])
+    assert await prod.decode(ours) == [_json('"fine"')]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        Payload(metadata={"encoding": b"binary/encrypted"}, data=b'"secret-data"'),
+        Payload(metadata={"encoding": b"binary/null"}),
+        Payload(data=b"secret-data"),
+        Payload(metadata={"encoding": b"x" * 500 + b"\xff"}, data=b"secret-data"),
+    ],
+    ids=["forged label", "null", "no metadata", "hostile encoding"],
+)
+async def test_require_encryption_refuses_every_non_envelope_shape(
+    keyring_path: Path, payload: Payload
+) -> None:
+    codec = _requiring(keyring_path).with_namespace("prod-1")
+    with pytest.raises(PlaintextRefusedError) as raised:
+        await codec.decode([payload])
+    # The label is shown cut and escaped: an error line stays bounded.
+    assert len(str(raised.value)) < 300
+    assert "secret-data" not in str(raised.value)
+
+
+async def test_require_encryption_refuses_sample_payloads_even_with_a_reader(
+    keyring_path: Path, tmp_path: Path
+) -> None:
+    keys = _sample_file(tmp_path)
+    codec = _reader(keyring_path, keys, require_encryption=("prod-*",))
+    sample = await sample_codec().encode([_json('"old"')])
+    assert await codec.with_namespace("staging").decode(sample) == [_json('"old"')]
+    with pytest.raises(PlaintextRefusedError, match="binary/encrypted"):
+        await codec.with_namespace("prod-1").decode(sample)
+
+
+def test_sample_keys_file_is_a_keys_setting(tmp_path: Path) -> None:
+    path = _sample_file(tmp_path)
+    config = load_config(env={"TEMPORAL_SHIELD_KEYS_SAMPLE_KEYS_FILE": str(path)})
+    assert config.keys.sample_keys_file == str(path)
