@@ -11,7 +11,10 @@ A mode is a row of :data:`MODES`: a name and the arguments of the child
 (``--scan-child MODE``) that runs it; add a mode (e.g. the distributed scan with 1 and
 2 workers) by adding a row and a branch in :func:`_scan_child`. Every mode's report
 must equal the sequential one (checked), and the table prints histories/s (median of
-rounds, min-max), the ratio to ``sequential`` taken per round (median), and peak RSS.
+rounds, min-max), the ratio to ``sequential`` taken per round (median), the CPU time
+of scanner and dev server together per history (from ``/proc``), and peak RSS.
+Histories/s cannot exceed cores ÷ CPU per history: that is the ceiling concurrency
+approaches on loopback.
 
 With ``--rtt-ms 0,4`` the modes run once straight against the dev server and once
 through a loopback TCP proxy (:class:`DelayProxy`) that holds every chunk for half the
@@ -49,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client
     from temporalio.worker import Worker
 
+    from bench.bench_e2e import _cpu_seconds, _server_pid
     from temporal_shield._devserver import DevServer
     from temporal_shield.codec import Keyring
     from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin, scan
@@ -182,9 +186,14 @@ def _scan_child(mode: Mode, address: str) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         client = await Client.connect(address)
         started = time.perf_counter()
+        cpu = time.process_time()
         report = await scan(client, concurrency=mode.concurrency)
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "report": report.as_json()}
+        return {
+            "seconds": seconds,
+            "cpu_seconds": time.process_time() - cpu,
+            "report": report.as_json(),
+        }
 
     result = asyncio.run(run())
     result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -214,14 +223,18 @@ def main(args: argparse.Namespace) -> int:
         keyring = Path(tmp) / "keyring.json"
         Keyring.new().save(keyring)
         asyncio.run(_generate(server.address, args.workflows, keyring))
+        server_pid = _server_pid(server.port)
         tables = []
         baseline: list[dict[str, Any]] = []
         for rtt in args.rtt_ms:
             address = DelayProxy(server.address, rtt).address if rtt else server.address
-            tables.append(_rounds(args, modes, address, rtt, baseline))
+            tables.append(_rounds(args, modes, address, rtt, baseline, server_pid))
+    report = baseline[0]
     print(
-        f"\n{args.workflows} workflow runs (about 20 events, 5 encrypted payloads each), "
-        f"{args.rounds} rounds, {os.cpu_count()} cores, dev server on the same machine"
+        f"\n{report['workflows']} workflow runs ({report['events'] / report['workflows']:.0f} "
+        f"events, {report['payloads'] / report['workflows']:.0f} payloads each, "
+        f"{report['encrypted']} encrypted in all), {args.rounds} rounds, "
+        f"{os.cpu_count()} cores, dev server on the same machine"
     )
     for table in tables:
         print(table)
@@ -234,15 +247,19 @@ def _rounds(
     address: str,
     rtt: float,
     baseline: list[dict[str, Any]],
+    server_pid: int,
 ) -> str:
     rates: dict[str, list[float]] = {m.name: [] for m in modes}
+    cpu_ms: dict[str, list[float]] = {m.name: [] for m in modes}
     ratios: dict[str, list[float]] = {m.name: [] for m in modes}
     rss: dict[str, list[int]] = {m.name: [] for m in modes}
     for round_no in range(args.rounds):
         order = modes if round_no % 2 == 0 else list(reversed(modes))
         this_round: dict[str, float] = {}
         for mode in order:
+            server_cpu = _cpu_seconds(server_pid)
             result = _run_child(mode, address)
+            server_cpu = _cpu_seconds(server_pid) - server_cpu
             report = result["report"]
             if report["workflows"] != args.workflows:
                 raise SystemExit(f"{mode.name} scanned {report['workflows']} runs")
@@ -253,6 +270,9 @@ def _rounds(
             this_round[mode.name] = report["workflows"] / result["seconds"]
             rates[mode.name].append(this_round[mode.name])
             rss[mode.name].append(int(result["peak_rss_kib"]))
+            cpu_ms[mode.name].append(
+                1000 * (result["cpu_seconds"] + server_cpu) / report["workflows"]
+            )
             print(
                 f"rtt {rtt} ms round {round_no + 1} {mode.name:<16} "
                 f"{this_round[mode.name]:8.1f} hist/s",
@@ -263,13 +283,15 @@ def _rounds(
                 ratios[name].append(rate / this_round["sequential"])
     lines = [
         f"\nround trip {'loopback' if not rtt else f'+{rtt:g} ms (delay proxy)'}",
-        f"{'mode':<16} {'histories/s median (min-max)':<32} {'÷ sequential':<22} peak RSS",
+        f"{'mode':<16} {'histories/s median (min-max)':<32} {'÷ sequential':<22} "
+        f"{'CPU ms/history':<16} peak RSS",
     ]
     for mode in modes:
         ratio = _summary(ratios[mode.name], lambda v: f"{v:.2f}") if ratios[mode.name] else "-"
         lines.append(
             f"{mode.name:<16} {_summary(rates[mode.name], lambda v: f'{v:.0f}'):<32} "
-            f"{ratio:<22} {max(rss[mode.name]) / 1024:.0f} MiB"
+            f"{ratio:<22} {statistics.median(cpu_ms[mode.name]):<16.2f} "
+            f"{max(rss[mode.name]) / 1024:.0f} MiB"
         )
     return "\n".join(lines)
 
