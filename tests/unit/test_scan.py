@@ -340,7 +340,13 @@ def _full_report(encrypted: Payload) -> ScanReport:
     _inspect(report, "wf-a", failed)
     _inspect(report, "wf-b", started)
     _inspect(report, "wf-c", _marker("core_patch", _json({"id": "v2", "deprecated": True})))
-    _inspect(report, "wf-c", _timeout_event("activity ScheduleToClose timeout"))
+    _inspect(
+        report,
+        "wf-c",
+        _timeout_event(
+            "activity ScheduleToClose timeout", TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE
+        ),
+    )
     report.workflows = 3
     return report
 
@@ -349,6 +355,10 @@ def test_json_round_trip_is_exact(encrypted: Payload) -> None:
     report = _full_report(encrypted)
     data = report.as_json()
     assert all(data[k] for k in ("plaintext", "foreign_encryption", "temporal_written"))
+    assert {r["kind"] for r in data["temporal_written"]} == {
+        "patch marker",
+        "server ScheduleToClose timeout",
+    }
     again = ScanReport.from_json(json.loads(json.dumps(data)))
     assert again == report
     assert again.as_json() == data
