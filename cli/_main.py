@@ -335,6 +335,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_scan(sub)
 
+    from ._cluster_cli import add_parser as add_scan_worker
+
+    add_scan_worker(sub)
+
     certs = _command(sub, "certs", "make a local PKI in the cert-manager Secret layout")
     certs_sub = certs.add_subparsers(dest="action", required=True, metavar="ACTION")
     dev = _command(certs_sub, "dev", "create a CA and the deploy/ leaf certificates")

@@ -56,6 +56,10 @@ def _scan(args: argparse.Namespace) -> int:
     if args.since:
         since = f'StartTime > "{args.since}"'
         query = f"({query}) AND {since}" if query else since
+    if args.distributed:
+        from ._cluster_cli import scan_distributed
+
+        return scan_distributed(args, query or None)
     connect = client_connect_config(config, address=args.address, namespace=args.namespace)
     tty = sys.stderr.isatty()
 
@@ -121,4 +125,7 @@ def add_parser(sub: Any) -> None:
     add_output(scan)
     scan.add_argument("--json", action="store_true", help="same as --output json")
     scan.add_argument("--config", help="TOML file with [tls] settings (else environment)")
+    from ._cluster_cli import add_distributed_arguments
+
+    add_distributed_arguments(scan)
     scan.set_defaults(func=_scan)
