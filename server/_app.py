@@ -350,6 +350,7 @@ def _audit_event(
         "encoded": done.encoded,
         "denied": done.denied,
         "passed_through": done.passed_through,
+        "foreign_encryption": done.foreign,
         "failed": done.failed,
         "withheld": done.withheld,
         "key_ids": _bounded(done.key_ids),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import KEY_ID_METADATA, DecryptionError, parse
+from temporal_shield.codec._format import MAGIC
 from temporal_shield.converter import PayloadLike, ShieldCodec, ShieldConfig, is_encrypted
 
 from ._config import ServerConfig
@@ -66,6 +67,10 @@ class Outcome:
     decoded: int = 0
     denied: int = 0
     passed_through: int = 0
+    """Payloads that are not temporal-shield envelopes, returned unchanged."""
+    foreign: int = 0
+    """Of those, other codecs' ``binary/encrypted`` payloads (e.g. Temporal's sample
+    codec); the rest are plaintext."""
     failed: int = 0
     encoded: int = 0
     withheld: int = 0
@@ -97,8 +102,9 @@ class CodecService:
     """Decides per payload who may read what, and decrypts what is allowed.
 
     Contract: :meth:`decode` returns exactly one payload per input, in order;
+    payloads that are not temporal-shield envelopes (told by their bytes),
     payloads the caller may not or cannot read, and payloads over a budget
-    (decoded bytes, KMS unwraps), are returned unchanged. Every check that
+    (decoded bytes, KMS unwraps), are returned unchanged and counted. Every check that
     needs no key (namespace, policy, classification, size) runs before any
     KMS call, so a refused payload never costs one.
     """
@@ -172,8 +178,17 @@ class CodecService:
                 outcome.passed_through += 1
                 out.append(payload)
                 continue
+            data = payload.data
+            if not data.startswith(MAGIC):
+                # Ours by the bytes, not the label (as the workers decide). The
+                # sample codec's payloads are not decrypted here: bound to no
+                # namespace, they would let a caller read another namespace's.
+                outcome.passed_through += 1
+                outcome.foreign += 1
+                out.append(payload)
+                continue
             try:
-                parsed = parse(payload.data)
+                parsed = parse(data)
                 key_id = payload.metadata[KEY_ID_METADATA].decode()
             except (DecryptionError, KeyError, UnicodeDecodeError):
                 outcome.failed += 1

@@ -210,7 +210,13 @@ class Telemetry:
             if outcome.denied:
                 payloads[(operation, "denied")] += outcome.denied
             if outcome.passed_through:
-                payloads[(operation, "passed_through")] += outcome.passed_through
+                # Results partition the payloads: plaintext and other codecs' ciphertext.
+                if outcome.passed_through - outcome.foreign:
+                    payloads[(operation, "passed_through")] += (
+                        outcome.passed_through - outcome.foreign
+                    )
+                if outcome.foreign:
+                    payloads[(operation, "foreign_encryption")] += outcome.foreign
             if outcome.failed:
                 payloads[(operation, "failed")] += outcome.failed
             if outcome.withheld:
