@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,54 @@ class VaultFactory(KeyProviderFactory):
 
 
 __all__ = ["ConfigError", "FakeClock", "FakeKms", "VaultFactory", "make_keyring", "require"]
+
+
+# --- Installs in fresh virtual environments (packaging test, bench_install) ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_wheel(out: Path) -> Path:
+    """Build this project's wheel into ``out`` (no isolation: setuptools is a dev dep)."""
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*pip_wheel, "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = out.glob("temporal_shield-*.whl")
+    return wheel
+
+
+def make_venv(path: Path, *requirements: str) -> Path:
+    """A fresh virtual environment at ``path`` with ``requirements`` pip-installed.
+
+    Nothing of this interpreter's site-packages is visible in it: what imports
+    there is what the requirements' own dependency metadata brings.
+
+    Returns:
+        The environment's ``bin`` folder.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, capture_output=True)
+    bin_dir = path / "bin"
+    if requirements:
+        subprocess.run(
+            [str(bin_dir / "python"), "-m", "pip", "install", "-q", *requirements],
+            check=True,
+            capture_output=True,
+        )
+    return bin_dir
+
+
+def site_packages_bytes(venv: Path, *, exclude: tuple[str, ...] = ("pip", "setuptools")) -> int:
+    """Bytes of every file under the environment's site-packages, less ``exclude``d
+    distributions' folders (the venv's own installer is not part of an install)."""
+    (site,) = venv.glob("lib/python*/site-packages")
+    total = 0
+    for item in site.iterdir():
+        name = item.name.split("-")[0].lower()
+        if name in exclude or name == "_distutils_hack" or item.name == "distutils-precedence.pth":
+            continue
+        files = [item] if item.is_file() else [f for f in item.rglob("*") if f.is_file()]
+        total += sum(f.stat().st_size for f in files)
+    return total

@@ -11,27 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from ..helpers import build_wheel, make_venv
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_holds_only_the_temporal_shield_namespace(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("temporal_shield-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"temporal_shield"}
@@ -193,3 +179,51 @@ def test_extras_and_build_floor_in_pyproject() -> None:
     # A license given as an SPDX expression (PEP 639) needs setuptools 77.
     assert isinstance(meta["project"]["license"], str)
     assert "setuptools>=77" in meta["build-system"]["requires"]
+
+
+@pytest.fixture(scope="module")
+def lean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed without extras into a fresh virtual environment."""
+    root = tmp_path_factory.mktemp("lean")
+    return make_venv(root / "venv", str(build_wheel(root / "wheel")))
+
+
+@pytest.mark.integration
+def test_the_default_install_has_no_aws_sdk_and_round_trips(lean_venv: Path) -> None:
+    probe = (
+        "import importlib.util, sys\n"
+        f"assert all(importlib.util.find_spec(m) is None for m in {OPTIONAL!r})\n" + _WORKER
+    )
+    result = subprocess.run(
+        [str(lean_venv / "python"), "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "temporal_shield" in json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_the_default_install_cli_names_the_server_extra(lean_venv: Path, tmp_path: Path) -> None:
+    cli = str(lean_venv / "temporal-shield")
+    env = {**_clean_env(), "XDG_CONFIG_HOME": str(tmp_path)}
+    helped = subprocess.run([cli, "serve", "--help"], capture_output=True, text=True, env=env)
+    assert helped.returncode == 0
+    assert "--workers" in helped.stdout
+    keys = subprocess.run(
+        [cli, "keys", "init", "--keyring", str(tmp_path / "ring.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert keys.returncode == 0, keys.stderr
+    for argv in (["serve", "--insecure-dev", "--port", "0"], ["demo", "--no-wait"]):
+        result = subprocess.run([cli, *argv], capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "temporal-shield: error: the codec server, `audit` and `demo` need the Python "
+            f"package {_first_server_module(argv)!r}: pip install 'temporal-shield[server]'"
+        ]
+
+
+def _first_server_module(argv: list[str]) -> str:
+    """serve imports aiohttp first, demo imports PyJWT first."""
+    return "aiohttp" if argv[0] == "serve" else "jwt"
