@@ -37,6 +37,7 @@ from temporal_shield._devserver import DevServer, temporal_cli
 from temporal_shield.codec import Keyring
 from temporal_shield.converter import (
     KeysConfig,
+    PlaintextRefusedError,
     ShieldCodec,
     ShieldConfig,
     ShieldPlugin,
@@ -314,6 +315,9 @@ async def test_rollout_from_plaintext_to_enforcement(dev_server: DevServer, tmp_
             "guarded-retried",
             "sealed",
         }
+        # Clients refuse too: the reader era's run has a plaintext result.
+        with pytest.raises(PlaintextRefusedError):
+            await enforcing.get_workflow_handle(mid.id).result()
         # 6. ...but a plaintext signal planted by a raw client is refused.
         victim = await enforcing.start_workflow(
             GuardedWorkflow.run, Plan(text="victim"), id=f"{prefix}-victim", task_queue=queue
