@@ -305,6 +305,8 @@ _SERVER_TIMEOUT_FORMS = (
     "activity {} timeout",
     "Not enough time to schedule next retry before activity {} timeout, giving up retrying",
 )
+_WORKFLOW_TIMEOUT = "workflow timeout"
+"""What the server writes as the next run's ``continued_failure`` when a run timed out."""
 _LOCAL_ACTIVITY_TIMEOUT = "Activity timed out"
 """What the SDK core writes in a local-activity marker's failure on timeout."""
 
@@ -328,6 +330,12 @@ def _temporal_failure(event: HistoryEvent, path: str, failure: Failure) -> str |
         form.format(name) for form in _SERVER_TIMEOUT_FORMS
     ):
         return f"server {name} timeout"
+    if (
+        failure.source == "Server"
+        and failure.message == _WORKFLOW_TIMEOUT
+        and failure.timeout_failure_info.timeout_type == TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE
+    ):
+        return "server workflow run timeout"
     if (
         failure.source == ""
         and failure.message == _LOCAL_ACTIVITY_TIMEOUT

@@ -29,7 +29,7 @@ from temporalio.api.workflowservice.v1 import (
     DescribeNamespaceRequest,
     RegisterNamespaceRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ActivityError
@@ -119,6 +119,16 @@ class TemporalWritesWorkflow:
         return out
 
 
+@workflow.defn(sandboxed=False)
+class OutlivesItsRunTimeout:
+    """Sleeps past its run timeout: the server retries it and writes why."""
+
+    @workflow.run
+    async def run(self) -> None:
+        """Sleep longer than any run timeout the test sets."""
+        await asyncio.sleep(30)
+
+
 async def fresh_namespace(address: str) -> str:
     """Register a namespace of its own on the dev server and wait until it is usable."""
     name = f"scan-{uuid.uuid4().hex[:8]}"
@@ -177,16 +187,25 @@ async def test_encrypted_namespace_with_temporal_writes_scans_clean(
     async with Worker(
         client,
         task_queue=queue,
-        workflows=[TemporalWritesWorkflow],
+        workflows=[TemporalWritesWorkflow, OutlivesItsRunTimeout],
         activities=[quick, slow, beat_then_stall],
     ):
         out = await client.execute_workflow(
             TemporalWritesWorkflow.run, SECRET, id=queue, task_queue=queue
         )
+        retried = await client.start_workflow(
+            OutlivesItsRunTimeout.run,
+            id=f"{queue}-run-timeout",
+            task_queue=queue,
+            run_timeout=timedelta(seconds=1),
+            retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(seconds=0.1)),
+        )
+        with pytest.raises(WorkflowFailureError):
+            await retried.result()
     assert out[:2] == [f"{SECRET}-done", "patched"]
     assert out[2:] == ["TimeoutError"] * 5
     raw = await Client.connect(dev_server.address, namespace=namespace)
-    await wait_visible(raw, "ExecutionStatus = 'Completed'", 1)
+    await wait_visible(raw, "ExecutionStatus = 'Completed' OR ExecutionStatus = 'TimedOut'", 3)
 
     # The evidence: exactly what the dev server stored in the Temporal-written places.
     written = await _temporal_written_items(raw, queue)
@@ -223,8 +242,23 @@ async def test_encrypted_namespace_with_temporal_writes_scans_clean(
     ]
     assert written["marker failures"] == [("", "Activity timed out", "TIMEOUT_TYPE_START_TO_CLOSE")]
 
+    # The retried run starts with the server's account of the timed-out one.
+    last = raw.get_workflow_handle(f"{queue}-run-timeout")
+    async for event in last.fetch_history_events():
+        attrs = event.workflow_execution_started_event_attributes
+        if event.HasField("workflow_execution_started_event_attributes"):
+            failure = attrs.continued_failure
+            assert (failure.source, failure.message, failure.stack_trace) == (
+                "Server",
+                "workflow timeout",
+                "",
+            )
+            assert _timeout_name(failure.timeout_failure_info.timeout_type) == (
+                "TIMEOUT_TYPE_START_TO_CLOSE"
+            )
+
     report = await scan(raw)
-    assert report.workflows == 1
+    assert report.workflows == 3  # the workflow, and both runs of the timed-out one
     assert report.clean, report.as_table()
     assert not report.plaintext
     assert not report.foreign_encryption
@@ -237,6 +271,7 @@ async def test_encrypted_namespace_with_temporal_writes_scans_clean(
         "server ScheduleToClose timeout",
         "server Heartbeat timeout",
         "server ScheduleToStart timeout",
+        "server workflow run timeout",
     }
     where = {field for _, field, _ in report.temporal_written}
     assert "marker_recorded_event_attributes.details[data].payloads[]" in where

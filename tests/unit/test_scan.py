@@ -248,6 +248,26 @@ def test_server_message_without_timeout_info_is_plaintext() -> None:
     assert not _scan(event).temporal_written
 
 
+def test_server_workflow_timeout_in_the_retried_run_is_temporal_written() -> None:
+    def started(message: str, timeout_type: TimeoutType.ValueType) -> HistoryEvent:
+        event = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+        failure = event.workflow_execution_started_event_attributes.continued_failure
+        failure.message, failure.source = message, "Server"
+        failure.timeout_failure_info.timeout_type = timeout_type
+        return event
+
+    where = "workflow_execution_started_event_attributes.continued_failure.message"
+    good = _scan(started("workflow timeout", TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE))
+    assert good.temporal_written == {
+        ("WORKFLOW_EXECUTION_STARTED", where, "server workflow run timeout"): 1
+    }
+    for bad in (
+        started("workflow timeout: order 17", TimeoutType.TIMEOUT_TYPE_START_TO_CLOSE),
+        started("workflow timeout", TimeoutType.TIMEOUT_TYPE_HEARTBEAT),
+    ):
+        assert _scan(bad).plaintext == {("WORKFLOW_EXECUTION_STARTED", where): 1}
+
+
 def test_timeout_heartbeat_details_are_inspected_as_payloads() -> None:
     event = _timeout_event("activity Heartbeat timeout", TimeoutType.TIMEOUT_TYPE_HEARTBEAT)
     failure = event.activity_task_timed_out_event_attributes.failure
