@@ -21,8 +21,10 @@ from .test_scan_temporal_written import (
     SampleCodec,
     TemporalWritesWorkflow,
     beat_then_stall,
+    console_script,
     fresh_namespace,
     quick,
+    run_cli,
     slow,
 )
 
@@ -84,3 +86,47 @@ async def test_concurrent_report_equals_sequential(dev_server: DevServer, tmp_pa
     first = await scan(plain, concurrency=1, limit=7)
     assert first.workflows == 7
     assert (await scan(plain, concurrency=8, limit=7)).as_json() == first.as_json()
+
+
+def _run_with_tty_stderr(argv: list[str]) -> tuple[int, str, str]:
+    """Run the console script with stderr on a pseudo-terminal, stdout on a pipe."""
+    import os
+    import pty
+    import subprocess
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [console_script(), *argv], stdout=subprocess.PIPE, stderr=secondary, text=True
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=60)
+    os.close(primary)
+    return proc.returncode, out, b"".join(chunks).decode()
+
+
+async def test_progress_is_drawn_only_on_a_terminal(dev_server: DevServer) -> None:
+    namespace = await fresh_namespace(dev_server.address)
+    client = await Client.connect(dev_server.address, namespace=namespace)
+    async with Worker(client, task_queue="progress", workflows=[EchoOnce]):
+        for i in range(3):
+            await client.execute_workflow(EchoOnce.run, "x", id=f"p-{i}", task_queue="progress")
+    await wait_visible(client, "ExecutionStatus = 'Completed'", 3)
+    argv = ["scan", "--address", dev_server.address, "--namespace", namespace]
+    status, out, err = await asyncio.to_thread(_run_with_tty_stderr, argv)
+    assert status == 1  # plaintext runs
+    assert "scanned 1 runs" in err  # the first redraw is never throttled
+    assert err.endswith("\n")  # the line is finished before the report
+    assert "NOT ENCRYPTED" in out
+    assert "scanned" not in out
+    piped = await asyncio.to_thread(run_cli, argv)
+    assert piped.returncode == 1
+    assert piped.stderr == ""  # no progress noise when stderr is not a terminal
