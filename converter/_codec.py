@@ -88,7 +88,8 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
     Contract:
         * :meth:`encode` returns exactly one encrypted payload per input, in order,
           or raises (``KeyProviderError``, ``PayloadTooLargeError``): it never
-          returns a plaintext payload.
+          returns a plaintext payload — except a codec made with
+          ``read_only=True`` (roll-out stage 1), whose encode returns its inputs.
         * :meth:`decode` returns exactly one payload per input, in order. What is
           ours is told by the bytes (the envelope's magic), not by the label: our
           envelopes that fail to authenticate raise :class:`DecryptionError`.
@@ -114,6 +115,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         strict_workflow_binding: bool = False,
         require_encryption: Sequence[str] = (),
         sample_keys: SampleKeys | None = None,
+        read_only: bool = False,
     ) -> None:
         """Create a codec.
 
@@ -126,6 +128,8 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
                 payload that is not a temporal-shield envelope.
             sample_keys: Reader of Temporal's sample codec payloads (migration;
                 decrypt only).
+            read_only: Roll-out stage 1: decode as usual, encode nothing (see
+                ``ShieldConfig.read_only``).
         """
         self.envelope = envelope
         self._templates: dict[tuple[str, str], Payload] = {}
@@ -134,6 +138,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         self._strict = strict_workflow_binding
         self._require = tuple(require_encryption)
         self._sample_keys = sample_keys
+        self.read_only = read_only
         self._bind(namespace)
 
     def _bind(self, namespace: str, workflow_id: str | None = None) -> None:
@@ -169,6 +174,8 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         """See :class:`PayloadCodec`."""
+        if self.read_only:
+            return list(payloads)
         namespace = self._namespace
         label = self._label
         workflow_id = (self._workflow_id or "") if self._strict else ""

@@ -233,9 +233,20 @@ class ShieldConfig:
     """Namespace globs where decoding refuses payloads that are not temporal-shield
     envelopes (the last roll-out step, once ``scan`` is clean; see
     docs/operations.md). Empty: every non-envelope payload passes through."""
+    read_only: bool = False
+    """Roll-out stage 1 only: decode temporal-shield envelopes but write new payloads
+    unchanged (in plaintext), so that every process of a fleet with several images
+    can read ciphertext before any of them writes it (docs/operations.md). Never a
+    steady state: ``scan`` reports what is written meanwhile, a warning is logged
+    at start-up, and it cannot be combined with ``require_encryption``."""
 
     def __post_init__(self) -> None:
         if not self.namespace:
             raise ConfigError("namespace must not be empty")
+        if self.read_only and self.require_encryption:
+            raise ConfigError(
+                "read_only (write plaintext during a roll-out) cannot be combined with "
+                "require_encryption (refuse plaintext): finish the roll-out first"
+            )
         if self.max_payload_bytes <= 0:
             raise ConfigError("max_payload_bytes must be positive")

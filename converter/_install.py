@@ -21,6 +21,7 @@ second one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
@@ -55,6 +56,7 @@ from ._settings import load_config
 from ._storage import ShieldS3Driver, external_storage
 
 PLUGIN_NAME = "temporal-shield"
+_log = logging.getLogger("temporal_shield")
 
 
 def key_providers(
@@ -106,6 +108,11 @@ def build_codec(
             cannot be resolved.
     """
     config = config or load_config()
+    if config.read_only:
+        _log.warning(
+            "temporal-shield read_only: new payloads are written unencrypted "
+            "(roll-out stage 1; remove read_only once every process has the converter)"
+        )
     keys = DataKeyManager(
         providers or key_providers(config, factories=factories), policy=config.data_keys
     )
@@ -119,6 +126,7 @@ def build_codec(
         strict_workflow_binding=config.strict_workflow_binding,
         require_encryption=config.require_encryption,
         sample_keys=sample_keys(config),
+        read_only=config.read_only,
     )
 
 

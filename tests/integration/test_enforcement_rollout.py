@@ -18,30 +18,25 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio import activity, workflow
-from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.common import RetryPolicy
-from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from temporal_shield._devserver import DevServer, temporal_cli
-from temporal_shield.codec import Keyring
+from temporal_shield.codec import Keyring, is_envelope
 from temporal_shield.converter import (
     KeysConfig,
     PlaintextRefusedError,
-    ShieldCodec,
     ShieldConfig,
     ShieldPlugin,
-    build_codec,
     scan,
 )
 
@@ -145,23 +140,11 @@ class GuardedWorkflow:
 _ACTIVITIES = [quick, times_out_once, completed_outside]
 
 
-class DecodeOnly(PayloadCodec):
-    """A reader of the roll-out's first step: decodes our envelopes, still writes plaintext."""
-
-    def __init__(self, codec: ShieldCodec) -> None:
-        self.codec = codec
-
-    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return list(payloads)
-
-    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return await self.codec.decode(payloads)
-
-
-def _config(ring: Path, *, enforce: bool = False) -> ShieldConfig:
+def _config(ring: Path, *, enforce: bool = False, read_only: bool = False) -> ShieldConfig:
     return ShieldConfig(
         keys=KeysConfig(uri=f"local://{ring}"),
         require_encryption=("default",) if enforce else (),
+        read_only=read_only,
     )
 
 
@@ -256,9 +239,7 @@ async def test_rollout_from_plaintext_to_enforcement(dev_server: DevServer, tmp_
     # 2. Readers: every process can decode our envelopes, nothing writes them yet.
     reader = await Client.connect(
         dev_server.address,
-        data_converter=dataclasses.replace(
-            DataConverter.default, payload_codec=DecodeOnly(build_codec(_config(ring)))
-        ),
+        plugins=[ShieldPlugin(_config(ring, read_only=True))],
     )
     async with _worker(reader, queue):
         mid = await reader.start_workflow(
@@ -266,6 +247,21 @@ async def test_rollout_from_plaintext_to_enforcement(dev_server: DevServer, tmp_
         )
         await mid.signal(GuardedWorkflow.deliver, "read")
         assert await mid.result() == "reader-era|read"
+        # A reader writes nothing encrypted (older images can still read what it
+        # writes) but reads what the first writer encrypts.
+        started = await raw.get_workflow_handle(mid.id).fetch_history()
+        first = started.events[0].workflow_execution_started_event_attributes.input.payloads[0]
+        assert first.metadata["encoding"] == b"json/plain"
+        writer = await Client.connect(dev_server.address, plugins=[ShieldPlugin(_config(ring))])
+        early = await writer.start_workflow(
+            GuardedWorkflow.run, Plan(text="early"), id=f"{prefix}-early", task_queue=queue
+        )
+        sealed = (await raw.get_workflow_handle(early.id).fetch_history()).events[0]
+        assert is_envelope(
+            sealed.workflow_execution_started_event_attributes.input.payloads[0].data
+        )
+        await reader.get_workflow_handle(early.id).signal(GuardedWorkflow.deliver, "seen")
+        assert await reader.get_workflow_handle(early.id).result() == "early|seen"
     # 3. Writers: the plugin everywhere. The old run finishes on mixed history.
     shield = await Client.connect(dev_server.address, plugins=[ShieldPlugin(_config(ring))])
     async with _worker(shield, queue):
@@ -287,7 +283,7 @@ async def test_rollout_from_plaintext_to_enforcement(dev_server: DevServer, tmp_
         }
     # 4. A clean scan of what runs since the switch (the old runs are not clean).
     await wait_visible(
-        raw, f"WorkflowId STARTS_WITH '{prefix}' AND ExecutionStatus = 'Completed'", 3
+        raw, f"WorkflowId STARTS_WITH '{prefix}' AND ExecutionStatus = 'Completed'", 4
     )
     since = await scan(raw, query=f"WorkflowId = '{new.id}'")
     assert since.clean, since.as_table()
@@ -341,9 +337,7 @@ async def test_planted_plaintext_is_refused_wherever_a_worker_decodes(
     # Writes plaintext like a raw client, and reads our envelopes (the refusal).
     raw = await Client.connect(
         dev_server.address,
-        data_converter=dataclasses.replace(
-            DataConverter.default, payload_codec=DecodeOnly(build_codec(_config(ring)))
-        ),
+        plugins=[ShieldPlugin(_config(ring, read_only=True))],
     )
     async with _worker(enforcing, queue):
         if place == "input":

@@ -524,3 +524,30 @@ def test_sample_keys_file_is_a_keys_setting(tmp_path: Path) -> None:
     path = _sample_file(tmp_path)
     config = load_config(env={"TEMPORAL_SHIELD_KEYS_SAMPLE_KEYS_FILE": str(path)})
     assert config.keys.sample_keys_file == str(path)
+
+
+async def test_read_only_reads_envelopes_writes_inputs_unchanged_and_warns(
+    keyring_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sealed = await build_codec(_config(keyring_path)).encode([_json('"secret"')])
+    with caplog.at_level("WARNING", logger="temporal_shield"):
+        reader = build_codec(_config(keyring_path, read_only=True))
+    assert "written unencrypted" in caplog.text
+    inputs = [_json('"new"')]
+    # The bound copies the SDK makes per workflow keep the mode.
+    bound = reader.with_namespace("other")
+    assert await bound.encode(inputs) == inputs
+    assert await reader.decode(sealed) == [_json('"secret"')]
+
+
+def test_read_only_cannot_be_combined_with_require_encryption(keyring_path: Path) -> None:
+    with pytest.raises(ConfigError, match="read_only"):
+        _config(keyring_path, read_only=True, require_encryption=("*",))
+    with pytest.raises(ConfigError, match="read_only"):
+        load_config(
+            env={
+                "TEMPORAL_SHIELD_READ_ONLY": "true",
+                "TEMPORAL_SHIELD_REQUIRE_ENCRYPTION": "prod-*",
+                "TEMPORAL_SHIELD_KEYS_URI": f"local://{keyring_path}",
+            }
+        )

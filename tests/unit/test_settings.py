@@ -149,6 +149,9 @@ def test_every_setting_is_reachable_from_the_environment() -> None:
             expected[path] = value
     env["TEMPORAL_SHIELD_SERVER_INSECURE_DEV"] = "true"
     expected[("server", "insecure_dev")] = True
+    # Not with require_encryption (refused: test_converter.py checks it is read).
+    env["TEMPORAL_SHIELD_READ_ONLY"] = "false"
+    expected[("read_only",)] = False
     env["TEMPORAL_SHIELD_SERVER_AUDIT_FILE"] = "/var/log/audit.jsonl"
     expected[("server", "audit", "file")] = "/var/log/audit.jsonl"
     server, shield = load_server_config(env=env)
