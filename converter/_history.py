@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
+
+
+@cache
+def _may_hold(descriptor: Descriptor, targets: frozenset[str]) -> bool:
+    """Whether a message of ``descriptor`` can contain one of ``targets`` (full names).
+
+    A fresh depth-first search per (descriptor, targets), cached: skipping fields
+    that cannot hold a payload (timestamps, task queues, workflow types...) halves
+    the walk, and not caching intermediate nodes of a cycle keeps it exact.
+    """
+    seen: set[str] = set()
+    stack = [descriptor]
+    while stack:
+        current = stack.pop()
+        if current.full_name in targets:
+            return True
+        if current.full_name in seen:
+            continue
+        seen.add(current.full_name)
+        stack.extend(f.message_type for f in current.fields if f.message_type is not None)
+    return False
 
 
 def iter_messages(
@@ -15,25 +38,30 @@ def iter_messages(
 
     The walk is generic (any proto message, any depth), so new event types and
     fields are covered without a list to maintain. It does not descend into a
-    message it yields.
+    message it yields, nor into fields whose type cannot hold one.
     """
+    targets = frozenset(t.DESCRIPTOR.full_name for t in types)
+    return _walk(message, types, targets, path)
+
+
+def _walk(
+    message: Message, types: tuple[type[Message], ...], targets: frozenset[str], path: str
+) -> Iterator[tuple[str, Message]]:
     if isinstance(message, types):
         yield path, message
         return
     for field, value in message.ListFields():
-        name = f"{path}.{field.name}" if path else field.name
-        if field.message_type is None:
+        if field.message_type is None or not _may_hold(field.message_type, targets):
             continue
+        name = f"{path}.{field.name}" if path else field.name
         if field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
-            if value_field.message_type is not None:
-                for key, item in value.items():
-                    yield from iter_messages(item, types, f"{name}[{key}]")
+            for key, item in value.items():
+                yield from _walk(item, types, targets, f"{name}[{key}]")
         elif field.is_repeated:
             for i, item in enumerate(value):
-                yield from iter_messages(item, types, f"{name}[{i}]")
+                yield from _walk(item, types, targets, f"{name}[{i}]")
         else:
-            yield from iter_messages(value, types, name)
+            yield from _walk(value, types, targets, name)
 
 
 def iter_payloads(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:

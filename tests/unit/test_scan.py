@@ -486,3 +486,53 @@ async def test_scan_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="limit"):
         await scan(_FakeClient(), limit=-1)  # type: ignore[arg-type]
     assert (await scan(_FakeClient(), limit=0)).workflows == 0  # type: ignore[arg-type]
+
+
+def _naive_walk(message: Any, types: tuple[type, ...], path: str = "") -> list[tuple[str, Any]]:
+    """The walk without pruning: every message field, every depth."""
+    if isinstance(message, types):
+        return [(path, message)]
+    found = []
+    for field, value in message.ListFields():
+        name = f"{path}.{field.name}" if path else field.name
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for key, item in value.items():
+                    found += _naive_walk(item, types, f"{name}[{key}]")
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                found += _naive_walk(item, types, f"{name}[{i}]")
+        else:
+            found += _naive_walk(value, types, name)
+    return found
+
+
+def test_pruned_walk_finds_exactly_what_a_full_walk_finds(encrypted: Payload) -> None:
+    from temporalio.api.failure.v1 import Failure
+
+    from temporal_shield.converter import iter_messages
+
+    started = HistoryEvent(event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
+    attrs = started.workflow_execution_started_event_attributes
+    attrs.input.payloads.add().CopyFrom(encrypted)
+    attrs.header.fields["tracing"].CopyFrom(_json("t"))
+    attrs.memo.fields["note"].CopyFrom(_json(1))
+    attrs.search_attributes.indexed_fields["CustomerId"].CopyFrom(_json("c"))
+    attrs.continued_failure.message = "m"
+    attrs.continued_failure.cause.cause.application_failure_info.details.payloads.add()
+    attrs.workflow_type.name = "W"
+    attrs.task_queue.name = "q"
+    attrs.workflow_run_timeout.seconds = 5
+    attrs.prev_auto_reset_points.points.add().binary_checksum = "x"
+    events = [
+        started,
+        _marker("core_local_activity", _json(LA_DATA), more={"result": encrypted}),
+        _timeout_event("activity Heartbeat timeout", TimeoutType.TIMEOUT_TYPE_HEARTBEAT),
+        _la_timeout_marker("core_local_activity", "Activity timed out"),
+    ]
+    for event in events:
+        for types in ((Payload,), (Payload, Failure), (Failure,)):
+            assert list(iter_messages(event, types)) == _naive_walk(event, types)
+    assert len(list(iter_messages(started, (Payload,)))) == 5
