@@ -78,22 +78,14 @@ def _keyring_path(args: argparse.Namespace) -> Path:
 def _rewrap(args: argparse.Namespace) -> int:
     import asyncio
 
-    import boto3
-
-    from temporal_shield.codec import ConfigError, aws_client_config
+    from temporal_shield.codec import ConfigError, aws_client
     from temporal_shield.converter import build_codec, load_config, rewrap
 
     config = load_config(args.config)
     bucket = args.bucket or config.storage.s3_bucket
     if not bucket:
         raise ConfigError("no bucket: give --bucket or set storage.s3_bucket")
-    aws = config.storage.aws
-    s3 = boto3.client(
-        "s3",
-        region_name=aws.region,
-        endpoint_url=aws.endpoint_url,
-        config=aws_client_config(aws),
-    )
+    s3 = aws_client("s3", config.storage.aws, feature="keys rewrap")
     envelope = build_codec(config).envelope
     report = asyncio.run(
         rewrap(

@@ -4,7 +4,7 @@ This package imports nothing else of temporal-shield and nothing of Temporal: it
 turns bytes into authenticated, self-describing ciphertext and back.
 """
 
-from ._aws import AwsSettings, aws_client_config
+from ._aws import AwsSettings, aws_client, aws_client_config
 from ._compression import Compression, CompressionConfig
 from ._datakeys import DataKey, DataKeyManager, DataKeyPolicy, KeyStats, SingleFlight
 from ._envelope import Envelope, Opened, Sealed, validate_classification
@@ -60,6 +60,7 @@ __all__ = [
     "Sealed",
     "ShieldError",
     "SingleFlight",
+    "aws_client",
     "aws_client_config",
     "is_envelope",
     "parse",

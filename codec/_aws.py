@@ -102,6 +102,31 @@ def aws_client_config(settings: AwsSettings) -> Config:
     )
 
 
+def aws_client(service: str, settings: AwsSettings, *, feature: str) -> Any:
+    """A boto3 client for ``service`` made with :func:`aws_client_config`.
+
+    The one place our code creates AWS clients, so each gets the bounded
+    timeouts and retries, and a missing ``[aws]`` extra is one clear error.
+
+    Args:
+        service: ``"kms"`` or ``"s3"``.
+        settings: Region, endpoint and the time bounds.
+        feature: What needs AWS, for the missing-extra message.
+
+    Raises:
+        ImportError: boto3 is not installed (the message names the extra).
+    """
+    require_aws(feature)
+    import boto3
+
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        config=aws_client_config(settings),
+    )
+
+
 CONTEXT_NAMESPACE = "temporal-shield:namespace"
 """Encryption-context key carrying the namespace; KMS refuses to unwrap for another."""
 CONTEXT_FORMAT = "temporal-shield:format"

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ._aws import AwsSettings, aws_client_config
+from ._aws import AwsSettings, aws_client
 from ._errors import ConfigError, ShieldError
 from ._provider import KeyProvider, KeyProviderFactory
 
@@ -68,21 +68,12 @@ class AwsKmsKeyProviderFactory(KeyProviderFactory):
         if not key:
             raise ConfigError("aws-kms:// URI needs a key id, ARN or alias")
         try:
-            import boto3
-        except ImportError:
-            raise ConfigError(
-                "aws-kms:// keys need the AWS SDK: pip install 'temporal-shield[aws]'"
-            ) from None
+            client = aws_client("kms", aws or AwsSettings(), feature="aws-kms:// keys")
+        except ImportError as exc:
+            raise ConfigError(str(exc)) from None
 
         from ._aws import AwsKmsKeyProvider
 
-        settings = aws or AwsSettings()
-        client = boto3.client(
-            "kms",
-            region_name=settings.region,
-            endpoint_url=settings.endpoint_url,
-            config=aws_client_config(settings),
-        )
         return AwsKmsKeyProvider(
             None if decrypt_only else key,
             client=client,

@@ -26,8 +26,7 @@ from temporalio.converter import (
     StorageDriverRetrieveContext,
 )
 
-from temporal_shield.codec import ENCODING, DecryptionError, aws_client_config, parse
-from temporal_shield.codec._aws import require_aws
+from temporal_shield.codec import ENCODING, DecryptionError, aws_client, parse
 
 from ._config import StorageConfig
 
@@ -113,15 +112,6 @@ def external_storage(config: StorageConfig) -> ExternalStorage | None:
     """
     if not config.s3_bucket:
         return None
-    require_aws("S3 offload (storage.s3_bucket)")
-    import boto3
-
-    aws = config.aws
-    client = boto3.client(
-        "s3",
-        region_name=aws.region,
-        endpoint_url=aws.endpoint_url,
-        config=aws_client_config(aws),
-    )
+    client = aws_client("s3", config.aws, feature="S3 offload (storage.s3_bucket)")
     driver = ShieldS3Driver(client=Boto3S3Client(client), bucket=config.s3_bucket)
     return ExternalStorage(drivers=[driver], payload_size_threshold=config.threshold)

@@ -196,14 +196,11 @@ class S3Sink(CheckpointSink):
 
 def s3_client(*, region: str | None = None, endpoint_url: str | None = None) -> S3Client:
     """A boto3 S3 client with bounded timeouts and standard retries."""
-    import boto3
-
-    from temporal_shield.codec import AwsSettings, aws_client_config
+    from temporal_shield.codec import AwsSettings, aws_client
 
     settings = AwsSettings(region=region, endpoint_url=endpoint_url)
-    return boto3.client(
-        "s3", region_name=region, endpoint_url=endpoint_url, config=aws_client_config(settings)
-    )
+    client: S3Client = aws_client("s3", settings, feature="S3 audit anchors")
+    return client
 
 
 @dataclass(frozen=True)

@@ -220,14 +220,11 @@ def kms_client(*, region: str | None = None, endpoint_url: str | None = None) ->
     A checkpoint waiting on a hung KMS only delays the next checkpoint (it never
     blocks a request), but it must still end.
     """
-    import boto3
-
-    from temporal_shield.codec import AwsSettings, aws_client_config
+    from temporal_shield.codec import AwsSettings, aws_client
 
     settings = AwsSettings(region=region, endpoint_url=endpoint_url)
-    return boto3.client(
-        "kms", region_name=region, endpoint_url=endpoint_url, config=aws_client_config(settings)
-    )
+    client: KMSClient = aws_client("kms", settings, feature="KMS audit signing")
+    return client
 
 
 def signer_from_uri(
