@@ -64,7 +64,9 @@ class Mode:
 
     name: str
     concurrency: int = 1
-    """Histories read at once (local scan)."""
+    """Histories read at once (local scan; per page activity when distributed)."""
+    workers: int = 0
+    """Scan-worker processes of a distributed scan (0: a local scan)."""
 
 
 MODES: dict[str, Mode] = {
@@ -74,6 +76,8 @@ MODES: dict[str, Mode] = {
         Mode(name="concurrent-4", concurrency=4),
         Mode(name="concurrent-8", concurrency=8),
         Mode(name="concurrent-16", concurrency=16),
+        Mode(name="distributed-1", concurrency=8, workers=1),
+        Mode(name="distributed-2", concurrency=8, workers=2),
     )
 }
 """Scan modes, in the order they run within a round; ``sequential`` is the baseline."""
@@ -182,12 +186,20 @@ class DelayProxy:
             sender.cancel()
 
 
+# Every mode scans the generated runs only: the distributed modes' own scan
+# workflows live in the same namespace.
+QUERY = "WorkflowType = 'BenchScanWorkflow'"
+
+
 def _scan_child(mode: Mode, address: str) -> dict[str, Any]:
+    if mode.workers:
+        return _distributed_child(mode, address)
+
     async def run() -> dict[str, Any]:
         client = await Client.connect(address)
         started = time.perf_counter()
         cpu = time.process_time()
-        report = await scan(client, concurrency=mode.concurrency)
+        report = await scan(client, query=QUERY, concurrency=mode.concurrency)
         seconds = time.perf_counter() - started
         return {
             "seconds": seconds,
@@ -198,6 +210,78 @@ def _scan_child(mode: Mode, address: str) -> dict[str, Any]:
     result = asyncio.run(run())
     result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return result
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _distributed_child(mode: Mode, address: str) -> dict[str, Any]:
+    """``mode.workers`` real ``scan-worker`` processes; timed from start to result.
+
+    CPU and peak RSS are the scan workers' (the process starting the workflow only
+    waits); the workers are up and polling before the clock starts.
+    """
+    from temporal_shield.converter import load_config
+    from temporal_shield.converter._scan_workflow import (
+        SCAN_WORKFLOW,
+        DistributedScanOptions,
+        ScanInput,
+    )
+
+    queue = f"bench-dist-{uuid.uuid4().hex[:6]}"
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "temporal_shield",
+                "scan-worker",
+                "--address",
+                address,
+                "--task-queue",
+                queue,
+                "--max-activities",
+                "2",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(mode.workers)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stderr is not None
+            if "scan worker on task queue" not in worker.stderr.readline():
+                raise SystemExit("a scan worker did not start")
+        options = DistributedScanOptions(
+            query=QUERY,
+            page_size=50,
+            pages_in_flight=2 * mode.workers,
+            run_concurrency=mode.concurrency,
+        )
+
+        async def run() -> tuple[float, dict[str, Any]]:
+            config = load_config()
+            client = await Client.connect(address, plugins=[ShieldPlugin(config)])
+            started = time.perf_counter()
+            report = await client.execute_workflow(
+                SCAN_WORKFLOW, ScanInput(options), id=queue, task_queue=queue, result_type=dict
+            )
+            return time.perf_counter() - started, report
+
+        cpu = sum(_cpu_seconds(w.pid) for w in workers)
+        seconds, report = asyncio.run(run())
+        cpu = sum(_cpu_seconds(w.pid) for w in workers) - cpu
+        rss = max(_peak_rss_kib(w.pid) for w in workers)
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=60)
+    return {"seconds": seconds, "cpu_seconds": cpu, "report": report, "peak_rss_kib": rss}
 
 
 def _run_child(mode: Mode, address: str) -> dict[str, Any]:
@@ -222,6 +306,9 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp, DevServer() as server:
         keyring = Path(tmp) / "keyring.json"
         Keyring.new().save(keyring)
+        # The distributed modes' workers and clients carry the workflow's own payloads
+        # through the codec, with this keyring.
+        os.environ["TEMPORAL_SHIELD_KEYS_URI"] = f"local://{keyring}"
         asyncio.run(_generate(server.address, args.workflows, keyring))
         server_pid = _server_pid(server.port)
         tables = []

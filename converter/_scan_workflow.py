@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -148,6 +150,19 @@ class ScanPageInput:
     concurrency: int
 
 
+@contextlib.contextmanager
+def _permanent_errors(what: str) -> Iterator[None]:
+    """Errors a retry cannot fix end the scan (non-retryable); others are retried."""
+    try:
+        yield
+    except RPCError as exc:
+        if exc.status in _PERMANENT:
+            raise ApplicationError(
+                f"{what}: {exc.message}", type="ScanError", non_retryable=True
+            ) from None
+        raise
+
+
 def _bounded_query(query: str, until: str) -> str:
     bound = f'StartTime < "{until}"'
     return f"({query}) AND {bound}" if query else bound
@@ -178,16 +193,8 @@ class ScanActivities:
 
     async def _page(self, query: str, page_size: int, token: bytes | None) -> Any:
         pages = self._client.list_workflows(query, page_size=page_size, next_page_token=token)
-        try:
+        with _permanent_errors("visibility refused the scan"):
             await pages.fetch_next_page()
-        except RPCError as exc:
-            if exc.status in _PERMANENT:
-                raise ApplicationError(
-                    f"visibility refused the scan: {exc.message}",
-                    type="ScanQueryError",
-                    non_retryable=True,
-                ) from None
-            raise
         return pages
 
     @activity.defn(name=LIST_ACTIVITY)
@@ -227,7 +234,10 @@ class ScanActivities:
                 last_beat = time.monotonic()
                 activity.heartbeat({"done": done, "report": report.as_json()})
 
-        await scan_in_order(self._client, runs, request.concurrency, fold)
+        # A run listed but gone when read (retention, a reset) fails the scan, as it
+        # fails the local scan: retrying would only repeat it.
+        with _permanent_errors("reading a history failed"):
+            await scan_in_order(self._client, runs, request.concurrency, fold)
         return report.as_json()
 
 

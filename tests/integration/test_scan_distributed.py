@@ -21,7 +21,12 @@ from temporalio.worker import Worker
 from temporal_shield._devserver import DevServer
 from temporal_shield.codec import Keyring
 from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin, scan
-from temporal_shield.converter._scan_workflow import PROGRESS_QUERY
+from temporal_shield.converter._scan_workflow import (
+    PROGRESS_QUERY,
+    DistributedScanOptions,
+    ScanActivities,
+    _bounded_query,
+)
 
 from .conftest import wait_visible
 from .workflows import MARK, EchoWorkflow, mark
@@ -33,6 +38,13 @@ RUNS = 60  # half encrypted, half plaintext; 20 pages of 3
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "temporal_shield", *args]
+
+
+def _keys(tmp_path: Path) -> tuple[Path, ShieldConfig]:
+    """A fresh keyring and the config using it (workers get it through the environment)."""
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    return ring, ShieldConfig(keys=KeysConfig(uri=f"local://{ring}"))
 
 
 def _env(ring: Path) -> dict[str, str]:
@@ -84,9 +96,7 @@ async def _retried_pages(client: Client, workflow_id: str) -> int:
 async def test_distributed_scan_survives_a_killed_worker_with_the_sequential_report(
     dev_server: DevServer, tmp_path: Path
 ) -> None:
-    ring = tmp_path / "keyring.json"
-    Keyring.new().save(ring)
-    config = ShieldConfig(keys=KeysConfig(uri=f"local://{ring}"))
+    ring, config = _keys(tmp_path)
     tag = uuid.uuid4().hex[:6]
     data_queue, scan_queue, scan_id = f"data-{tag}", f"scanq-{tag}", f"scan-{tag}"
     await _populate(dev_server.address, config, data_queue)
@@ -164,8 +174,7 @@ async def test_distributed_scan_survives_a_killed_worker_with_the_sequential_rep
 async def test_distributed_scan_errors_exit_2_with_one_line(
     dev_server: DevServer, tmp_path: Path
 ) -> None:
-    ring = tmp_path / "keyring.json"
-    Keyring.new().save(ring)
+    ring, _ = _keys(tmp_path)
     queue = f"scanq-{uuid.uuid4().hex[:6]}"
     worker = await _worker(dev_server.address, ring, queue)
     try:
@@ -203,3 +212,37 @@ async def test_distributed_scan_errors_exit_2_with_one_line(
         worker.send_signal(signal.SIGTERM)
         stderr = (await asyncio.wait_for(worker.communicate(), timeout=30))[1]
     assert worker.returncode == 0, stderr.decode()  # a clean stop on SIGTERM
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"page_size": 0},
+        {"pages_in_flight": -1},
+        {"run_concurrency": 0},
+        {"pages_per_run": 0},
+        {"heartbeat_timeout_seconds": 0.0},
+        {"heartbeat_timeout_seconds": -5.0},
+        {"maximum_attempts": -1},
+    ],
+)
+def test_distributed_scan_options_refuse_nonsense(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        DistributedScanOptions(**bad)
+
+
+def test_scan_is_bounded_by_its_start_so_it_never_scans_itself() -> None:
+    until = "2026-11-23T21:00:00+00:00"
+    assert _bounded_query("", until) == f'StartTime < "{until}"'
+    # The user's query is parenthesised, so an OR in it cannot escape the bound.
+    assert _bounded_query("A = 1 OR B = 2", until) == f'(A = 1 OR B = 2) AND StartTime < "{until}"'
+
+
+async def test_activities_refuse_a_client_with_a_codec(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    _, config = _keys(tmp_path)
+    client = await Client.connect(dev_server.address, plugins=[ShieldPlugin(config)])
+    with pytest.raises(ValueError, match="without a payload codec"):
+        ScanActivities(client)
+    ScanActivities(Client(client.service_client, namespace=client.namespace))  # raw: accepted
