@@ -11,7 +11,7 @@ from ._scan_cli import _error, _positive, exit_status
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from temporal_shield.converter import ShieldConfig
+    from temporal_shield.converter import RewrapReport, ShieldConfig
 
 DEFAULT_TASK_QUEUE = "temporal-shield-scan"
 DEFAULT_WORKFLOW_ID = "temporal-shield-scan"
@@ -27,18 +27,16 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_distributed_arguments(scan: argparse.ArgumentParser) -> None:
-    """Add ``--distributed`` and its options to the ``scan`` parser."""
-    group = scan.add_argument_group("distributed scan (a workflow on your Temporal cluster)")
+def _add_common(group: Any, *, what: str, unit: str, default_id: str) -> None:
     group.add_argument(
         "--distributed",
         action="store_true",
-        help="run the scan as a workflow on scan workers (start `scan-worker` first) "
+        help=f"run {what} as a workflow on scan workers (start `scan-worker` first) "
         "and follow it; attaches if the workflow id is already running",
     )
     group.add_argument("--task-queue", default=DEFAULT_TASK_QUEUE, help="the scan workers' queue")
-    group.add_argument("--id", default=DEFAULT_WORKFLOW_ID, help="the scan workflow's id")
-    group.add_argument("--page-size", type=_positive, default=100, help="runs per activity")
+    group.add_argument("--id", default=default_id, help="the workflow's id")
+    group.add_argument("--page-size", type=_positive, default=100, help=f"{unit} per activity")
     group.add_argument(
         "--pages-in-flight", type=_positive, default=4, help="page activities at once"
     )
@@ -51,6 +49,20 @@ def add_distributed_arguments(scan: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds before a silent page activity is retried on another worker",
     )
+
+
+def add_distributed_arguments(scan: argparse.ArgumentParser) -> None:
+    """Add ``--distributed`` and its options to the ``scan`` parser."""
+    group = scan.add_argument_group("distributed scan (a workflow on your Temporal cluster)")
+    _add_common(group, what="the scan", unit="runs", default_id=DEFAULT_WORKFLOW_ID)
+
+
+def add_rewrap_distributed_arguments(rewrap: argparse.ArgumentParser) -> None:
+    """Add ``--distributed`` and its options to the ``keys rewrap`` parser."""
+    group = rewrap.add_argument_group("distributed rewrap (a workflow on your Temporal cluster)")
+    _add_common(group, what="the rewrap", unit="objects", default_id="temporal-shield-rewrap")
+    group.add_argument("--address", help="Temporal frontend host:port (else TEMPORAL_ADDRESS)")
+    group.add_argument("--namespace", help="namespace (else TEMPORAL_NAMESPACE, default)")
 
 
 async def _connect(args: argparse.Namespace, config: ShieldConfig) -> Client:
@@ -67,18 +79,65 @@ async def _connect(args: argparse.Namespace, config: ShieldConfig) -> Client:
     )
 
 
-def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
-    """Start (or attach to) the scan workflow, follow it, print its report."""
+class _Failed(Exception):
+    """The distributed workflow failed or could not be started (message: one line)."""
+
+
+async def _follow(
+    args: argparse.Namespace, config: ShieldConfig, workflow: str, argument: Any
+) -> dict[str, Any]:
+    """Start ``workflow`` (or attach to the running ``args.id``), follow it, return its result.
+
+    Raises:
+        _Failed: no connection, the start was refused, or the workflow failed.
+    """
     import asyncio
-    import json
 
     from temporalio.client import WorkflowFailureError
     from temporalio.common import WorkflowIDConflictPolicy
     from temporalio.service import RPCError
 
+    from temporal_shield.converter._scan_workflow import PROGRESS_QUERY
+
+    try:
+        client = await _connect(args, config)
+    except (RPCError, RuntimeError) as exc:
+        raise _Failed(f"cannot connect to Temporal: {_first_line(exc)}") from None
+    tty = sys.stderr.isatty()
+    try:
+        handle = await client.start_workflow(
+            workflow,
+            argument,
+            id=args.id,
+            task_queue=args.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            result_type=dict,
+        )
+        result = asyncio.ensure_future(handle.result())
+        while not result.done():
+            await asyncio.wait([result], timeout=1.0)
+            if tty and not result.done():
+                _show(await handle.query(PROGRESS_QUERY))
+        answer: dict[str, Any] = result.result()
+    except WorkflowFailureError as exc:
+        # WorkflowFailureError -> ActivityError -> the activity's own error.
+        cause = exc.cause.__cause__ or exc.cause
+        raise _Failed(f"the workflow {args.id} failed: {_first_line(cause)}") from None
+    except RPCError as exc:
+        raise _Failed(f"workflow {args.id}: {_first_line(exc)}") from None
+    finally:
+        if tty:
+            sys.stderr.write("\n")
+    return answer
+
+
+def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
+    """Start (or attach to) the scan workflow, follow it, print its report."""
+    import asyncio
+    import json
+
     from temporal_shield.converter import ScanReport, load_config
     from temporal_shield.converter._scan_workflow import (
-        PROGRESS_QUERY,
         SCAN_WORKFLOW,
         DistributedScanOptions,
         ScanInput,
@@ -95,41 +154,44 @@ def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
         pages_per_run=args.pages_per_run,
         heartbeat_timeout_seconds=args.heartbeat_timeout,
     )
-    tty = sys.stderr.isatty()
+    try:
+        answer = asyncio.run(_follow(args, config, SCAN_WORKFLOW, ScanInput(options)))
+    except _Failed as exc:
+        return _error(str(exc))
+    report = ScanReport.from_json(answer)
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
+    return exit_status(report, allow_foreign=args.allow_foreign_encryption)
 
-    async def run() -> int:
-        try:
-            client = await _connect(args, config)
-        except (RPCError, RuntimeError) as exc:
-            return _error(f"cannot connect to Temporal: {_first_line(exc)}")
-        try:
-            handle = await client.start_workflow(
-                SCAN_WORKFLOW,
-                ScanInput(options),
-                id=args.id,
-                task_queue=args.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                result_type=dict,
-            )
-            result = asyncio.ensure_future(handle.result())
-            while not result.done():
-                await asyncio.wait([result], timeout=1.0)
-                if tty and not result.done():
-                    _show(await handle.query(PROGRESS_QUERY))
-            answer: dict[str, Any] = result.result()
-        except WorkflowFailureError as exc:
-            # WorkflowFailureError -> ActivityError -> the activity's own error.
-            cause = exc.cause.__cause__ or exc.cause
-            return _error(f"the distributed scan {args.id} failed: {_first_line(cause)}")
-        except RPCError as exc:
-            return _error(f"distributed scan {args.id}: {_first_line(exc)}")
-        if tty:
-            sys.stderr.write("\n")
-        report = ScanReport.from_json(answer)
-        print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
-        return exit_status(report, allow_foreign=args.allow_foreign_encryption)
 
-    return asyncio.run(run())
+def rewrap_distributed(args: argparse.Namespace, bucket: str) -> RewrapReport:
+    """Run ``keys rewrap`` as a workflow on the scan workers (``scan-worker --rewrap``).
+
+    Raises:
+        ConfigError: ``--start-after`` was given (the workflow resumes by itself),
+            no connection, or the workflow failed.
+    """
+    import asyncio
+
+    from temporal_shield.codec import ConfigError
+    from temporal_shield.converter import RewrapReport, load_config
+    from temporal_shield.converter._rewrap_workflow import REWRAP_WORKFLOW, RewrapInput
+    from temporal_shield.converter._scan_workflow import DistributedScanOptions
+
+    if args.start_after:
+        raise ConfigError("--start-after is not used with --distributed (it resumes by itself)")
+    config = load_config(args.config)
+    options = DistributedScanOptions(
+        page_size=args.page_size,
+        pages_in_flight=args.pages_in_flight,
+        pages_per_run=args.pages_per_run,
+        heartbeat_timeout_seconds=args.heartbeat_timeout,
+    )
+    argument = RewrapInput(bucket, args.prefix, args.dry_run, options)
+    try:
+        answer = asyncio.run(_follow(args, config, REWRAP_WORKFLOW, argument))
+    except _Failed as exc:
+        raise ConfigError(str(exc)) from None
+    return RewrapReport.from_json(answer)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -141,8 +203,13 @@ def _show(progress: dict[str, Any]) -> None:
     if not progress.get("started"):
         return
     listing = "" if progress["listing_done"] else "+"
+    done = (
+        f"{progress['workflows']} runs"
+        if "workflows" in progress
+        else f"{progress.get('objects', 0)} objects"
+    )
     sys.stderr.write(
-        f"\rdistributed scan: {progress['workflows']} runs, {progress['pages']} pages done, "
+        f"\rdistributed: {done}, {progress['pages']} pages done, "
         f"{progress['pages_in_flight']} in flight, {progress['pages_listed_ahead']}{listing} "
         f"listed ahead, continued {progress['continued']}x"
     )
@@ -165,8 +232,19 @@ def _scan_worker(args: argparse.Namespace) -> int:
             client = await _connect(args, config)
         except (RPCError, RuntimeError) as exc:
             return _error(f"cannot connect to Temporal: {_first_line(exc)}")
+        rewrap = None
+        if args.rewrap:
+            from temporal_shield.codec import aws_client
+            from temporal_shield.converter import build_codec
+            from temporal_shield.converter._rewrap_workflow import RewrapActivities
+
+            s3 = aws_client("s3", config.storage.aws, feature="scan-worker --rewrap")
+            rewrap = RewrapActivities(s3, build_codec(config).envelope)
         worker = scan_worker(
-            client, task_queue=args.task_queue, max_concurrent_activities=args.max_activities
+            client,
+            task_queue=args.task_queue,
+            max_concurrent_activities=args.max_activities,
+            rewrap=rewrap,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -195,5 +273,10 @@ def add_parser(sub: Any) -> None:
     worker.add_argument("--config", help="TOML file (keys, [tls]); else environment")
     worker.add_argument(
         "--max-activities", type=_positive, default=4, help="page activities this worker runs"
+    )
+    worker.add_argument(
+        "--rewrap",
+        action="store_true",
+        help="also run `keys rewrap --distributed` (needs the [aws] extra, S3 settings, keys)",
     )
     worker.set_defaults(func=_scan_worker)

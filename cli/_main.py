@@ -85,18 +85,23 @@ def _rewrap(args: argparse.Namespace) -> int:
     bucket = args.bucket or config.storage.s3_bucket
     if not bucket:
         raise ConfigError("no bucket: give --bucket or set storage.s3_bucket")
-    s3 = aws_client("s3", config.storage.aws, feature="keys rewrap")
-    envelope = build_codec(config).envelope
-    report = asyncio.run(
-        rewrap(
-            s3,
-            bucket,
-            envelope,
-            prefix=args.prefix,
-            start_after=args.start_after,
-            dry_run=args.dry_run,
+    if args.distributed:
+        from ._cluster_cli import rewrap_distributed
+
+        report = rewrap_distributed(args, bucket)
+    else:
+        s3 = aws_client("s3", config.storage.aws, feature="keys rewrap")
+        envelope = build_codec(config).envelope
+        report = asyncio.run(
+            rewrap(
+                s3,
+                bucket,
+                envelope,
+                prefix=args.prefix,
+                start_after=args.start_after,
+                dry_run=args.dry_run,
+            )
         )
-    )
 
     def text() -> list[str]:
         verb = "would re-encrypt" if args.dry_run else "re-encrypted"
@@ -267,6 +272,9 @@ def _add_keys(sub: argparse._SubParsersAction[Any]) -> None:
     rw.add_argument(
         "--dry-run", action="store_true", help="report what would change, change nothing"
     )
+    from ._cluster_cli import add_rewrap_distributed_arguments
+
+    add_rewrap_distributed_arguments(rw)
     add_output(rw)
     keys.set_defaults(func=_keys)
 

@@ -47,6 +47,38 @@ class RewrapReport:
     last_key: str = ""
     """The last object key processed: pass it as ``start_after`` to resume."""
 
+    def merge(self, other: RewrapReport) -> None:
+        """Add ``other`` (a later stretch of keys) to this report."""
+        self.scanned += other.scanned
+        self.rewrapped += other.rewrapped
+        self.current += other.current
+        self.foreign += other.foreign
+        self.failed += other.failed
+        self.last_key = other.last_key or self.last_key
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-serialisable form (inverse: :meth:`from_json`); object keys, never contents."""
+        return {
+            "scanned": self.scanned,
+            "rewrapped": self.rewrapped,
+            "current": self.current,
+            "foreign": self.foreign,
+            "failed": list(self.failed),
+            "last_key": self.last_key,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RewrapReport:
+        """Rebuild a report from :meth:`as_json` output."""
+        return cls(
+            scanned=int(data["scanned"]),
+            rewrapped=int(data["rewrapped"]),
+            current=int(data["current"]),
+            foreign=int(data["foreign"]),
+            failed=[str(key) for key in data["failed"]],
+            last_key=str(data["last_key"]),
+        )
+
 
 async def rewrap(
     s3: S3Client,
@@ -55,10 +87,14 @@ async def rewrap(
     *,
     prefix: str = "",
     start_after: str = "",
+    until_key: str = "",
     dry_run: bool = False,
     progress: Callable[[RewrapReport], None] | None = None,
 ) -> RewrapReport:
     """Re-encrypt every temporal-shield object under ``prefix`` with the primary KEK.
+
+    Keys after ``start_after`` and up to ``until_key`` inclusive (``""``: to the
+    end) are processed, in S3's lexicographic order.
 
     Raises:
         KeyProviderError: the KMS failed (the run stops; resume later).
@@ -75,6 +111,8 @@ async def rewrap(
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
         for item in page.get("Contents", []):
             key = item["Key"]
+            if until_key and key > until_key:
+                return report
             report.scanned += 1
             await _one(s3, bucket, key, envelope, report, dry_run, primaries)
             report.last_key = key

@@ -31,10 +31,10 @@ import base64
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -47,6 +47,9 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from ._scan import ScanReport, scan_in_order
+
+if TYPE_CHECKING:
+    from ._rewrap_workflow import RewrapActivities
 
 SCAN_WORKFLOW = "TemporalShieldScan"
 """The scan workflow's type name."""
@@ -241,25 +244,45 @@ class ScanActivities:
         return report.as_json()
 
 
-@workflow.defn(name=SCAN_WORKFLOW)
-class ScanWorkflow:
-    """Fan a scan out over visibility pages; returns the aggregate report as JSON."""
+@dataclass(frozen=True, kw_only=True)
+class _Page:
+    """What the fan-out loop needs from one kind of paged work (scan, rewrap)."""
+
+    list_activity: str
+    page_activity: str
+    list_input: Callable[[str, int], Any]
+    """``(cursor, pages)`` -> the list activity's argument."""
+    page_input: Callable[[str], Any]
+    """``token`` -> the page activity's argument."""
+    fold: Callable[[dict[str, Any]], None]
+    """Adds one page's JSON report to the aggregate (called in page order)."""
+    snapshot: Callable[[], dict[str, Any]]
+    """The aggregate as JSON."""
+    next_run: Callable[[], Any]
+    """The argument of the run that continues this one (the checkpoint in it)."""
+
+
+class _FanOut:
+    """The paged fan-out loop shared by the scan and rewrap workflows.
+
+    A list activity fetches page tokens ahead of the work, up to
+    ``pages_in_flight`` page activities run at once, page results are folded in
+    page order, and after ``pages_per_run`` pages (or when the server suggests
+    it) the run drains and continues as new with the checkpoint.
+    """
 
     def __init__(self) -> None:
-        """Empty until :meth:`run` starts."""
+        """Nothing in flight."""
         self._checkpoint: ScanCheckpoint | None = None
-        self._report: ScanReport | None = None
         self._in_flight = 0
         self._finished: dict[int, dict[str, Any]] = {}
         self._completed = 0
         self._failure: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @workflow.query(name=PROGRESS_QUERY)
-    def progress(self) -> dict[str, Any]:
-        """Pages and runs folded so far, pages in flight, whether listing is done."""
-        state, report = self._checkpoint, self._report
-        if state is None or report is None:
+    def _progress(self) -> dict[str, Any]:
+        state = self._checkpoint
+        if state is None:
             return {"started": False}
         return {
             "started": True,
@@ -267,22 +290,13 @@ class ScanWorkflow:
             "pages_in_flight": self._in_flight,
             "pages_listed_ahead": len(state.pending),
             "listing_done": state.cursor is None,
-            "workflows": report.workflows,
-            "payloads": report.payloads,
             "continued": state.continued,
         }
 
-    @workflow.run
-    async def run(self, request: ScanInput) -> dict[str, Any]:
-        """Scan every run the options' query selects (see the module docstring)."""
-        options = request.options
-        state = request.checkpoint or ScanCheckpoint(
-            report=ScanReport(namespace=workflow.info().namespace).as_json(),
-            until=workflow.info().start_time.isoformat(),
-        )
+    async def _fan_out(
+        self, options: DistributedScanOptions, state: ScanCheckpoint, kind: _Page
+    ) -> dict[str, Any]:
         self._checkpoint = state
-        report = self._report = ScanReport.from_json(state.report)
-        query = _bounded_query(options.query, state.until)
         retry = RetryPolicy(
             maximum_interval=timedelta(seconds=30), maximum_attempts=options.maximum_attempts
         )
@@ -290,9 +304,9 @@ class ScanWorkflow:
         launched = folded = 0
         while True:
             if self._failure is not None:
-                raise self._failure  # a page that exhausted its retries fails the scan
+                raise self._failure  # a page that exhausted its retries fails the run
             while folded in self._finished:
-                report.merge(ScanReport.from_json(self._finished.pop(folded)))
+                kind.fold(self._finished.pop(folded))
                 folded += 1
                 state.pages += 1
             stop = (
@@ -304,10 +318,8 @@ class ScanWorkflow:
                 and len(state.pending) < options.pages_in_flight
             ):
                 listed = await workflow.execute_activity(
-                    LIST_ACTIVITY,
-                    ListPagesInput(
-                        query, options.page_size, state.cursor, 2 * options.pages_in_flight
-                    ),
+                    kind.list_activity,
+                    kind.list_input(state.cursor, 2 * options.pages_in_flight),
                     result_type=ListPagesResult,
                     start_to_close_timeout=timedelta(minutes=5),
                     heartbeat_timeout=heartbeat,
@@ -317,37 +329,37 @@ class ScanWorkflow:
                 state.cursor = listed.cursor
                 continue
             while not stop and state.pending and self._in_flight < options.pages_in_flight:
-                page = ScanPageInput(
-                    query, options.page_size, state.pending.pop(0), options.run_concurrency
-                )
+                page = kind.page_input(state.pending.pop(0))
                 self._in_flight += 1  # now: the task first runs at the next await
-                task = asyncio.create_task(self._scan(launched, page, heartbeat, retry))
+                task = asyncio.create_task(
+                    self._page(kind.page_activity, launched, page, heartbeat, retry)
+                )
                 self._tasks.add(task)  # held until done: the loop keeps weak references
                 task.add_done_callback(self._tasks.discard)
                 launched += 1
                 stop = launched >= options.pages_per_run
             if self._in_flight == 0:
                 if not state.pending and state.cursor is None:
-                    state.report = report.as_json()
+                    state.report = kind.snapshot()
                     return state.report
                 if stop:
-                    state.report = report.as_json()
+                    state.report = kind.snapshot()
                     state.continued += 1
-                    workflow.continue_as_new(ScanInput(options, state))
+                    workflow.continue_as_new(kind.next_run())
             await workflow.wait_condition(functools.partial(self._completed_since, self._completed))
 
     def _completed_since(self, seen: int) -> bool:
         return self._completed != seen
 
-    async def _scan(
-        self, index: int, page: ScanPageInput, heartbeat: timedelta, retry: RetryPolicy
+    async def _page(
+        self, name: str, index: int, page: Any, heartbeat: timedelta, retry: RetryPolicy
     ) -> None:
         try:
             self._finished[index] = await workflow.execute_activity(
-                SCAN_ACTIVITY,
+                name,
                 page,
                 result_type=dict,
-                # A page of slow histories may take long; liveness comes from heartbeats.
+                # A page of slow items may take long; liveness comes from heartbeats.
                 start_to_close_timeout=timedelta(hours=2),
                 heartbeat_timeout=heartbeat,
                 retry_policy=retry,
@@ -359,7 +371,56 @@ class ScanWorkflow:
             self._completed += 1
 
 
-def scan_worker(client: Client, *, task_queue: str, max_concurrent_activities: int = 4) -> Worker:
+@workflow.defn(name=SCAN_WORKFLOW)
+class ScanWorkflow(_FanOut):
+    """Fan a scan out over visibility pages; returns the aggregate report as JSON."""
+
+    def __init__(self) -> None:
+        """Empty until :meth:`run` starts."""
+        super().__init__()
+        self._report: ScanReport | None = None
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def progress(self) -> dict[str, Any]:
+        """Pages and runs folded so far, pages in flight, whether listing is done."""
+        answer = self._progress()
+        if self._report is not None:
+            answer.update(workflows=self._report.workflows, payloads=self._report.payloads)
+        return answer
+
+    @workflow.run
+    async def run(self, request: ScanInput) -> dict[str, Any]:
+        """Scan every run the options' query selects (see the module docstring)."""
+        options = request.options
+        state = request.checkpoint or ScanCheckpoint(
+            report=ScanReport(namespace=workflow.info().namespace).as_json(),
+            until=workflow.info().start_time.isoformat(),
+        )
+        report = self._report = ScanReport.from_json(state.report)
+        query = _bounded_query(options.query, state.until)
+        kind = _Page(
+            list_activity=LIST_ACTIVITY,
+            page_activity=SCAN_ACTIVITY,
+            list_input=lambda cursor, pages: ListPagesInput(
+                query, options.page_size, cursor, pages
+            ),
+            page_input=lambda token: ScanPageInput(
+                query, options.page_size, token, options.run_concurrency
+            ),
+            fold=lambda page: report.merge(ScanReport.from_json(page)),
+            snapshot=report.as_json,
+            next_run=lambda: ScanInput(options, state),
+        )
+        return await self._fan_out(options, state, kind)
+
+
+def scan_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    max_concurrent_activities: int = 4,
+    rewrap: RewrapActivities | None = None,
+) -> Worker:
     """A worker running the scan workflow and its activities on ``task_queue``.
 
     Args:
@@ -368,17 +429,25 @@ def scan_worker(client: Client, *, task_queue: str, max_concurrent_activities: i
             histories through a codec-less client on the same connection.
         task_queue: The queue ``scan --distributed`` starts the workflow on.
         max_concurrent_activities: Page activities this worker runs at once.
+        rewrap: Also run the rewrap workflow and these activities (S3 and keys).
     """
+    from ._rewrap_workflow import RewrapWorkflow
+
     raw = Client(client.service_client, namespace=client.namespace)
-    activities = ScanActivities(raw)
+    scan = ScanActivities(raw)
+    workflows: list[type] = [ScanWorkflow]
+    activities: list[Callable[..., Any]] = [scan.list_pages, scan.scan_page]
+    if rewrap is not None:
+        workflows.append(RewrapWorkflow)
+        activities += [rewrap.list_pages, rewrap.rewrap_page]
     # The workflow's module lives in a package the sandbox would re-import
     # (with the codec and boto3 behind it): pass the package through instead.
     restrictions = SandboxRestrictions.default.with_passthrough_modules("temporal_shield")
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ScanWorkflow],
-        activities=[activities.list_pages, activities.scan_page],
+        workflows=workflows,
+        activities=activities,
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
     )

@@ -9,31 +9,42 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from temporal_shield._devserver import DevServer
-from temporal_shield.codec import Keyring
-from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin, scan
+from temporal_shield.codec import ENCODING, KEY_ID_METADATA, Keyring
+from temporal_shield.converter import (
+    KeysConfig,
+    ShieldConfig,
+    ShieldPlugin,
+    build_codec,
+    rewrap,
+    scan,
+)
+from temporal_shield.converter._rewrap_workflow import REWRAP_ACTIVITY
 from temporal_shield.converter._scan_workflow import (
     PROGRESS_QUERY,
+    SCAN_ACTIVITY,
     DistributedScanOptions,
     ScanActivities,
     _bounded_query,
 )
 
-from .conftest import wait_visible
+from .conftest import offload_setup, wait_visible
 from .workflows import MARK, EchoWorkflow, mark
 
 pytestmark = pytest.mark.integration
 
-RUNS = 60  # half encrypted, half plaintext; 20 pages of 3
+RUNS = 60  # half encrypted, half plaintext; 6 pages of 10
 
 
 def _cli(*args: str) -> list[str]:
@@ -82,6 +93,60 @@ async def _worker(address: str, ring: Path, queue: str) -> asyncio.subprocess.Pr
     )
 
 
+async def _wait_for_pages(handle: Any, pages: int) -> dict[str, Any]:
+    """Progress once ``pages`` pages are folded and a page activity is running.
+
+    Only the first worker polls then, so the running activity is that worker's:
+    killing it now makes the server retry that page elsewhere.
+    """
+    progress: dict[str, Any] = {}
+    for _ in range(1200):
+        try:
+            progress = await handle.query(PROGRESS_QUERY)
+            running = [
+                a
+                for a in (await handle.describe()).raw_description.pending_activities
+                if a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                and a.activity_type.name in (SCAN_ACTIVITY, REWRAP_ACTIVITY)
+            ]
+        except (RPCError, WorkflowQueryFailedError):  # not started yet, or between runs
+            progress, running = {}, []
+        if progress.get("pages", 0) >= pages and running:
+            return progress
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {pages} pages folded with one running: {progress}")
+
+
+async def _kill_mid_run(
+    address: str,
+    config: ShieldConfig,
+    workflow_id: str,
+    workers: tuple[asyncio.subprocess.Process, Callable[[], Awaitable[asyncio.subprocess.Process]]],
+    follower: asyncio.subprocess.Process,
+    *,
+    pages: int,
+    counted: str,
+    total: int,
+) -> tuple[Client, bytes, bytes]:
+    """SIGKILL the first worker mid-run, start the second, return the follower's output."""
+    first, start_second = workers
+    second: asyncio.subprocess.Process | None = None
+    try:
+        client = await Client.connect(address, plugins=[ShieldPlugin(config)])
+        progress = await _wait_for_pages(client.get_workflow_handle(workflow_id), pages)
+        assert progress[counted] < total  # mid-run
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        second = await start_second()
+        out, err = await asyncio.wait_for(follower.communicate(), timeout=120)
+    finally:
+        for process in (first, second, follower):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+    return client, out, err
+
+
 async def _retried_pages(client: Client, workflow_id: str) -> int:
     """Scan activities that completed on a later attempt, over every run of the workflow."""
     retried = 0
@@ -109,7 +174,6 @@ async def test_distributed_scan_survives_a_killed_worker_with_the_sequential_rep
     assert expected.encrypted > 0
 
     first = await _worker(dev_server.address, ring, scan_queue)
-    second: asyncio.subprocess.Process | None = None
     follower = await asyncio.create_subprocess_exec(
         *_cli(
             "scan",
@@ -124,13 +188,13 @@ async def test_distributed_scan_survives_a_killed_worker_with_the_sequential_rep
             "--id",
             scan_id,
             "--page-size",
-            "3",
+            "10",
             "--pages-in-flight",
             "2",
             "--concurrency",
-            "2",
+            "1",
             "--pages-per-run",
-            "4",
+            "2",
             "--heartbeat-timeout",
             "2",
         ),
@@ -138,29 +202,16 @@ async def test_distributed_scan_survives_a_killed_worker_with_the_sequential_rep
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        client = await Client.connect(dev_server.address, plugins=[ShieldPlugin(config)])
-        handle = client.get_workflow_handle(scan_id)
-        progress: dict[str, Any] = {}
-        for _ in range(600):  # the first worker alone has scanned some pages, not all
-            try:
-                progress = await handle.query(PROGRESS_QUERY)
-            except (RPCError, WorkflowQueryFailedError):  # not started yet, or between runs
-                progress = {}
-            if progress.get("pages", 0) >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert progress.get("pages", 0) >= 2, progress
-        assert progress["workflows"] < RUNS  # mid-run
-        first.send_signal(signal.SIGKILL)
-        await first.wait()
-        second = await _worker(dev_server.address, ring, scan_queue)
-        out, err = await asyncio.wait_for(follower.communicate(), timeout=120)
-    finally:
-        for process in (first, second, follower):
-            if process is not None and process.returncode is None:
-                process.kill()
-                await process.wait()
+    client, out, err = await _kill_mid_run(
+        dev_server.address,
+        config,
+        scan_id,
+        (first, lambda: _worker(dev_server.address, ring, scan_queue)),
+        follower,
+        pages=1,
+        counted="workflows",
+        total=RUNS,
+    )
     assert follower.returncode == 1, err.decode()  # plaintext found, as sequentially
     assert json.loads(out) == expected.as_json()
     assert MARK.encode() not in out + err  # counts only, never payload contents
@@ -246,3 +297,82 @@ async def test_activities_refuse_a_client_with_a_codec(
     with pytest.raises(ValueError, match="without a payload codec"):
         ScanActivities(client)
     ScanActivities(Client(client.service_client, namespace=client.namespace))  # raw: accepted
+
+
+OBJECTS = 90  # 30 pages of 3
+
+
+async def test_distributed_rewrap_survives_a_killed_worker(
+    dev_server: DevServer, tmp_path: Path, aws_env: dict[str, Any]
+) -> None:
+    s3, bucket, ring, config = offload_setup(aws_env, tmp_path, threshold=4096)
+    envelope = build_codec(config).envelope
+    for i in range(OBJECTS):
+        sealed = await envelope.seal(mark(f"object-{i}").encode(), namespace="default")
+        payload = Payload(
+            metadata={"encoding": ENCODING, KEY_ID_METADATA: sealed.key_id.encode()},
+            data=sealed.data,
+        )
+        s3.put_object(Bucket=bucket, Key=f"obj/{i:04d}", Body=payload.SerializeToString())
+    s3.put_object(Bucket=bucket, Key="obj/zz-not-ours", Body=b"plain bytes")
+    Keyring.load(ring).rotated().save(ring)
+    new_key = f"local:{Keyring.load(ring).primary}"
+    rotated = build_codec(config).envelope
+    dry = await rewrap(s3, bucket, rotated, dry_run=True)  # the sequential verdict
+    assert (dry.scanned, dry.rewrapped, dry.foreign) == (OBJECTS + 1, OBJECTS, 1)
+
+    tag = uuid.uuid4().hex[:6]
+    queue, workflow_id = f"rewrapq-{tag}", f"rewrap-{tag}"
+    env = {
+        **_env(ring),
+        "TEMPORAL_SHIELD_STORAGE_S3_BUCKET": bucket,
+        "TEMPORAL_SHIELD_STORAGE_S3_ENDPOINT_URL": aws_env["endpoint_url"],
+    }
+
+    async def worker() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *_cli(
+                "scan-worker", "--rewrap", "--address", dev_server.address, "--task-queue", queue
+            ),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    first = await worker()
+    follower = await asyncio.create_subprocess_exec(
+        *_cli(
+            "keys", "rewrap", "--distributed", "-o", "json", "--address", dev_server.address,
+            "--task-queue", queue, "--id", workflow_id, "--page-size", "3",
+            "--pages-in-flight", "2", "--pages-per-run", "5", "--heartbeat-timeout", "2",
+        ),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    client, out, err = await _kill_mid_run(
+        dev_server.address,
+        config,
+        workflow_id,
+        (first, worker),
+        follower,
+        pages=2,
+        counted="objects",
+        total=OBJECTS,
+    )
+    assert follower.returncode == 0, err.decode()
+    report = json.loads(out)
+    # Every object once; one redone after the kill (its PUT landed, its heartbeat
+    # did not) is found current the second time, never rewritten twice.
+    assert report["scanned"] == OBJECTS + 1
+    assert report["rewrapped"] + report["current"] == OBJECTS
+    assert (report["foreign"], report["failed"]) == (1, [])
+    assert MARK.encode() not in out + err
+    for i in range(OBJECTS):
+        data = s3.get_object(Bucket=bucket, Key=f"obj/{i:04d}")["Body"].read()
+        assert Payload.FromString(data).metadata[KEY_ID_METADATA].decode() == new_key
+    again = await rewrap(s3, bucket, rotated)
+    assert (again.rewrapped, again.current) == (0, OBJECTS)
+    assert await _retried_pages(client, workflow_id) >= 1
+    runs = [e async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    assert len(runs) > 1  # continued as new
