@@ -229,15 +229,25 @@ async def test_distributed_scan_errors_exit_2_with_one_line(
     queue = f"scanq-{uuid.uuid4().hex[:6]}"
     worker = await _worker(dev_server.address, ring, queue)
     try:
+        scan_ = ["scan", "--distributed", "--task-queue", queue, "--id", queue]
+        rewrap_ = ["keys", "rewrap", "--distributed", "--bucket", "b", "--task-queue", queue]
         cases = {
-            "bad query": ["--address", dev_server.address, "--query", "NoSuchField = 'x'"],
-            "unreachable": ["--address", "127.0.0.1:1"],
-            "limit": ["--address", dev_server.address, "--limit", "3"],
+            "bad query": [*scan_, "--address", dev_server.address, "--query", "NoSuchField = 'x'"],
+            "unreachable": [*scan_, "--address", "127.0.0.1:1"],
+            "limit": [*scan_, "--address", dev_server.address, "--limit", "3"],
+            "rewrap unreachable": [*rewrap_, "--address", "127.0.0.1:1"],
+            "rewrap --start-after": [
+                *rewrap_,
+                "--address",
+                dev_server.address,
+                "--start-after",
+                "k",
+            ],
         }
         for name, args in cases.items():
             result = await asyncio.to_thread(
                 subprocess.run,
-                _cli("scan", "--distributed", "--task-queue", queue, "--id", queue, *args),
+                _cli(*args),
                 env=_env(ring),
                 capture_output=True,
                 text=True,
@@ -249,16 +259,22 @@ async def test_distributed_scan_errors_exit_2_with_one_line(
             assert len(lines) == 1, (name, lines)
             assert lines[0].startswith("temporal-shield: error:"), (name, lines)
             assert "Traceback" not in result.stderr
-        bad = await asyncio.to_thread(
-            subprocess.run,
-            _cli("scan", "--distributed", "--page-size", "0"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert bad.returncode == 2
-        assert "at least 1" in bad.stderr
+        for flag, value, message in (
+            ("--page-size", "0", "at least 1"),
+            ("--pages-in-flight", "x", "whole number"),
+            ("--heartbeat-timeout", "nan", "positive number of seconds"),
+            ("--heartbeat-timeout", "-1", "positive number of seconds"),
+        ):
+            bad = await asyncio.to_thread(
+                subprocess.run,
+                _cli("scan", "--distributed", flag, value),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert bad.returncode == 2, (flag, value)
+            assert message in bad.stderr, (flag, value, bad.stderr)
     finally:
         worker.send_signal(signal.SIGTERM)
         stderr = (await asyncio.wait_for(worker.communicate(), timeout=30))[1]
@@ -376,3 +392,17 @@ async def test_distributed_rewrap_survives_a_killed_worker(
     assert await _retried_pages(client, workflow_id) >= 1
     runs = [e async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
     assert len(runs) > 1  # continued as new
+
+
+def test_progress_line_for_scan_and_rewrap(capsys: pytest.CaptureFixture[str]) -> None:
+    from temporal_shield._cluster_cli import _show
+
+    common = {"started": True, "pages": 3, "pages_in_flight": 2, "pages_listed_ahead": 4}
+    _show({**common, "listing_done": False, "continued": 1, "workflows": 30, "payloads": 90})
+    _show({**common, "listing_done": True, "continued": 0, "objects": 12, "rewrapped": 5})
+    _show({"started": False})  # before the first workflow task: nothing
+    err = capsys.readouterr().err
+    assert err == (
+        "\rdistributed: 30 runs, 3 pages done, 2 in flight, 4+ listed ahead, continued 1x"
+        "\rdistributed: 12 objects, 3 pages done, 2 in flight, 4 listed ahead, continued 0x"
+    )
