@@ -117,7 +117,7 @@ async def _follow(
         while not result.done():
             await asyncio.wait([result], timeout=1.0)
             if tty and not result.done():
-                _show(await handle.query(PROGRESS_QUERY))
+                await _draw(handle, PROGRESS_QUERY)
         answer: dict[str, Any] = result.result()
     except WorkflowFailureError as exc:
         # WorkflowFailureError -> ActivityError -> the activity's own error.
@@ -197,6 +197,23 @@ def rewrap_distributed(args: argparse.Namespace, bucket: str) -> RewrapReport:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+async def _draw(handle: Any, query: str) -> None:
+    """Show the progress query's answer; skip a turn when no worker answers it yet.
+
+    A query needs a worker: none may be running yet, or the one holding the
+    workflow was just lost. The workflow's result decides the outcome, never this.
+    """
+    import asyncio
+
+    from temporalio.client import WorkflowQueryFailedError
+    from temporalio.service import RPCError
+
+    try:
+        _show(await asyncio.wait_for(handle.query(query), timeout=2.0))
+    except (RPCError, WorkflowQueryFailedError, TimeoutError):
+        return
 
 
 def _show(progress: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowQueryFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from temporal_shield._devserver import DevServer
@@ -406,3 +407,71 @@ def test_progress_line_for_scan_and_rewrap(capsys: pytest.CaptureFixture[str]) -
         "\rdistributed: 30 runs, 3 pages done, 2 in flight, 4+ listed ahead, continued 1x"
         "\rdistributed: 12 objects, 3 pages done, 2 in flight, 4 listed ahead, continued 0x"
     )
+
+
+async def test_follower_on_a_terminal_waits_for_a_worker(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    """On a TTY the follower queries progress; with no worker to answer yet it keeps waiting."""
+    ring, _ = _keys(tmp_path)
+    queue = f"scanq-{uuid.uuid4().hex[:6]}"
+    terminal, stderr_side = pty.openpty()
+    follower = await asyncio.create_subprocess_exec(
+        *_cli("scan", "--distributed", "--address", dev_server.address, "--task-queue", queue,
+              "--id", queue, "--query", f"TaskQueue = 'nothing-{queue}'"),
+        env=_env(ring),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr_side,
+    )  # fmt: skip
+    os.close(stderr_side)
+    worker: asyncio.subprocess.Process | None = None
+    try:
+        await asyncio.sleep(3)  # progress turns with nobody to answer the query
+        waiting = follower.returncode is None
+        assert waiting
+        worker = await _worker(dev_server.address, ring, queue)
+        out, _ = await asyncio.wait_for(follower.communicate(), timeout=60)
+    finally:
+        for process in (follower, worker):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+    try:
+        shown = os.read(terminal, 65536).decode(errors="replace")
+    except OSError:  # nothing was written to the terminal
+        shown = ""
+    os.close(terminal)
+    assert follower.returncode == 0, shown
+    assert "error" not in shown
+    assert "0 workflow runs" in out.decode()
+
+
+class _Handle:
+    """A workflow handle whose progress query fails or never returns."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+    async def query(self, name: str) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()  # no worker ever answers
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        None,
+        RPCError("Timeout expired", RPCStatusCode.DEADLINE_EXCEEDED, b""),
+        RPCError("unavailable", RPCStatusCode.UNAVAILABLE, b""),
+    ],
+)
+async def test_progress_never_ends_the_follow(
+    error: BaseException | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query no worker answers (none yet, or its worker just died) only skips a line."""
+    from temporal_shield._cluster_cli import _draw
+
+    await _draw(_Handle(error), PROGRESS_QUERY)  # returns: no exception, no hang
+    assert capsys.readouterr().err == ""
