@@ -148,6 +148,18 @@ async def _kill_mid_run(
     return client, out, err
 
 
+async def _chains(client: Client, workflow_id: str) -> int:
+    """Runs of ``workflow_id`` that were started, not continued from another run."""
+    heads = 0
+    async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+        handle = client.get_workflow_handle(workflow_id, run_id=execution.run_id)
+        async for event in handle.fetch_history_events():
+            started = event.workflow_execution_started_event_attributes
+            heads += not started.continued_execution_run_id
+            break
+    return heads
+
+
 async def _retried_pages(client: Client, workflow_id: str) -> int:
     """Scan activities that completed on a later attempt, over every run of the workflow."""
     retried = 0
@@ -175,46 +187,61 @@ async def test_distributed_scan_survives_a_killed_worker_with_the_sequential_rep
     assert expected.encrypted > 0
 
     first = await _worker(dev_server.address, ring, scan_queue)
-    follower = await asyncio.create_subprocess_exec(
-        *_cli(
-            "scan",
-            "--distributed",
-            "--json",
-            "--address",
-            dev_server.address,
-            "--query",
-            query,
-            "--task-queue",
-            scan_queue,
-            "--id",
-            scan_id,
-            "--page-size",
-            "10",
-            "--pages-in-flight",
-            "2",
-            "--concurrency",
-            "1",
-            "--pages-per-run",
-            "2",
-            "--heartbeat-timeout",
-            "2",
-        ),
-        env=_env(ring),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    client, out, err = await _kill_mid_run(
+    argv = _cli(
+        "scan",
+        "--distributed",
+        "--json",
+        "--address",
         dev_server.address,
-        config,
+        "--query",
+        query,
+        "--task-queue",
+        scan_queue,
+        "--id",
         scan_id,
-        (first, lambda: _worker(dev_server.address, ring, scan_queue)),
-        follower,
-        pages=1,
-        counted="workflows",
-        total=RUNS,
+        "--page-size",
+        "10",
+        "--pages-in-flight",
+        "2",
+        "--concurrency",
+        "1",
+        "--pages-per-run",
+        "2",
+        "--heartbeat-timeout",
+        "2",
     )
-    assert follower.returncode == 1, err.decode()  # plaintext found, as sequentially
-    assert json.loads(out) == expected.as_json()
+
+    async def follow() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            env=_env(ring),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    # Two followers of one id: whichever comes second attaches to the first's scan.
+    follower, attached = await follow(), await follow()
+    try:
+        client, out, err = await _kill_mid_run(
+            dev_server.address,
+            config,
+            scan_id,
+            (first, lambda: _worker(dev_server.address, ring, scan_queue)),
+            follower,
+            pages=1,
+            counted="workflows",
+            total=RUNS,
+        )
+        assert follower.returncode == 1, err.decode()  # plaintext found, as sequentially
+        assert json.loads(out) == expected.as_json()
+        attached_out, attached_err = await asyncio.wait_for(attached.communicate(), timeout=60)
+        assert attached.returncode == 1, attached_err.decode()
+        assert attached_out == out
+        assert await _chains(client, scan_id) == 1  # one scan, not two
+    finally:
+        if attached.returncode is None:
+            attached.kill()
+            await attached.wait()
     assert MARK.encode() not in out + err  # counts only, never payload contents
     # The work really was resumed: a page or listing attempt was retried after
     # the kill, and the workflow continued as new to bound its history.
