@@ -7,38 +7,48 @@ classification labels are in use.
 
 Categories (see ``docs/scan.md``):
 
-* **encrypted** — a temporal-shield envelope (:func:`temporal_shield.codec.is_envelope`:
-  magic, version and a well-formed header), whatever the label says;
+* **encrypted** — a temporal-shield envelope (magic, version, a well-formed header
+  and, after it, ciphertext whose length fits the header and that is neither text
+  nor a compressed stream), whatever the label says;
 * **foreign encryption** — labelled ``binary/encrypted`` and shaped like ciphertext
-  (at least a 12-byte nonce and a 16-byte tag, not text) but not our envelope, e.g.
-  Temporal's sample codec;
+  (at least a 12-byte nonce and a 16-byte tag, not text, not a compressed stream)
+  but not our envelope, e.g. Temporal's sample codec;
 * **plaintext** — everything else that carries application data, including a
-  ``binary/encrypted`` label on bytes that are not ciphertext (a forged label);
+  ``binary/encrypted`` label on bytes that are not ciphertext (a forged label), a
+  copied header before plaintext, and a failure text kept in clear beside its
+  encoded attributes;
 * **written by Temporal** — items the SDK or the server writes in every namespace
   and that provably hold no application data (recognised by their exact shape);
-* **search attributes** — plaintext by design (the server indexes them).
+* **search attributes** — plaintext by design (the server indexes them): payloads
+  of a ``SearchAttributes`` message, by type (a map entry *named*
+  ``search_attributes`` is not one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bz2
 import json
 import math
 import re
 import sys
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from temporalio.api.common.v1 import Payload
+import zstandard
+from temporalio.api.common.v1 import Payload, SearchAttributes
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from temporal_shield.codec import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA, is_envelope
+from temporal_shield.codec import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA
+from temporal_shield.codec._errors import DecryptionError
+from temporal_shield.codec._format import TAG_SIZE, parse
 
 from ._history import iter_messages
 
@@ -349,9 +359,17 @@ def _temporal_failure(event: HistoryEvent, path: str, failure: Failure) -> str |
 
 def _inspect(report: ScanReport, workflow_id: str, event: HistoryEvent) -> None:
     report.events += 1
-    for path, message in iter_messages(event, (Payload, Failure)):
+    for path, message in iter_messages(event, (Payload, Failure, SearchAttributes)):
         if isinstance(message, Failure):
             _inspect_failure(report, workflow_id, event, path, message)
+            continue
+        if isinstance(message, SearchAttributes):
+            # By the field's type, never by its name: a memo, header or marker
+            # entry may be *keyed* "search_attributes" and is still a payload.
+            for key in message.indexed_fields:
+                report.payloads += 1
+                where = _where(event.event_type, f"{path}.indexed_fields[{key}]")
+                report.count(SEARCH, where, workflow_id)
             continue
         assert isinstance(message, Payload)
         kind = _marker_item(event, path, message)
@@ -363,20 +381,27 @@ def _inspect(report: ScanReport, workflow_id: str, event: HistoryEvent) -> None:
 
 
 def _looks_like_ciphertext(data: bytes) -> bool:
-    """At least a nonce and a tag, not text, and (when long enough to tell) random-looking.
+    """At least a nonce and a tag, and random-looking (:func:`_random_looking`)."""
+    return len(data) >= 12 + TAG_SIZE and _random_looking(data)
+
+
+def _random_looking(data: bytes) -> bool:
+    """Not text, not a compressed stream, and (when long enough to tell) high-entropy.
 
     Ciphertext is almost never valid UTF-8, and from 256 bytes its byte entropy
     is above 6.9 bits (random data: 7.17 on average at 256 bytes); structured
-    plaintext (protobuf, JSON, text) is far below. Compressed plaintext is not
-    told apart from ciphertext: no scan can, without the key.
+    plaintext (protobuf, JSON, text) is far below. Compressed plaintext has
+    ciphertext's entropy: the framed formats (gzip, zlib, zstd, bz2, xz, lz4)
+    are recognised by their magic and a successful decompression; raw deflate,
+    brotli or snappy blocks have no frame and cannot be told apart without a key.
     """
-    if len(data) < 12 + 16:
-        return False
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         pass
     else:
+        return False
+    if _compressed(data):
         return False
     if len(data) < 256:
         return True
@@ -386,23 +411,108 @@ def _looks_like_ciphertext(data: bytes) -> bool:
 
 
 _MIN_CIPHERTEXT_ENTROPY = 6.5
+_PROBE_OUTPUT = 4096
+"""Decompressed bytes that prove a frame is one (random bytes fail far earlier)."""
+
+
+def _compressed(data: bytes) -> bool:
+    """Whether ``data`` is a compressed stream of a framed format (magic, then it inflates).
+
+    A magic alone matches a random nonce too often (gzip's 3 bytes, zlib's 2,
+    even zstd's 4 once in four billion): the stream must also decompress — to
+    its end, checksum included, or to at least :data:`_PROBE_OUTPUT` bytes.
+    lz4 (no decompressor here) needs its magic and the fixed bits of its frame
+    descriptor (41 bits); xz's magic is 48 bits.
+    """
+    if data.startswith(b"\xfd7zXZ\x00"):
+        return True
+    if data.startswith(b"\x04\x22\x4d\x18") and len(data) > 5:
+        return data[4] & 0xC2 == 0x40 and data[5] & 0x8F == 0 and data[5] >> 4 >= 4
+    if data.startswith(b"\x28\xb5\x2f\xfd"):
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                return bool(reader.read(_PROBE_OUTPUT))
+        except zstandard.ZstdError:
+            return False
+    if data.startswith(b"\x1f\x8b\x08"):
+        return _inflates(zlib.decompressobj(31), data)
+    if data[0] & 0x0F == 8 and data[0] >> 4 <= 7 and (data[0] << 8 | data[1]) % 31 == 0:
+        return _inflates(zlib.decompressobj(15), data)
+    if data.startswith(b"BZh") and data[3:4].isdigit():
+        return _inflates(bz2.BZ2Decompressor(), data)
+    return False
+
+
+def _inflates(decompressor: Any, data: bytes) -> bool:
+    try:
+        out = decompressor.decompress(data, _PROBE_OUTPUT)
+    except (zlib.error, OSError, EOFError, ValueError):
+        return False
+    return len(out) >= _PROBE_OUTPUT or (decompressor.eof and not decompressor.unused_data)
+
+
+def _sealed(data: bytes) -> bool | None:
+    """Whether ``data`` is a temporal-shield envelope as a writer makes one.
+
+    ``None`` when it does not even start with a well-formed header; ``False``
+    when it does but what follows is not ciphertext that fits it.
+
+    A well-formed header (:func:`temporal_shield.codec.is_envelope`) is not
+    enough: copied from another payload it can sit before any bytes. What
+    follows must be ciphertext whose length fits the header (the original
+    length exactly without compression, less with zstd, plus the tag) and that
+    is neither text nor a compressed stream. This cannot authenticate (the scan
+    holds no keys); it stops a copied header from vouching for plaintext.
+    """
+    try:
+        header, offset = parse(data)
+    except DecryptionError:
+        return None
+    body = len(data) - offset - TAG_SIZE
+    if header.compression == 0:
+        fits = body == header.original_length
+    else:
+        fits = header.compression == 1 and 0 < body < header.original_length
+    ciphertext = data[offset:]
+    if len(ciphertext) < _TEXT_CHECK_FROM:
+        # 16-39 random bytes are valid UTF-8 too often (1e-4 at 16 bytes) to
+        # call text plaintext; no SDK payload seals that small (binary/null is 41).
+        return fits and not _compressed(ciphertext)
+    return fits and _random_looking(ciphertext)
+
+
+_TEXT_CHECK_FROM = 40
+"""Envelope bodies from this size must not be UTF-8 (random: 1 in 10^10 is)."""
 
 
 def _inspect_payload(
     report: ScanReport, workflow_id: str, where: Location, payload: Payload
 ) -> None:
     report.payloads += 1
-    if "search_attributes" in where[1]:
-        report.count(SEARCH, where, workflow_id)
-    elif is_envelope(payload.data):
+    sealed = _sealed(payload.data)
+    if sealed:
         report.encrypted += 1
         report.key_ids[payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")] += 1
         label = payload.metadata.get(CLASSIFICATION_METADATA, b"").decode(errors="replace")
         report.classifications[label or "unclassified"] += 1
-    elif payload.metadata.get("encoding") == ENCODING and _looks_like_ciphertext(payload.data):
+    elif sealed is None and (
+        payload.metadata.get("encoding") == ENCODING and _looks_like_ciphertext(payload.data)
+    ):
         report.count(FOREIGN, where, workflow_id)
     else:
         report.count(PLAINTEXT, where, workflow_id)
+
+
+def _text_in_clear(failure: Failure) -> bool:
+    """Whether the failure's message or stack trace holds text of its own.
+
+    Encoded attributes vouch only for what the SDK's failure converter leaves
+    beside them (``Encoded failure``, no stack trace): a converter or a writer
+    that keeps the real text in clear next to them leaks it.
+    """
+    if failure.HasField("encoded_attributes"):
+        return failure.message not in ("", ENCODED_FAILURE_MESSAGE) or bool(failure.stack_trace)
+    return bool(failure.message or failure.stack_trace)
 
 
 def _inspect_failure(
@@ -414,7 +524,7 @@ def _inspect_failure(
     if failure.HasField("encoded_attributes"):
         where = _where(event_type, f"{path}.encoded_attributes")
         _inspect_payload(report, workflow_id, where, failure.encoded_attributes)
-    elif failure.message or failure.stack_trace:
+    if _text_in_clear(failure):
         where = _where(event_type, f"{path}.message")
         kind = _temporal_failure(event, path, failure)
         if kind is not None:
@@ -422,7 +532,7 @@ def _inspect_failure(
         else:
             report.count(PLAINTEXT, where, workflow_id)
     for sub_path, payload in iter_messages(failure, (Payload,), path):
-        if sub_path.endswith("encoded_attributes") or sub_path.startswith(f"{path}.cause"):
+        if sub_path == f"{path}.encoded_attributes" or sub_path.startswith(f"{path}.cause"):
             continue  # counted above, or by the recursion into the cause below
         assert isinstance(payload, Payload)
         _inspect_payload(report, workflow_id, _where(event_type, sub_path), payload)

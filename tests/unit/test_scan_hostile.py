@@ -1,0 +1,272 @@
+"""The coverage scan against hostile histories: items shaped to be miscounted.
+
+Each test plants application data where an insider with write access to
+Temporal's API or database (or a misconfigured client) could, shaped so that an
+earlier scan counted it as encrypted, as a search attribute or as another
+codec's ciphertext. None of them may leave the report clean (or merely
+"foreign", which ``--allow-foreign-encryption`` lets through).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+
+from temporal_shield.codec._format import parse
+from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
+from temporal_shield.converter._scan import ScanReport, _inspect
+
+PII = json.dumps(
+    [
+        {"name": f"Jane Doe {i}", "ssn": f"123-45-{i:04d}", "card": "4111 1111 1111 1111"}
+        for i in range(40)
+    ]
+).encode()
+STARTED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED
+INPUT = (
+    "WORKFLOW_EXECUTION_STARTED",
+    "workflow_execution_started_event_attributes.input.payloads[]",
+)
+
+
+@pytest.fixture
+async def encrypted(keyring_path: Path) -> Payload:
+    codec = build_codec(
+        ShieldConfig(
+            keys=KeysConfig(uri=f"local://{keyring_path}"),
+            classification=ClassificationConfig(default="phi"),
+        )
+    )
+    [payload] = await codec.encode([_json("secret")])
+    return payload
+
+
+def _json(value: Any) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(value).encode())
+
+
+def _scan(*events: HistoryEvent) -> ScanReport:
+    report = ScanReport(namespace="ns")
+    for event in events:
+        _inspect(report, "wf-1", event)
+    return report
+
+
+def _started(*inputs: Payload) -> HistoryEvent:
+    event = HistoryEvent(event_type=STARTED)
+    for payload in inputs:
+        event.workflow_execution_started_event_attributes.input.payloads.add().CopyFrom(payload)
+    return event
+
+
+# --- a field named like search attributes is not one --------------------------------
+
+
+def test_map_keys_named_search_attributes_are_not_search_attributes() -> None:
+    """Memo, header and marker details keys are the writer's to choose."""
+    started = HistoryEvent(event_type=STARTED)
+    attrs = started.workflow_execution_started_event_attributes
+    attrs.memo.fields["search_attributes"].CopyFrom(_json("ssn 123-45-6789"))
+    attrs.memo.fields["x.search_attributes.indexed_fields"].CopyFrom(_json("ssn 123-45-6789"))
+    attrs.header.fields["search_attributes"].CopyFrom(_json("ssn 123-45-6789"))
+    marker = HistoryEvent(event_type=EventType.EVENT_TYPE_MARKER_RECORDED)
+    marker.marker_recorded_event_attributes.marker_name = "search_attributes"
+    details = marker.marker_recorded_event_attributes.details["search_attributes"]
+    details.payloads.add().CopyFrom(_json("ssn 123-45-6789"))
+    report = _scan(started, marker)
+    assert not report.search_attributes, report.as_table()
+    assert sum(report.plaintext.values()) == 4
+    assert not report.clean
+
+
+def test_real_search_attributes_stay_search_attributes() -> None:
+    started = HistoryEvent(event_type=STARTED)
+    attrs = started.workflow_execution_started_event_attributes
+    attrs.search_attributes.indexed_fields["CustomerId"].CopyFrom(_json("c-1"))
+    upsert = HistoryEvent(event_type=EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
+    fields = upsert.upsert_workflow_search_attributes_event_attributes.search_attributes
+    fields.indexed_fields["plaintext"].CopyFrom(_json("x"))
+    report = _scan(started, upsert)
+    assert report.search_attributes == {
+        (
+            "WORKFLOW_EXECUTION_STARTED",
+            "workflow_execution_started_event_attributes.search_attributes"
+            ".indexed_fields[CustomerId]",
+        ): 1,
+        (
+            "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES",
+            "upsert_workflow_search_attributes_event_attributes.search_attributes"
+            ".indexed_fields[plaintext]",
+        ): 1,
+    }
+    assert report.clean
+    assert report.payloads == 2
+
+
+# --- encoded attributes do not vouch for a message kept beside them ------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "stack_trace"),
+    [
+        ("card 4111 1111 1111 1111 declined", ""),
+        ("Encoded failure", '  File "pay.py", line 3, in charge(ssn="123-45-6789")'),
+        ("Encoded failure: ssn 123-45-6789", ""),
+    ],
+)
+def test_encoded_attributes_beside_a_plaintext_message_are_plaintext(
+    encrypted: Payload, message: str, stack_trace: str
+) -> None:
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
+    failure = event.activity_task_failed_event_attributes.failure
+    failure.encoded_attributes.CopyFrom(encrypted)
+    failure.message = message
+    failure.stack_trace = stack_trace
+    failure.cause.encoded_attributes.CopyFrom(encrypted)
+    failure.cause.message = message
+    failure.cause.stack_trace = stack_trace
+    report = _scan(event)
+    where = "activity_task_failed_event_attributes.failure"
+    assert report.plaintext == {
+        ("ACTIVITY_TASK_FAILED", f"{where}.message"): 1,
+        ("ACTIVITY_TASK_FAILED", f"{where}.cause.message"): 1,
+    }
+    assert report.encrypted == 2  # the encoded attributes themselves are ours
+
+
+def test_the_sdk_encoded_failure_shape_is_encrypted(encrypted: Payload) -> None:
+    event = HistoryEvent(event_type=EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED)
+    failure = event.activity_task_failed_event_attributes.failure
+    failure.encoded_attributes.CopyFrom(encrypted)
+    failure.message = "Encoded failure"
+    failure.application_failure_info.type = "ValueError"
+    report = _scan(event)
+    assert report.clean, report.as_table()
+    assert report.encrypted == 1
+
+
+# --- a well-formed header does not make the bytes after it ciphertext -----------------
+
+
+def _forged(encrypted: Payload, body: bytes, *, original_length: int | None = None) -> Payload:
+    """Our header (copied from a real envelope) followed by ``body``."""
+    _, offset = parse(encrypted.data)
+    head = bytearray(encrypted.data[:offset])
+    head[4] = 0  # no compression
+    length = len(body) - 16 if original_length is None else original_length
+    struct.pack_into(">I", head, 5, length)
+    return Payload(metadata=dict(encrypted.metadata), data=bytes(head) + body)
+
+
+def _minimal_header(body: bytes) -> bytes:
+    """The smallest well-formed header (every field empty) before ``body``."""
+    fixed = struct.pack(">2sBBBI", b"TS", 1, 1, 0, max(len(body) - 16, 0))
+    return fixed + b"\x00\x00" + b"\x00\x00" + b"\x00" + b"\x00\x00" + bytes(32) + bytes(12) + body
+
+
+def test_a_real_envelope_is_encrypted(encrypted: Payload) -> None:
+    report = _scan(_started(encrypted))
+    assert report.encrypted == 1
+    assert report.clean
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PII,  # text after the header
+        b'{"ssn": "123-45-6789", "n": 1}' + bytes(16),  # short JSON and a zero "tag"
+        zstandard.ZstdCompressor().compress(PII),  # compressed text after the header
+        gzip.compress(PII),
+    ],
+)
+def test_a_copied_header_before_plaintext_is_plaintext(encrypted: Payload, body: bytes) -> None:
+    report = _scan(
+        _started(
+            _forged(encrypted, body),
+            Payload(metadata=dict(encrypted.metadata), data=_minimal_header(body)),
+        )
+    )
+    assert report.encrypted == 0, report.as_table()
+    assert report.plaintext == {INPUT: 2}
+
+
+def test_an_envelope_whose_lengths_disagree_is_not_encrypted(encrypted: Payload) -> None:
+    _, offset = parse(encrypted.data)
+    body = encrypted.data[offset:]
+    # uncompressed: ciphertext is exactly the original length plus the tag
+    report = _scan(
+        _started(
+            _forged(encrypted, body, original_length=len(body) - 17),
+            _forged(encrypted, body + os.urandom(64), original_length=len(body) - 16),
+        )
+    )
+    assert report.encrypted == 0
+    assert not report.clean
+
+
+# --- compressed plaintext is not another codec's ciphertext ---------------------------
+
+
+def _labelled(data: bytes) -> Payload:
+    return Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"test-key-id"},
+        data=data,
+    )
+
+
+_COMPRESSORS = {
+    "gzip": gzip.compress,
+    "zlib": zlib.compress,
+    "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_COMPRESSORS))
+@pytest.mark.parametrize("size", [60, len(PII)])
+def test_compressed_plaintext_under_the_label_is_plaintext_not_foreign(
+    name: str, size: int
+) -> None:
+    packed = _COMPRESSORS[name](PII[:size])
+    assert len(packed) >= 28
+    report = _scan(_started(_labelled(packed)))
+    assert report.plaintext == {INPUT: 1}, (name, report.as_table())
+    assert not report.foreign_encryption
+
+
+def test_sample_codec_ciphertext_stays_foreign_even_when_it_starts_like_a_frame() -> None:
+    """A nonce that happens to begin with a compression magic is still ciphertext."""
+    key = AESGCM(os.urandom(32))
+    magics = [b"\x1f\x8b\x08", b"\x78\x9c", b"\x78\x01", b"\x78\xda", b""]
+    payloads: list[Payload] = []
+    for magic in magics:
+        for _ in range(200):
+            nonce = magic + os.urandom(12 - len(magic))
+            payloads.append(_labelled(nonce + key.encrypt(nonce, PII[: 40 + len(payloads)], None)))
+    report = _scan(_started(*payloads))
+    assert report.foreign_encryption == {INPUT: len(payloads)}
+    assert not report.plaintext
+
+
+def test_lz4_frames_are_compressed_plaintext() -> None:
+    # An lz4 frame (no lz4 library here): magic, FLG (version 01, block
+    # independence, content checksum), BD (64 KiB blocks), header checksum,
+    # then one uncompressed block of the text.
+    frame = b"\x04\x22\x4d\x18\x64\x40\xa7" + struct.pack("<I", 0x80000000 | 60) + PII[:60]
+    report = _scan(_started(_labelled(frame)))
+    assert report.plaintext == {INPUT: 1}
