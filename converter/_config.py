@@ -233,6 +233,12 @@ class ShieldConfig:
     """Namespace globs where decoding refuses payloads that are not temporal-shield
     envelopes (the last roll-out step, once ``scan`` is clean; see
     docs/operations.md). Empty: every non-envelope payload passes through."""
+    encrypt_headers: bool = True
+    """Pass Temporal headers (what interceptors propagate: trace context, tenant
+    ids) through the codec: the plugin sets the client's
+    ``header_codec_behavior`` to ``CODEC`` unless it is already ``CODEC`` or
+    ``WORKFLOW_ONLY_CODEC``. Off: headers stay in clear in history, and
+    ``require_encryption`` cannot check them (so the two are refused together)."""
     read_only: bool = False
     """Roll-out stage 1 only: decode temporal-shield envelopes but write new payloads
     unchanged (in plaintext), so that every process of a fleet with several images
@@ -247,6 +253,11 @@ class ShieldConfig:
             raise ConfigError(
                 "read_only (write plaintext during a roll-out) cannot be combined with "
                 "require_encryption (refuse plaintext): finish the roll-out first"
+            )
+        if self.require_encryption and not self.encrypt_headers:
+            raise ConfigError(
+                "require_encryption needs encrypt_headers: headers left out of the codec "
+                "would reach workers unchecked"
             )
         if self.max_payload_bytes <= 0:
             raise ConfigError("max_payload_bytes must be positive")

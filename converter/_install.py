@@ -28,6 +28,7 @@ from typing import Self
 
 from temporalio.api.common.v1 import Payload
 from temporalio.client import ClientConfig
+from temporalio.common import HeaderCodecBehavior
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverter,
@@ -362,10 +363,21 @@ class ShieldPlugin(SimplePlugin):
         """Compose with the client's converter, bound to the client's namespace."""
         namespace = config.get("namespace") or self.config.namespace
         config["data_converter"] = self.compose(config.get("data_converter"), namespace=namespace)
+        config["header_codec_behavior"] = self._headers(config.get("header_codec_behavior"))
         return super().configure_client(config)
 
     def configure_replayer(self, config: ReplayerConfig) -> ReplayerConfig:
         """Compose with the replayer's converter, bound to its namespace."""
         namespace = config.get("namespace") or self.config.namespace
         config["data_converter"] = self.compose(config.get("data_converter"), namespace=namespace)
+        config["header_codec_behavior"] = self._headers(config.get("header_codec_behavior"))
         return super().configure_replayer(config)
+
+    def _headers(self, current: HeaderCodecBehavior | None) -> HeaderCodecBehavior:
+        # The SDK leaves headers (interceptors' context: tracing, tenant ids,
+        # auth) out of the codec by default, so they would sit in history in
+        # clear and bypass require_encryption. The SDK's default cannot be told
+        # apart from an explicit NO_CODEC: encrypt_headers = false opts out.
+        if self.config.encrypt_headers and current in (None, HeaderCodecBehavior.NO_CODEC):
+            return HeaderCodecBehavior.CODEC
+        return current or HeaderCodecBehavior.NO_CODEC

@@ -25,13 +25,21 @@ from typing import Any
 import pytest
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.common import RetryPolicy
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from temporal_shield._devserver import DevServer, temporal_cli
-from temporal_shield.codec import Keyring, is_envelope
+from temporal_shield.codec import ConfigError, Keyring, is_envelope
 from temporal_shield.converter import (
     KeysConfig,
     PlaintextRefusedError,
@@ -389,3 +397,62 @@ async def test_planted_plaintext_is_refused_wherever_a_worker_decodes(
             if pending is not None:
                 pending.cancel()
         await handle.terminate("planted payload")
+
+
+class _TenantHeader(Interceptor):
+    """A client interceptor adding a header, the way tracing or tenancy interceptors do."""
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _TenantOutbound(next)
+
+
+class _TenantOutbound(OutboundInterceptor):
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        header = DataConverter.default.payload_converter.to_payloads([PLANTED])[0]
+        input.headers = {**input.headers, "tenant": header}
+        return await super().start_workflow(input)
+
+
+async def test_headers_are_encrypted_and_planted_plaintext_headers_refused(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"headers-{uuid.uuid4().hex[:8]}"
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    raw = await Client.connect(dev_server.address)
+    enforcing = await Client.connect(
+        dev_server.address, plugins=[ShieldPlugin(_config(ring, enforce=True))]
+    )
+    sealing = await Client.connect(
+        dev_server.address, plugins=[ShieldPlugin(_config(ring))], interceptors=[_TenantHeader()]
+    )
+    # Writes plaintext, headers included, through the same interceptor.
+    planting = await Client.connect(
+        dev_server.address,
+        plugins=[ShieldPlugin(_config(ring, read_only=True))],
+        interceptors=[_TenantHeader()],
+    )
+    async with _worker(enforcing, queue):
+        sealed = await sealing.start_workflow(
+            GuardedWorkflow.run, Plan(text="sealed"), id=f"{queue}-sealed", task_queue=queue
+        )
+        await sealed.signal(GuardedWorkflow.deliver, "done")
+        assert await sealed.result() == "sealed|done"
+        started = (await raw.get_workflow_handle(sealed.id).fetch_history()).events[0]
+        header = started.workflow_execution_started_event_attributes.header.fields["tenant"]
+        assert is_envelope(header.data)
+        assert PLANTED.encode() not in header.data
+        planted = await planting.start_workflow(
+            GuardedWorkflow.run, Plan(text="x"), id=f"{queue}-planted", task_queue=queue
+        )
+        started = (await raw.get_workflow_handle(planted.id).fetch_history()).events[0]
+        header = started.workflow_execution_started_event_attributes.header.fields["tenant"]
+        assert PLANTED.encode() in header.data  # the plant really is plaintext
+        handle = enforcing.get_workflow_handle(planted.id)
+        await _assert_refused_visibly(dev_server, enforcing, handle)
+        await handle.terminate("planted header")
+
+
+def test_require_encryption_needs_encrypted_headers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="encrypt_headers"):
+        ShieldConfig(require_encryption=("*",), encrypt_headers=False)

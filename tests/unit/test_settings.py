@@ -149,9 +149,11 @@ def test_every_setting_is_reachable_from_the_environment() -> None:
             expected[path] = value
     env["TEMPORAL_SHIELD_SERVER_INSECURE_DEV"] = "true"
     expected[("server", "insecure_dev")] = True
-    # Not with require_encryption (refused: test_converter.py checks it is read).
+    # Neither can be combined with require_encryption (refused, tested apart).
     env["TEMPORAL_SHIELD_READ_ONLY"] = "false"
     expected[("read_only",)] = False
+    env["TEMPORAL_SHIELD_ENCRYPT_HEADERS"] = "true"
+    expected[("encrypt_headers",)] = True
     env["TEMPORAL_SHIELD_SERVER_AUDIT_FILE"] = "/var/log/audit.jsonl"
     expected[("server", "audit", "file")] = "/var/log/audit.jsonl"
     server, shield = load_server_config(env=env)
