@@ -20,6 +20,7 @@ import difflib
 import inspect
 import itertools
 import logging
+import math
 import os
 import re
 import textwrap
@@ -155,7 +156,13 @@ def load_document(
     doc: dict[str, Any] = read_toml(file) if file is not None else {}
     unknown: list[str] = []
     for var in sorted(env):
-        if not var.startswith(ENV_PREFIX) or var in NON_SETTING_ENV:
+        if not var.startswith(ENV_PREFIX):
+            # Names are case-sensitive: ``temporal_shield_tls_dir`` would otherwise be
+            # ignored and leave the setting at its default.
+            if var.upper().startswith(ENV_PREFIX):
+                unknown.append(var)
+            continue
+        if var in NON_SETTING_ENV:
             continue
         name = DEPRECATED_ENV.get(var, var)
         if name in names:
@@ -163,7 +170,7 @@ def load_document(
                 if name in env:
                     raise ConfigError(f"both {var} (deprecated) and {name} are set: keep {name}")
                 log.warning("%s is deprecated: rename it to %s", var, name)
-            _set(doc, names[name], EnvValue(env[var]))
+            _set(doc, names[name], EnvValue(env[var], var))
         elif not any(var.startswith(prefix) for prefix in foreign_prefixes):
             unknown.append(var)
     if unknown:
@@ -171,10 +178,18 @@ def load_document(
         hints = [
             f"{var} (did you mean {close[0]}?)" if close else var
             for var in unknown
-            for close in [difflib.get_close_matches(var, known, n=1)]
+            for close in [_close_name(var, known, foreign_prefixes)]
         ]
         raise ConfigError(f"unknown environment variable(s): {', '.join(hints)}")
     return doc
+
+
+def _close_name(var: str, known: Collection[str], foreign_prefixes: Collection[str]) -> list[str]:
+    """The known name ``var`` was probably meant to be (upper-case first)."""
+    upper = var.upper()
+    if upper != var and (upper in known or any(upper.startswith(p) for p in foreign_prefixes)):
+        return [upper]
+    return difflib.get_close_matches(upper, known, n=1)
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -250,9 +265,20 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 class EnvValue(str):
-    """A raw string from the environment, parsed according to the target type."""
+    """A raw string from the environment, parsed according to the target type.
 
-    __slots__ = ()
+    Surrounding whitespace is ignored. An empty value unsets an optional setting
+    and is an error for any other: it would silently replace the file's value
+    (``TEMPORAL_SHIELD_TLS_DIR=""`` from a template once meant plaintext).
+    """
+
+    var: str
+    """The variable it came from (for error messages)."""
+
+    def __new__(cls, value: str, var: str = "") -> EnvValue:
+        self = super().__new__(cls, value.strip())
+        self.var = var
+        return self
 
 
 def build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
@@ -289,9 +315,14 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
     args = typing.get_args(tp)
     if origin in (types.UnionType, typing.Union) and type(None) in args:
         inner = next(a for a in args if a is not type(None))
-        if isinstance(value, EnvValue) and value == "":
+        if value == "":  # from the file too: aws_endpoint_url = "" is no endpoint
             return None
         return _coerce(inner, value, label)
+    if isinstance(value, EnvValue) and not any(v.strip() for v in value.split(",")):
+        raise ConfigError(
+            f"{value.var or label} is empty: unset it or give {label} a value "
+            "(an empty value would replace the file's or the default)"
+        )
     if tp is bool:
         if isinstance(value, EnvValue):
             lowered = value.strip().lower()
@@ -305,14 +336,20 @@ def _coerce(tp: Any, value: Any, label: str) -> Any:
     if tp in (int, float):
         if isinstance(value, EnvValue):
             try:
-                return tp(value)
+                number = tp(value)
             except ValueError:
                 raise ConfigError(f"{label} must be a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{label} must be a number")
-        if tp is int and not isinstance(value, int):
+        elif tp is int and not isinstance(value, int):
             raise ConfigError(f"{label} must be an integer")
-        return tp(value)
+        else:
+            number = tp(value)
+        # nan compares false with every bound (a JWT leeway of nan accepted expired
+        # tokens; a data-key max_age of nan never reuses a key); TOML and float() take it.
+        if not math.isfinite(number):
+            raise ConfigError(f"{label} must be a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{label} must be a string")

@@ -104,6 +104,12 @@ def test_error_paths_of_every_command_are_one_line_and_status_2(tmp_path: Path, 
         (["demo", "--wait-forever"], {}, "unrecognized arguments"),
         (["keys", "lst"], {}, "invalid choice"),
         (["serve", "--workers", "many"], {}, "number of workers"),
+        # Once ignored: the default keyring was listed instead of the one named.
+        (["keys", "list"], {"temporal_shield_keys_uri": "local:///x"}, "temporal_shield_keys_uri"),
+        (["keys", "list"], {"TEMPORAL_SHIELD_KEYS_URI": ""}, "TEMPORAL_SHIELD_KEYS_URI is empty"),
+        # Once "internal error: OverflowError" after the insecure-dev warning.
+        (["serve", "--insecure-dev", "--port", "99999"], {}, "server.port"),
+        (["serve", "--insecure-dev"], {"TEMPORAL_SHIELD_SERVER_AUTH_LEEWAY": "nan"}, "finite"),
     ]
     for args, env, fragment in cases:
         _one_line_error(_run(*args, env=env), fragment)

@@ -146,3 +146,17 @@ def test_server_name_alone_is_an_error_not_plaintext(tmp_path: Path) -> None:
     toml.write_text('[tls]\nserver_name = "temporal-frontend"\n')
     with pytest.raises(ConfigError, match="server_name"):
         load_config(toml, env={})
+
+
+def test_an_empty_variable_cannot_turn_the_files_tls_into_plaintext(
+    secret: Path, tmp_path: Path
+) -> None:
+    toml = tmp_path / "shield.toml"
+    toml.write_text(f'[tls]\ndir = "{secret}"\n')
+    env = {"TEMPORAL_SHIELD_CONFIG": str(toml)}
+    assert isinstance(client_connect_config(env=env)["tls"], TLSConfig)
+    # A manifest's `value: ""` once connected in plaintext (no "tls" at all).
+    with pytest.raises(ConfigError, match="TEMPORAL_SHIELD_TLS_DIR is empty"):
+        client_connect_config(env={**env, "TEMPORAL_SHIELD_TLS_DIR": ""})
+    with pytest.raises(ConfigError, match="temporal_shield_tls_dir"):
+        client_connect_config(env={"temporal_shield_tls_dir": str(secret)})

@@ -275,3 +275,119 @@ def test_the_documented_example_file_loads_on_both_sides(tmp_path: Path) -> None
     server, shield = load_server_config(path, env={})
     assert server.auth.issuer == "https://idp.example.com/"
     assert shield == worker
+
+
+# Hostile inputs: a security setting must never silently degrade.
+
+
+def test_empty_env_value_cannot_clear_a_file_setting(tmp_path: Path) -> None:
+    path = tmp_path / "shield.toml"
+    path.write_text('require_encryption = ["prod-*"]\n[tls]\ndir = "/etc/temporal-tls"\n')
+    # An empty value (a template's unset value) once replaced the file's TLS folder with
+    # "" (plaintext to Temporal) and the enforced namespaces with none.
+    for name in (
+        "TEMPORAL_SHIELD_TLS_DIR",
+        "TEMPORAL_SHIELD_REQUIRE_ENCRYPTION",
+        "TEMPORAL_SHIELD_KEYS_ALLOWED_KEY_IDS",
+        "TEMPORAL_SHIELD_TLS_CA",  # a deprecated name too
+    ):
+        for value in ("", "  ", " , "):
+            with pytest.raises(ConfigError, match=rf"{name} is empty"):
+                load_config(path, env={name: value})
+    with pytest.raises(ConfigError, match="TEMPORAL_SHIELD_SERVER_AUDIT_SIGNING_KEY is empty"):
+        load_server_config(
+            env={
+                "TEMPORAL_SHIELD_SERVER_INSECURE_DEV": "1",
+                "TEMPORAL_SHIELD_SERVER_AUDIT_SIGNING_KEY": "",
+            }
+        )
+    # Optional settings: empty still means unset (documented).
+    assert load_config(env={"TEMPORAL_SHIELD_KEYS_AWS_REGION": " "}).keys.aws_region is None
+
+
+def test_env_strings_are_stripped_like_every_other_env_value() -> None:
+    cfg = load_config(env={"TEMPORAL_SHIELD_KEYS_URI": " local:///k.json\n"})
+    assert cfg.keys.uri == "local:///k.json"
+
+
+def test_env_names_in_another_case_are_errors_not_ignored() -> None:
+    for name in ("temporal_shield_tls_dir", "Temporal_Shield_TLS_DIR", "TEMPORAL_SHIELD_tls_dir"):
+        with pytest.raises(ConfigError, match=rf"{name} \(did you mean TEMPORAL_SHIELD_TLS_DIR"):
+            load_config(env={name: "/etc/temporal-tls"})
+    with pytest.raises(ConfigError, match="temporal_shield_server_insecure_dev"):
+        load_config(env={"temporal_shield_server_insecure_dev": "1"})
+    with pytest.raises(ConfigError, match="temporal_shield_server_insecure_dev"):
+        load_server_config(env={"temporal_shield_server_insecure_dev": "1"})
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_non_finite_numbers_are_refused_from_env(raw: str) -> None:
+    with pytest.raises(ConfigError, match="max_age must be a finite number"):
+        load_config(env={"TEMPORAL_SHIELD_DATA_KEYS_MAX_AGE": raw})
+    # leeway = nan once made PyJWT accept tokens that expired long ago.
+    with pytest.raises(ConfigError, match="leeway must be a finite number"):
+        load_server_config(
+            env={
+                "TEMPORAL_SHIELD_SERVER_INSECURE_DEV": "1",
+                "TEMPORAL_SHIELD_SERVER_AUTH_LEEWAY": raw,
+            }
+        )
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "-inf", "+nan"])
+def test_non_finite_numbers_are_refused_from_toml(tmp_path: Path, literal: str) -> None:
+    path = tmp_path / "shield.toml"
+    path.write_text(f"[server]\ninsecure_dev = true\nbody_read_timeout = {literal}\n")
+    with pytest.raises(ConfigError, match="body_read_timeout must be a finite number"):
+        load_server_config(path, env={})
+
+
+def test_auth_leeway_must_be_finite_and_not_negative_in_code_too() -> None:
+    from temporal_shield.server import AuthConfig
+
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ConfigError, match="leeway"):
+            AuthConfig(leeway=bad)
+
+
+def test_empty_optional_string_in_toml_is_unset(tmp_path: Path) -> None:
+    # docs/configuration.md's example writes aws_endpoint_url = "": botocore then
+    # failed with "Invalid endpoint:" at the first KMS call.
+    path = tmp_path / "shield.toml"
+    path.write_text('[keys]\naws_endpoint_url = ""\n[storage]\ns3_endpoint_url = ""\n')
+    cfg = load_config(path, env={})
+    assert cfg.keys.aws_endpoint_url is None
+    assert cfg.storage.s3_endpoint_url is None
+
+
+def test_documented_example_gives_usable_aws_settings(tmp_path: Path) -> None:
+    text = DOCS.read_text().split("## Example\n\n```toml\n")[1].split("```")[0]
+    path = tmp_path / "shield.toml"
+    path.write_text(text)
+    cfg = load_config(path, env={})
+    for aws in (cfg.keys.aws, cfg.storage.aws):
+        assert aws.endpoint_url is None or aws.endpoint_url.startswith("https://")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("port = 99999", "server.port"),
+        ("port = -1", "server.port"),
+        ('host = ""', "server.host"),
+        ('host = " "', "server.host"),
+    ],
+)
+def test_server_listen_address_is_checked(tmp_path: Path, setting: str, message: str) -> None:
+    # An empty host listened on every interface; a bad port was an OverflowError at bind.
+    path = tmp_path / "shield.toml"
+    path.write_text(f"[server]\ninsecure_dev = true\n{setting}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_server_config(path, env={})
+
+
+def test_a_misspelt_section_is_reported_before_server_completeness(tmp_path: Path) -> None:
+    path = tmp_path / "shield.toml"
+    path.write_text("[sever]\ninsecure_dev = true\n")
+    with pytest.raises(ConfigError, match=r"unknown setting.*sever"):
+        load_server_config(path, env={})
