@@ -56,12 +56,35 @@ def _walk(
         name = f"{path}.{field.name}" if path else field.name
         if field.message_type.GetOptions().map_entry:
             for key, item in value.items():
-                yield from _walk(item, types, targets, f"{name}[{key}]")
+                yield from _walk(item, types, targets, f"{name}[{key_text(key)}]")
         elif field.is_repeated:
             for i, item in enumerate(value):
                 yield from _walk(item, types, targets, f"{name}[{i}]")
         else:
             yield from _walk(value, types, targets, name)
+
+
+MAX_KEY_TEXT = 64
+"""Characters of a map key kept in a path (keys are application text, any length)."""
+
+
+def key_text(key: object) -> str:
+    """A map key as it appears in a path: printable, unambiguous and bounded.
+
+    Memo and header keys are chosen by applications: a key with brackets,
+    control characters or a megabyte of text must not forge or bloat a path.
+    """
+    text = str(key)
+    cut = len(text) > MAX_KEY_TEXT
+    out = "".join(
+        ch if ch.isprintable() and ch not in "[]\\" else _escape(ch) for ch in text[:MAX_KEY_TEXT]
+    )
+    return out + "…" if cut else out
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def iter_payloads(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:

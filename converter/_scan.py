@@ -70,6 +70,25 @@ SEARCH = "search_attributes"
 _CATEGORIES = (PLAINTEXT, FOREIGN, TEMPORAL, SEARCH)
 
 
+MAX_ROWS = 1000
+"""Distinct rows kept per category, and key ids and labels kept. Map keys come
+from applications (memo, header keys): past this many rows, a new location's map
+keys collapse to ``[*]`` and a new key id or label counts under ``(other)``, so
+the report's size stays bounded whatever the histories hold. Counts stay exact."""
+_MAP_KEY = re.compile(r"\[[^\]]+\]")
+OTHER = "(other)"
+
+
+def _bounded(counter: Counter[Any], location: tuple[str, ...]) -> tuple[str, ...]:
+    if location in counter or len(counter) < MAX_ROWS:
+        return location
+    return (location[0], _MAP_KEY.sub("[*]", location[1]), *location[2:])
+
+
+def _bump(counter: Counter[str], key: str, n: int = 1) -> None:
+    counter[key if key in counter or len(counter) < MAX_ROWS else OTHER] += n
+
+
 def _where(event_type: int, path: str) -> Location:
     name = EventType.Name(EventType.ValueType(event_type)).removeprefix("EVENT_TYPE_")
     return name, _LIST_INDEX.sub("[]", path)
@@ -108,11 +127,17 @@ class ScanReport:
         """Nothing but our ciphertext, Temporal-written items and search attributes."""
         return not self.plaintext and not self.foreign_encryption
 
-    def count(self, category: str, location: tuple[str, ...], workflow_id: str) -> None:
-        """Count one item of ``category`` at ``location`` (remembering a first example)."""
+    def count(self, category: str, location: tuple[str, ...], workflow_id: str, n: int = 1) -> None:
+        """Count ``n`` items of ``category`` at ``location`` (remembering a first example).
+
+        Past :data:`MAX_ROWS` rows, a new location is counted with its map keys
+        collapsed.
+        """
         counter: Counter[Any] = getattr(self, category)
-        counter[location] += 1
-        self.first_seen.setdefault((category, *location), workflow_id)
+        location = _bounded(counter, location)
+        counter[location] += n
+        if workflow_id:
+            self.first_seen.setdefault((category, *location), workflow_id)
 
     def merge(self, other: ScanReport) -> None:
         """Add every count of ``other`` to this report.
@@ -125,12 +150,14 @@ class ScanReport:
         self.payloads += other.payloads
         self.encrypted += other.encrypted
         for name in _CATEGORIES:
-            counter: Counter[Any] = getattr(self, name)
-            counter.update(getattr(other, name))
-        self.key_ids.update(other.key_ids)
-        self.classifications.update(other.classifications)
-        for key, workflow_id in other.first_seen.items():
-            self.first_seen.setdefault(key, workflow_id)
+            theirs: Counter[Any] = getattr(other, name)
+            for location, n in theirs.items():
+                example = other.first_seen.get((name, *location), "")
+                self.count(name, location, example, n)
+        for key, n in other.key_ids.items():
+            _bump(self.key_ids, key, n)
+        for key, n in other.classifications.items():
+            _bump(self.classifications, key, n)
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-serialisable form of the report (inverse: :meth:`from_json`)."""
@@ -168,6 +195,7 @@ class ScanReport:
             events=int(data["events"]),
             payloads=int(data["payloads"]),
             encrypted=int(data["encrypted"]),
+            # Rows as they were counted (already bounded): an exact inverse.
             key_ids=Counter({str(k): int(n) for k, n in data["key_ids"].items()}),
             classifications=Counter({str(k): int(n) for k, n in data["classifications"].items()}),
         )
@@ -492,9 +520,9 @@ def _inspect_payload(
     sealed = _sealed(payload.data)
     if sealed:
         report.encrypted += 1
-        report.key_ids[payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")] += 1
+        _bump(report.key_ids, payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace"))
         label = payload.metadata.get(CLASSIFICATION_METADATA, b"").decode(errors="replace")
-        report.classifications[label or "unclassified"] += 1
+        _bump(report.classifications, label or "unclassified")
     elif sealed is None and (
         payload.metadata.get("encoding") == ENCODING and _looks_like_ciphertext(payload.data)
     ):

@@ -28,6 +28,7 @@ from temporalio.api.history.v1 import HistoryEvent
 
 from temporal_shield.codec._format import parse
 from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
+from temporal_shield.converter import _scan as scan_module
 from temporal_shield.converter._scan import ScanReport, _inspect
 
 PII = json.dumps(
@@ -270,3 +271,69 @@ def test_lz4_frames_are_compressed_plaintext() -> None:
     frame = b"\x04\x22\x4d\x18\x64\x40\xa7" + struct.pack("<I", 0x80000000 | 60) + PII[:60]
     report = _scan(_started(_labelled(frame)))
     assert report.plaintext == {INPUT: 1}
+
+
+# --- application map keys cannot bloat or forge the report -----------------------------
+
+
+def _memo_run(keys: list[str], workflow_id: str = "wf-1") -> ScanReport:
+    started = HistoryEvent(event_type=STARTED)
+    for key in keys:
+        started.workflow_execution_started_event_attributes.memo.fields[key].CopyFrom(_json("x"))
+    report = ScanReport(namespace="ns")
+    _inspect(report, workflow_id, started)
+    return report
+
+
+def test_distinct_memo_keys_per_run_keep_the_report_bounded_and_counts_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scan_module, "MAX_ROWS", 20)
+    total = ScanReport(namespace="ns")
+    for run in range(200):  # a fresh memo key per run, as a careless writer does
+        total.merge(_memo_run([f"order-{run}"], f"wf-{run}"))
+    assert sum(total.plaintext.values()) == 200
+    assert len(total.plaintext) <= 21
+    collapsed = (
+        "WORKFLOW_EXECUTION_STARTED",
+        "workflow_execution_started_event_attributes.memo.fields[*]",
+    )
+    assert total.plaintext[collapsed] == 180
+    assert len(total.first_seen) <= 21
+    assert len(json.dumps(total.as_json())) < 20_000
+    # A sequential fold of the same runs gives the same rows.
+    sequential = ScanReport(namespace="ns")
+    for run in range(200):
+        started = HistoryEvent(event_type=STARTED)
+        fields = started.workflow_execution_started_event_attributes.memo.fields
+        fields[f"order-{run}"].CopyFrom(_json("x"))
+        _inspect(sequential, f"wf-{run}", started)
+    assert sequential.as_json() == total.as_json()
+    assert ScanReport.from_json(total.as_json()).as_json() == total.as_json()
+
+
+def test_key_ids_and_labels_from_metadata_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, encrypted: Payload
+) -> None:
+    monkeypatch.setattr(scan_module, "MAX_ROWS", 5)
+    report = ScanReport(namespace="ns")
+    for i in range(50):  # metadata is not authenticated: anyone can vary it
+        forged = Payload()
+        forged.CopyFrom(encrypted)
+        forged.metadata["encryption-key-id"] = f"key-{i}".encode()
+        forged.metadata["temporal-shield-classification"] = f"label-{i}".encode()
+        _inspect(report, "wf", _started(forged))
+    assert report.encrypted == 50
+    assert len(report.key_ids) <= 6
+    assert report.key_ids["(other)"] == 45
+    assert len(report.classifications) <= 6
+    assert sum(report.classifications.values()) == 50
+
+
+def test_map_keys_cannot_forge_a_path_or_carry_control_characters() -> None:
+    report = _memo_run(["a].search_attributes[b", "line\nbreak\x1b[31m", "k" * 10_000])
+    fields = sorted(f for _, f in report.plaintext)
+    assert all("\n" not in f and "\x1b" not in f for f in fields)
+    assert any(f.endswith("memo.fields[a\\u005d.search_attributes\\u005bb]") for f in fields)
+    assert max(len(f) for f in fields) < 200
+    assert not report.search_attributes
