@@ -10,13 +10,15 @@ our ``[tls]`` section, explicit ``address``/``namespace``.
 
 Security settings never silently degrade: a TLS setting that cannot be honoured
 (a missing folder or file, a certificate without its key, TLS configured both
-ways) is a :class:`~temporal_shield.codec.ConfigError`, never a plaintext or
-half-configured connection.
+ways, an unknown key in the profile file) is a
+:class:`~temporal_shield.codec.ConfigError`, never a plaintext or half-configured
+connection.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,10 @@ def _load_profile(
         return ClientConfigProfile.load(
             profile,
             config_source=Path(path) if path is not None else None,
+            # Unknown keys are errors, as in our own file: a misspelt [profile.x.tls]
+            # table or address was silently dropped (no TLS, or localhost:7233).
+            # `temporal config set` writes nothing strict mode refuses.
+            config_file_strict=True,
             override_env_vars=env,
         )
     except OSError as exc:
@@ -132,7 +138,13 @@ def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    return lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
+    # The middle lines quote the file; a type error quotes the value (an API key
+    # in the wrong place): keep neither.
+    text = lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}"
+    return _QUOTED_STRING.sub("string", text)
+
+
+_QUOTED_STRING = re.compile(r'string "(?:[^"\\]|\\.)*"')
 
 
 def _has_material(tls: ClientConfigTLS) -> bool:

@@ -160,3 +160,46 @@ def test_an_empty_variable_cannot_turn_the_files_tls_into_plaintext(
         client_connect_config(env={**env, "TEMPORAL_SHIELD_TLS_DIR": ""})
     with pytest.raises(ConfigError, match="temporal_shield_tls_dir"):
         client_connect_config(env={"temporal_shield_tls_dir": str(secret)})
+
+
+@pytest.mark.parametrize(
+    ("profile", "unknown"),
+    [
+        # The address typo once connected to localhost:7233; the [tls] table typo
+        # once meant no TLS at all, the key typo a connection without the certificate.
+        ('[profile.default]\naddres = "prod:7233"\n', "addres"),
+        (
+            '[profile.default]\naddress = "prod:7233"\n[profile.default.tsl]\nserver_name = "x"\n',
+            "tsl",
+        ),
+        ('[profile.default.tls]\nclient_cert_pth = "/etc/tls/tls.crt"\n', "client_cert_pth"),
+    ],
+)
+def test_unknown_keys_in_the_sdk_profile_file_are_errors(
+    tmp_path: Path, profile: str, unknown: str
+) -> None:
+    toml = tmp_path / "temporal.toml"
+    toml.write_text(profile)
+    with pytest.raises(ConfigError, match=f"unknown field `{unknown}`"):
+        client_connect_config(ShieldConfig(), env={"TEMPORAL_CONFIG_FILE": str(toml)})
+
+
+def test_what_the_temporal_cli_writes_still_loads(tmp_path: Path) -> None:
+    toml = tmp_path / "temporal.toml"
+    toml.write_text(  # `temporal config set` output, every table it writes
+        '[profile.default]\naddress = "a:1"\napi_key = "k"\nnamespace = "n"\n'
+        '[profile.default.codec]\nendpoint = "https://codec"\nauth = "Bearer t"\n'
+        '[profile.default.grpc_meta]\nx-team = "v"\n'
+        '[profile.default.tls]\nserver_name = "s"\ndisable_host_verification = false\n'
+    )
+    out = client_connect_config(ShieldConfig(), env={"TEMPORAL_CONFIG_FILE": str(toml)})
+    assert (out["target_host"], out["namespace"], out["api_key"]) == ("a:1", "n", "k")
+
+
+def test_profile_errors_never_quote_a_value(tmp_path: Path) -> None:
+    toml = tmp_path / "temporal.toml"
+    toml.write_text('[profile.default]\ntls = "sk-live-SECRET"\napi_key = "sk-live-SECRET2"\n')
+    with pytest.raises(ConfigError) as caught:
+        client_connect_config(ShieldConfig(), env={"TEMPORAL_CONFIG_FILE": str(toml)})
+    assert "SECRET" not in str(caught.value)
+    assert "invalid type" in str(caught.value)
