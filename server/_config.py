@@ -172,13 +172,20 @@ class TlsConfig:
     dir: str = ""
     """Folder with ``tls.crt``, ``tls.key`` and (for client auth) ``ca.crt``."""
     client_auth: str = "none"
-    """``none``, ``optional`` or ``require`` client certificates signed by ``ca.crt``."""
+    """``none``, ``optional`` or ``require`` client certificates signed by ``ca.crt``
+    (``optional`` and ``require`` need ``dir``)."""
     reload_interval: float = 5.0
     """Seconds between checks for rotated certificate files."""
 
     def __post_init__(self) -> None:
         if self.client_auth not in ("none", "optional", "require"):
             raise ConfigError("tls.client_auth must be none, optional or require")
+        if self.client_auth != "none" and not self.dir:
+            # Without a folder the server speaks plain HTTP and checks no certificate.
+            raise ConfigError(
+                f"server.tls.client_auth = {self.client_auth} needs server.tls.dir "
+                "(without it the server serves plain HTTP)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -391,3 +391,21 @@ def test_a_misspelt_section_is_reported_before_server_completeness(tmp_path: Pat
     path.write_text("[sever]\ninsecure_dev = true\n")
     with pytest.raises(ConfigError, match=r"unknown setting.*sever"):
         load_server_config(path, env={})
+
+
+@pytest.mark.parametrize("mode", ["optional", "require"])
+def test_client_certificates_without_tls_are_an_error_not_plain_http(
+    tmp_path: Path, mode: str
+) -> None:
+    # Once served plain HTTP, checking no certificate at all.
+    with pytest.raises(ConfigError, match="client_auth"):
+        load_server_config(
+            env={
+                "TEMPORAL_SHIELD_SERVER_INSECURE_DEV": "1",
+                "TEMPORAL_SHIELD_SERVER_TLS_CLIENT_AUTH": mode,
+            }
+        )
+    path = tmp_path / "shield.toml"
+    path.write_text(f'[server]\ninsecure_dev = true\n[server.tls]\nclient_auth = "{mode}"\n')
+    with pytest.raises(ConfigError, match="client_auth"):
+        load_server_config(path, env={})
