@@ -44,6 +44,9 @@ NON_SETTING_ENV = frozenset({CONFIG_ENV})
 """``TEMPORAL_SHIELD_*`` variables that are not settings (and so not errors)."""
 SERVER_SECTION = "server"
 """The codec server's table in the shared file; workers leave it to the server."""
+SERVER_SHARED_NAMES = frozenset({"tls", "max_payload_bytes"})
+"""Names that are settings both at the top level and under ``[server]`` (a test
+checks this against both schemas); every other top-level name is the converter's."""
 CONFIG_FILE_NAME = "shield.toml"
 """Name of the default configuration file under ``$XDG_CONFIG_HOME/temporal-shield/``."""
 
@@ -232,9 +235,29 @@ def load_config(
     """
     env = os.environ if env is None else env
     doc = load_document(path, env, ENV_VARS, foreign_prefixes=[server_env_prefix()])
+    _check_misplaced(doc.get(SERVER_SECTION))
     for name in (SERVER_SECTION, *other_sections):
         doc.pop(name, None)
     return build_shield(doc, env)
+
+
+def _check_misplaced(server: Any) -> None:
+    """Refuse converter settings written under ``[server]``, which workers skip.
+
+    TOML puts every key after a ``[server]`` header into that table, so a
+    ``require_encryption`` added at the end of the file would be dropped by every
+    worker (the server, which checks ``[server]``, may not read this file).
+    """
+    if not isinstance(server, Mapping):
+        return  # the server reports a [server] that is not a table
+    ours = {name for name, _, _ in schema_fields(ShieldConfig)} - SERVER_SHARED_NAMES
+    misplaced = sorted(set(server) & ours)
+    if misplaced:
+        names = ", ".join(f"server.{name}" for name in misplaced)
+        raise ConfigError(
+            f"{names} in the config: converter settings go above [server] "
+            "(TOML puts every key after a [server] header into it)"
+        )
 
 
 def server_env_prefix() -> str:

@@ -409,3 +409,26 @@ def test_client_certificates_without_tls_are_an_error_not_plain_http(
     path.write_text(f'[server]\ninsecure_dev = true\n[server.tls]\nclient_auth = "{mode}"\n')
     with pytest.raises(ConfigError, match="client_auth"):
         load_server_config(path, env={})
+
+
+def test_a_converter_setting_written_under_server_is_an_error_for_workers(tmp_path: Path) -> None:
+    # TOML puts every key after [server] into it: this require_encryption was meant
+    # for the workers, which skipped [server] and enforced nothing.
+    path = tmp_path / "shield.toml"
+    path.write_text('[server]\nport = 8081\n\nrequire_encryption = ["prod-*"]\n')
+    with pytest.raises(ConfigError, match=r"server\.require_encryption .*above \[server\]"):
+        load_config(path, env={})
+    path.write_text('[server]\nport = 8081\n[server.keys]\nuri = "aws-kms://alias/x"\n')
+    with pytest.raises(ConfigError, match=r"server\.keys"):
+        load_config(path, env={})
+    # Names both schemas have are the server's own there.
+    path.write_text("[server]\nmax_payload_bytes = 1024\n[server.tls]\nclient_auth = 'none'\n")
+    load_config(path, env={})
+
+
+def test_the_names_both_schemas_share_are_listed() -> None:
+    from temporal_shield.converter._settings import SERVER_SHARED_NAMES
+
+    converter = {name for name, _, _ in schema_fields(ShieldConfig)}
+    server = {name for name, _, _ in schema_fields(ServerConfig)}
+    assert converter & server == SERVER_SHARED_NAMES
