@@ -7,6 +7,7 @@ import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError, DecryptionError, KeyProviderError
 from ._provider import GeneratedDataKey, KeyProvider
@@ -80,6 +81,21 @@ class AwsSettings:
             raise ConfigError("AWS connect and read timeouts must be positive seconds")
         if self.max_attempts < 1:
             raise ConfigError("AWS max_attempts must be at least 1")
+        if self.endpoint_url is not None and not _is_endpoint_url(self.endpoint_url):
+            # botocore only says "Invalid endpoint" when the first client is made.
+            raise ConfigError(
+                "AWS endpoint URL must be an absolute http:// or https:// URL with a host"
+            )
+
+
+def _is_endpoint_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    clean = not any(ch.isspace() for ch in url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and clean
 
 
 def aws_client_config(settings: AwsSettings) -> Config:

@@ -86,7 +86,9 @@ def client_connect_config(
     }
     if sdk.api_key is not None:
         kwargs["api_key"] = sdk.api_key
-        kwargs["tls"] = True  # the SDK's rule: an API key is never sent in the clear
+        # The SDK's rule: an API key turns TLS on unless TLS is explicitly off
+        # (TEMPORAL_TLS=false), which then sends the key in clear, as the SDK does.
+        kwargs["tls"] = True
     if sdk.grpc_meta:
         kwargs["rpc_metadata"] = dict(sdk.grpc_meta)
     ours = temporal_tls(config)

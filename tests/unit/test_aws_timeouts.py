@@ -182,3 +182,20 @@ async def test_hung_s3_offload_fails_within_seconds(hung: Blackhole) -> None:
 def test_shield_config_keeps_the_defaults() -> None:
     config = ShieldConfig()
     assert config.keys.aws.read_timeout == config.storage.aws.read_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "ftp://kms.local", "http://", "https://host:99999", " http:// h", ""]
+)
+def test_an_invalid_endpoint_url_is_a_config_error_not_an_internal_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="endpoint URL"):
+        AwsSettings(endpoint_url=url)
+    # Through the schema and the environment (a manifest's typo), the same error
+    # (the environment's surrounding whitespace is stripped first).
+    with pytest.raises(ConfigError, match="endpoint URL"):
+        load_config(env={"TEMPORAL_SHIELD_STORAGE_S3_ENDPOINT_URL": url.strip() or "x"})
+
+
+def test_valid_endpoint_urls_are_kept() -> None:
+    for url in ("http://127.0.0.1:5000", "https://kms.eu-west-1.amazonaws.com", "http://[::1]:9"):
+        assert AwsSettings(endpoint_url=url).endpoint_url == url

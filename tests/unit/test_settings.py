@@ -103,6 +103,10 @@ SPECIAL = {
     ("server", "workers"): "3",
     ("server", "metrics_port"): "9100",
     ("server", "port"): "9001",
+    ("keys", "aws_endpoint_url"): "http://127.0.0.1:4566",
+    ("storage", "s3_endpoint_url"): "http://127.0.0.1:4567",
+    ("server", "audit", "s3_endpoint_url"): "http://127.0.0.1:4568",
+    ("server", "audit", "kms_endpoint_url"): "http://127.0.0.1:4569",
 }
 
 
