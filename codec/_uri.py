@@ -68,7 +68,7 @@ class AwsKmsKeyProviderFactory(KeyProviderFactory):
         if not key:
             raise ConfigError("aws-kms:// URI needs a key id, ARN or alias")
         try:
-            client = aws_client("kms", aws or AwsSettings(), feature="aws-kms:// keys")
+            client = aws_client("kms", aws or AwsSettings(), feature="an aws-kms:// key")
         except ImportError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -220,7 +220,8 @@ def test_the_default_install_cli_names_the_server_extra(lean_venv: Path, tmp_pat
         assert result.returncode == 2
         assert result.stderr.splitlines() == [
             "temporal-shield: error: the codec server, `audit` and `demo` need the Python "
-            f"package {_first_server_module(argv)!r}: pip install 'temporal-shield[server]'"
+            f"package {_first_server_module(argv)!r}: pip install 'temporal-shield[server]' "
+            "(for `demo`: 'temporal-shield[demo]')"
         ]
 
 
