@@ -40,10 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zstandard
+from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, SearchAttributes
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
 from temporalio.client import Client
 
 from temporal_shield.codec import CLASSIFICATION_METADATA, ENCODING, KEY_ID_METADATA
@@ -67,7 +69,8 @@ PLAINTEXT = "plaintext"
 FOREIGN = "foreign_encryption"
 TEMPORAL = "temporal_written"
 SEARCH = "search_attributes"
-_CATEGORIES = (PLAINTEXT, FOREIGN, TEMPORAL, SEARCH)
+OFFLOADED = "offloaded"
+_CATEGORIES = (PLAINTEXT, FOREIGN, TEMPORAL, SEARCH, OFFLOADED)
 
 
 MAX_ROWS = 1000
@@ -117,6 +120,9 @@ class ScanReport:
     """Plaintext written by the SDK or server with no application data in it."""
     search_attributes: Counter[Location] = field(default_factory=Counter)
     """Search attributes: plaintext by design (the server indexes them)."""
+    offloaded: Counter[Location] = field(default_factory=Counter)
+    """References to payloads in external storage written by the SDK's S3 driver
+    (the bytes are in the bucket; ``keys rewrap --dry-run`` checks them)."""
     key_ids: Counter[str] = field(default_factory=Counter)
     classifications: Counter[str] = field(default_factory=Counter)
     first_seen: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -237,6 +243,11 @@ class ScanReport:
             lines.append("\nevery payload and failure message is encrypted by temporal-shield")
         section(TEMPORAL, "written by Temporal, no application data")
         section(SEARCH, "search attributes (plaintext by design; keep PII out of them)")
+        section(
+            OFFLOADED,
+            "offloaded to S3 (the history holds a reference; check the stored bytes "
+            "with `keys rewrap --dry-run`)",
+        )
         if self.key_ids:
             lines.append("\nkey ids in use")
             lines += [f"  {k:<60} {n:>6}" for k, n in self.key_ids.most_common()]
@@ -527,8 +538,52 @@ def _inspect_payload(
         payload.metadata.get("encoding") == ENCODING and _looks_like_ciphertext(payload.data)
     ):
         report.count(FOREIGN, where, workflow_id)
+    elif _is_s3_reference(payload):
+        report.count(OFFLOADED, where, workflow_id)
     else:
         report.count(PLAINTEXT, where, workflow_id)
+
+
+_REFERENCE_TYPE = ExternalStorageReference.DESCRIPTOR.full_name.encode()
+_REFERENCE_ENCODINGS = (b"json/protobuf", b"json/external-storage-reference")
+_S3_CLAIM_KEYS = {"bucket", "key", "hash_algorithm", "hash_value"}
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_MAX_REFERENCE = 4096
+"""A reference is a bucket, a key of at most 1,024 bytes and a hash."""
+
+
+def _is_s3_reference(payload: Payload) -> bool:
+    """Whether ``payload`` is exactly what the SDK's S3 driver leaves in history.
+
+    ``temporalio.converter.ExternalStorage`` replaces a large payload by a
+    reference: an ``ExternalStorageReference`` (driver name, claim data) as
+    protobuf JSON, with the stored size in ``external_payloads``. The S3
+    driver's claim is the bucket, the object key (``v0/...`` ending in
+    ``/d/sha256/<hash>``) and that hash; nothing else may ride along.
+    """
+    metadata = payload.metadata
+    if (
+        metadata.get("encoding") not in _REFERENCE_ENCODINGS
+        or metadata.get("messageType") != _REFERENCE_TYPE
+        or set(metadata) - {"encoding", "messageType", "__temporal_external_storage_reference"}
+        or len(payload.data) > _MAX_REFERENCE
+        or not payload.external_payloads
+    ):
+        return False
+    try:
+        reference = json_format.Parse(payload.data, ExternalStorageReference())
+    except (json_format.ParseError, UnicodeDecodeError):
+        return False
+    claim = dict(reference.claim_data)
+    digest = claim.get("hash_value", "")
+    return (
+        set(claim) == _S3_CLAIM_KEYS
+        and claim["hash_algorithm"] == "sha256"
+        and bool(_SHA256_HEX.fullmatch(digest))
+        and claim["key"].startswith("v0/")
+        and claim["key"].endswith(f"/d/sha256/{digest}")
+        and bool(claim["bucket"])
+    )
 
 
 def _text_in_clear(failure: Failure) -> bool:

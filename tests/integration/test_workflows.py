@@ -20,6 +20,7 @@ from temporal_shield.converter import (
     ShieldConfig,
     ShieldPlugin,
     iter_payloads,
+    scan,
 )
 
 from .conftest import kms_client, offload_setup, wait_visible
@@ -231,3 +232,9 @@ async def test_s3_offload_stores_ciphertext(
     )
     assert MARK.encode() not in _raw_bytes(history)
     assert len(_raw_bytes(history)) < len(big)  # the history holds references only
+    # The scan counts the SDK driver's references apart, not as plaintext.
+    raw = await Client.connect(dev_server.address)
+    await wait_visible(raw, f"WorkflowId = '{queue}'", 1)
+    report = await scan(raw, query=f"WorkflowId = '{queue}'")
+    assert report.clean, report.as_table()
+    assert sum(report.offloaded.values()) == 2, report.as_table()  # input and result

@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
 
 from temporal_shield.codec._format import parse
 from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
@@ -337,3 +339,71 @@ def test_map_keys_cannot_forge_a_path_or_carry_control_characters() -> None:
     assert any(f.endswith("memo.fields[a\\u005d.search_attributes\\u005bb]") for f in fields)
     assert max(len(f) for f in fields) < 200
     assert not report.search_attributes
+
+
+# --- S3 offload references: exactly the SDK driver's, nothing riding along ---------------
+
+_DIGEST = "ab" * 32
+
+
+def _reference(claim: dict[str, str] | None = None, *, sized: bool = True) -> Payload:
+    claim = claim or {
+        "bucket": "payloads",
+        "key": f"v0/ns/default/wt/Echo/wi/wf-1/ri/r1/d/sha256/{_DIGEST}",
+        "hash_algorithm": "sha256",
+        "hash_value": _DIGEST,
+    }
+    reference = ExternalStorageReference(driver_name="aws.s3driver", claim_data=claim)
+    payload = Payload(
+        metadata={
+            "encoding": b"json/protobuf",
+            "messageType": b"temporal.api.sdk.v1.ExternalStorageReference",
+        },
+        data=json_format.MessageToJson(reference).encode(),
+    )
+    if sized:
+        payload.external_payloads.add().size_bytes = 20_000
+    return payload
+
+
+def test_the_s3_drivers_reference_is_offloaded_not_plaintext() -> None:
+    report = _scan(_started(_reference()))
+    assert sum(report.offloaded.values()) == 1
+    assert report.clean
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _reference(
+            {
+                "bucket": "payloads",
+                "key": f"v0/ns/default/d/sha256/{_DIGEST}",
+                "hash_algorithm": "sha256",
+                "hash_value": _DIGEST,
+                "ssn": "123-45-6789",  # application data riding along
+            }
+        ),
+        _reference(
+            {
+                "bucket": "payloads",
+                "key": "v0/ssn/123-45-6789",  # not the driver's key form
+                "hash_algorithm": "sha256",
+                "hash_value": _DIGEST,
+            }
+        ),
+        _reference(sized=False),  # no stored payload behind it
+        Payload(
+            metadata={
+                "encoding": b"json/protobuf",
+                "messageType": b"temporal.api.sdk.v1.ExternalStorageReference",
+            },
+            data=b'{"driverName": "aws.s3driver", "note": "Jane Doe"}',
+        ),
+    ],
+    ids=["extra-claim", "foreign-key", "no-size", "unknown-field"],
+)
+def test_anything_else_shaped_like_a_reference_is_plaintext(payload: Payload) -> None:
+    report = _scan(_started(payload))
+    assert not report.offloaded
+    assert not report.clean
