@@ -36,6 +36,7 @@ from temporal_shield.converter import ShieldCodec, ShieldConfig, build_codec
 from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
 from ._config import ServerConfig
+from ._http import DIRECT_ROUTES
 from ._identity import DEV_IDENTITY, Identity
 from ._limits import Hold
 from ._policy import Policy
@@ -683,6 +684,7 @@ def create_app(
     codec_route = _edge(codec_handler, state)
     app.router.add_post("/decode", codec_route, expect_handler=_expect)
     app.router.add_post("/encode", codec_route, expect_handler=_expect)
+    app[DIRECT_ROUTES] = {"/decode": codec_route, "/encode": codec_route}
     app.router.add_post("/{tail:.*}", codec_route, expect_handler=_expect)
     # Preflights and everything else: answered by us, with CORS and JSON.
     app.router.add_route("*", "/{tail:.*}", _edge(fallback, state), expect_handler=_expect)
