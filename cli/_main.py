@@ -79,7 +79,7 @@ def _rewrap(args: argparse.Namespace) -> int:
     import asyncio
 
     from temporal_shield.codec import ConfigError, aws_client
-    from temporal_shield.converter import build_codec, load_config, rewrap
+    from temporal_shield.converter import build_codec, load_config, rewrap, rewrap_progress
 
     config = load_config(args.config)
     bucket = args.bucket or config.storage.s3_bucket
@@ -100,8 +100,11 @@ def _rewrap(args: argparse.Namespace) -> int:
                 prefix=args.prefix,
                 start_after=args.start_after,
                 dry_run=args.dry_run,
+                progress=rewrap_progress(dry_run=args.dry_run),
             )
         )
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")  # end the progress line before the report
 
     def text() -> list[str]:
         verb = "would re-encrypt" if args.dry_run else "re-encrypted"

@@ -32,7 +32,7 @@ from ._install import (
     key_providers,
     shield_codec,
 )
-from ._rewrap import RewrapReport, rewrap
+from ._rewrap import RewrapReport, rewrap, rewrap_progress
 from ._scan import ScanReport, scan, terminal_progress
 from ._settings import CONFIG_ENV, ENV_PREFIX, ENV_VARS, build, load_config, read_toml
 from ._storage import Boto3S3Client, ShieldS3Driver, external_storage
@@ -69,6 +69,7 @@ __all__ = [
     "load_config",
     "read_toml",
     "rewrap",
+    "rewrap_progress",
     "scan",
     "shield_codec",
     "temporal_tls",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from temporal_shield.codec import (
     Envelope,
     parse,
 )
+
+from ._scan import _Throttle
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -174,3 +177,19 @@ async def _one(
     # and both decrypt.
     await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=replacement)
     report.rewrapped += 1
+
+
+def rewrap_progress(*, dry_run: bool) -> Callable[[RewrapReport], None]:
+    """A ``progress`` callback for :func:`rewrap`: one line on stderr, only on a terminal."""
+    throttle = _Throttle()
+    verb = "would re-encrypt" if dry_run else "re-encrypted"
+
+    def draw(report: RewrapReport) -> None:
+        if sys.stderr.isatty() and throttle.due():
+            sys.stderr.write(
+                f"\rrewrap: {report.scanned} objects, {verb} {report.rewrapped}, current "
+                f"{report.current}, not ours {report.foreign}, failed {len(report.failed)}"
+            )
+            sys.stderr.flush()
+
+    return draw

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -25,6 +26,7 @@ from temporal_shield.converter import (
 )
 
 from .conftest import offload_setup
+from .test_scan_concurrency import run_with_tty_stderr
 from .workflows import EchoWorkflow, mark
 
 pytestmark = pytest.mark.integration
@@ -73,6 +75,21 @@ async def test_rotate_rewrap_retire_keeps_every_object_readable(
     )
     assert cli.returncode == 0, cli.stderr
     assert f"would re-encrypt {len(originals)}" in cli.stdout
+    assert "rewrap:" not in cli.stderr  # no progress noise when stderr is not a terminal
+    status, out, err = await asyncio.to_thread(
+        run_with_tty_stderr,
+        ["keys", "rewrap", "--dry-run"],
+        {
+            **os.environ,
+            "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+            "TEMPORAL_SHIELD_STORAGE_S3_BUCKET": bucket,
+            "TEMPORAL_SHIELD_STORAGE_S3_ENDPOINT_URL": aws_env["endpoint_url"],
+        },
+    )
+    assert status == 0, err
+    assert re.search(r"\rrewrap: \d+ objects, would re-encrypt \d+", err), err
+    assert err.rstrip().endswith("failed 0")  # the line is ended before the report
+    assert f"would re-encrypt {len(originals)}" in out
     dry = await rewrap(s3, bucket, envelope, dry_run=True)
     assert dry.rewrapped == len(originals)
     assert _objects(s3, bucket) == originals  # a dry run changes nothing

@@ -88,7 +88,7 @@ async def test_concurrent_report_equals_sequential(dev_server: DevServer, tmp_pa
     assert (await scan(plain, concurrency=8, limit=7)).as_json() == first.as_json()
 
 
-def _run_with_tty_stderr(argv: list[str]) -> tuple[int, str, str]:
+def run_with_tty_stderr(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the console script with stderr on a pseudo-terminal, stdout on a pipe."""
     import os
     import pty
@@ -96,7 +96,7 @@ def _run_with_tty_stderr(argv: list[str]) -> tuple[int, str, str]:
 
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
-        [console_script(), *argv], stdout=subprocess.PIPE, stderr=secondary, text=True
+        [console_script(), *argv], stdout=subprocess.PIPE, stderr=secondary, text=True, env=env
     )
     os.close(secondary)
     chunks = []
@@ -121,7 +121,7 @@ async def test_progress_is_drawn_only_on_a_terminal(dev_server: DevServer) -> No
             await client.execute_workflow(EchoOnce.run, "x", id=f"p-{i}", task_queue="progress")
     await wait_visible(client, "ExecutionStatus = 'Completed'", 3)
     argv = ["scan", "--address", dev_server.address, "--namespace", namespace]
-    status, out, err = await asyncio.to_thread(_run_with_tty_stderr, argv)
+    status, out, err = await asyncio.to_thread(run_with_tty_stderr, argv)
     assert status == 1  # plaintext runs
     assert "scanned 1 runs" in err  # the first redraw is never throttled
     assert err.endswith("\n")  # the line is finished before the report
