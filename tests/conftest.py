@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import DataKeyManager, Envelope, LocalKeyProvider
+from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
 
 from .helpers import make_keyring
 
@@ -26,3 +29,17 @@ def local_provider(keyring_path: Path) -> LocalKeyProvider:
 @pytest.fixture
 def envelope(local_provider: LocalKeyProvider) -> Envelope:
     return Envelope(DataKeyManager([local_provider]))
+
+
+@pytest.fixture
+async def encrypted(keyring_path: Path) -> Payload:
+    """One payload as a writer seals it (label ``phi``): a real envelope."""
+    codec = build_codec(
+        ShieldConfig(
+            keys=KeysConfig(uri=f"local://{keyring_path}"),
+            classification=ClassificationConfig(default="phi"),
+        )
+    )
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=json.dumps("secret").encode())
+    [payload] = await codec.encode([plain])
+    return payload

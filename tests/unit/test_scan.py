@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +14,6 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.api.history.v1 import HistoryEvent
 
-from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
 from temporal_shield.converter._scan import ScanReport, _inspect, scan
 
 LA_DATA = {
@@ -27,18 +25,6 @@ LA_DATA = {
     "backoff": None,
     "original_schedule_time": {"seconds": 1700000000, "nanos": 1},
 }
-
-
-@pytest.fixture
-async def encrypted(keyring_path: Path) -> Payload:
-    codec = build_codec(
-        ShieldConfig(
-            keys=KeysConfig(uri=f"local://{keyring_path}"),
-            classification=ClassificationConfig(default="phi"),
-        )
-    )
-    [payload] = await codec.encode([_json("secret")])
-    return payload
 
 
 def _json(value: Any, **extra: bytes) -> Payload:

@@ -16,7 +16,6 @@ import lzma
 import os
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,6 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.sdk.v1.external_storage_pb2 import ExternalStorageReference
 
 from temporal_shield.codec._format import parse
-from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
 from temporal_shield.converter import _scan as scan_module
 from temporal_shield.converter._scan import ScanReport, _inspect
 
@@ -44,18 +42,6 @@ INPUT = (
     "WORKFLOW_EXECUTION_STARTED",
     "workflow_execution_started_event_attributes.input.payloads[]",
 )
-
-
-@pytest.fixture
-async def encrypted(keyring_path: Path) -> Payload:
-    codec = build_codec(
-        ShieldConfig(
-            keys=KeysConfig(uri=f"local://{keyring_path}"),
-            classification=ClassificationConfig(default="phi"),
-        )
-    )
-    [payload] = await codec.encode([_json("secret")])
-    return payload
 
 
 def _json(value: Any) -> Payload:
