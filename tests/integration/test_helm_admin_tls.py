@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from temporal_shield._devserver import DevServer, free_port, temporal_cli
+from temporal_shield._devserver import DevServer, temporal_cli
 from temporal_shield.certs import dev_pki
 
 from ..deploy.manifests import DEPLOY, load_yaml
 from ..helpers import require
-from .test_mtls_nginx import NGINX_CONF
+from .test_mtls_nginx import nginx_mtls_hop
 
 pytestmark = pytest.mark.integration
 
@@ -33,28 +31,8 @@ def frontend_mtls(dev_server: DevServer, tmp_path: Path) -> Iterator[tuple[str, 
     pki = tmp_path / "pki"
     pki.mkdir()
     (pki / "frontend").symlink_to(secrets / "temporal-frontend-tls")
-    run = tmp_path / "nginx"
-    run.mkdir()
-    port = free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(run=run, port=port, pki=pki, upstream=dev_server.address))
-    proc = subprocess.Popen(
-        [nginx, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}", secrets
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with nginx_mtls_hop(nginx, tmp_path, pki, dev_server.address) as address:
+        yield address, secrets
 
 
 def _admin_env(secrets: Path) -> dict[str, str]:

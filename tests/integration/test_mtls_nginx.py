@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,34 @@ http {{
 """
 
 
+@contextmanager
+def nginx_mtls_hop(nginx: str, tmp_path: Path, pki: Path, upstream: str) -> Iterator[str]:
+    """nginx on a free port with :data:`NGINX_CONF` (server certificate
+    ``pki/frontend``, client certificates required); yields its address."""
+    run = tmp_path / "nginx"
+    run.mkdir()
+    port = free_port()
+    conf = run / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(run=run, port=port, pki=pki, upstream=upstream))
+    proc = subprocess.Popen(
+        [nginx, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def mtls_proxy(dev_server: DevServer, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -80,31 +111,8 @@ def mtls_proxy(dev_server: DevServer, tmp_path: Path) -> Iterator[tuple[str, Pat
     write_secret(
         pki / "foreign", issue(other, dns_names=["intruder"], usages=[CLIENT_AUTH]), ca.cert
     )
-    run = tmp_path / "nginx"
-    run.mkdir()
-    port = free_port()
-    conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(run=run, port=port, pki=pki, upstream=dev_server.address))
-    proc = subprocess.Popen(
-        [nginx, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        import socket
-        import time
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}", pki
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with nginx_mtls_hop(nginx, tmp_path, pki, dev_server.address) as address:
+        yield address, pki
 
 
 async def test_encrypted_workflow_through_mtls_and_rejections(
