@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._scan_cli import _error, _positive, exit_status
+from ._scan_cli import CommandFailed, _positive, exit_status
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -79,17 +79,13 @@ async def _connect(args: argparse.Namespace, config: ShieldConfig) -> Client:
     )
 
 
-class _Failed(Exception):
-    """The distributed workflow failed or could not be started (message: one line)."""
-
-
 async def _follow(
     args: argparse.Namespace, config: ShieldConfig, workflow: str, argument: Any
 ) -> dict[str, Any]:
     """Start ``workflow`` (or attach to the running ``args.id``), follow it, return its result.
 
     Raises:
-        _Failed: no connection, the start was refused, or the workflow failed.
+        CommandFailed: no connection, the start was refused, or the workflow failed.
     """
     import asyncio
 
@@ -102,7 +98,7 @@ async def _follow(
     try:
         client = await _connect(args, config)
     except (RPCError, RuntimeError) as exc:
-        raise _Failed(f"cannot connect to Temporal: {_first_line(exc)}") from None
+        raise CommandFailed(f"cannot connect to Temporal: {_first_line(exc)}") from None
     tty = sys.stderr.isatty()
     try:
         handle = await client.start_workflow(
@@ -122,9 +118,9 @@ async def _follow(
     except WorkflowFailureError as exc:
         # WorkflowFailureError -> ActivityError -> the activity's own error.
         cause = exc.cause.__cause__ or exc.cause
-        raise _Failed(f"the workflow {args.id} failed: {_first_line(cause)}") from None
+        raise CommandFailed(f"the workflow {args.id} failed: {_first_line(cause)}") from None
     except RPCError as exc:
-        raise _Failed(f"workflow {args.id}: {_first_line(exc)}") from None
+        raise CommandFailed(f"workflow {args.id}: {_first_line(exc)}") from None
     finally:
         if tty:
             sys.stderr.write("\n")
@@ -144,7 +140,7 @@ def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
     )
 
     if getattr(args, "limit", None) is not None:
-        return _error("--limit is not supported with --distributed (use --query or --since)")
+        raise CommandFailed("--limit is not supported with --distributed (use --query or --since)")
     config = load_config(args.config)
     options = DistributedScanOptions(
         query=query or "",
@@ -154,10 +150,7 @@ def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
         pages_per_run=args.pages_per_run,
         heartbeat_timeout_seconds=args.heartbeat_timeout,
     )
-    try:
-        answer = asyncio.run(_follow(args, config, SCAN_WORKFLOW, ScanInput(options)))
-    except _Failed as exc:
-        return _error(str(exc))
+    answer = asyncio.run(_follow(args, config, SCAN_WORKFLOW, ScanInput(options)))
     report = ScanReport.from_json(answer)
     print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
     return exit_status(report, allow_foreign=args.allow_foreign_encryption)
@@ -167,8 +160,8 @@ def rewrap_distributed(args: argparse.Namespace, bucket: str) -> RewrapReport:
     """Run ``keys rewrap`` as a workflow on the scan workers (``scan-worker --rewrap``).
 
     Raises:
-        ConfigError: ``--start-after`` was given (the workflow resumes by itself),
-            no connection, or the workflow failed.
+        ConfigError: ``--start-after`` was given (the workflow resumes by itself).
+        CommandFailed: no connection, or the workflow failed.
     """
     import asyncio
 
@@ -187,10 +180,7 @@ def rewrap_distributed(args: argparse.Namespace, bucket: str) -> RewrapReport:
         heartbeat_timeout_seconds=args.heartbeat_timeout,
     )
     argument = RewrapInput(bucket, args.prefix, args.dry_run, options)
-    try:
-        answer = asyncio.run(_follow(args, config, REWRAP_WORKFLOW, argument))
-    except _Failed as exc:
-        raise ConfigError(str(exc)) from None
+    answer = asyncio.run(_follow(args, config, REWRAP_WORKFLOW, argument))
     return RewrapReport.from_json(answer)
 
 
@@ -248,7 +238,7 @@ def _scan_worker(args: argparse.Namespace) -> int:
         try:
             client = await _connect(args, config)
         except (RPCError, RuntimeError) as exc:
-            return _error(f"cannot connect to Temporal: {_first_line(exc)}")
+            raise CommandFailed(f"cannot connect to Temporal: {_first_line(exc)}") from None
         rewrap = None
         if args.rewrap:
             from temporal_shield.codec import aws_client

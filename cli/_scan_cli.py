@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from temporal_shield.codec import ShieldError
+
 
 def _positive(text: str) -> int:
     try:
@@ -22,9 +24,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _error(message: str) -> int:
-    print(f"temporal-shield: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
+class CommandFailed(ShieldError):
+    """A scan that could not run (message: one line); ``main`` prints it, status 2."""
 
 
 def exit_status(report: Any, *, allow_foreign: bool = False) -> int:
@@ -75,10 +76,10 @@ def _scan(args: argparse.Namespace) -> int:
             )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                return _error(f"namespace {client.namespace!r}: {exc.message}")
+                raise CommandFailed(f"namespace {client.namespace!r}: {exc.message}") from None
             if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-                return _error(f"invalid visibility query {query!r}: {exc.message}")
-            return _error(f"Temporal: {exc.message}")
+                raise CommandFailed(f"invalid visibility query {query!r}: {exc.message}") from None
+            raise CommandFailed(f"Temporal: {exc.message}") from None
         finally:
             if tty:
                 sys.stderr.write("\n")
