@@ -35,12 +35,15 @@ from temporal_shield.converter import ShieldCodec, ShieldConfig, build_codec
 
 from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
+from ._authn import identify
 from ._config import ServerConfig
+from ._grants import install as install_grants
 from ._http import DIRECT_ROUTES
-from ._identity import DEV_IDENTITY, Identity
+from ._identity import Identity
 from ._limits import Hold
 from ._policy import Policy
 from ._service import CodecService, Forbidden, Outcome, RateLimited
+from ._signin import install as install_sign_in
 from ._telemetry import TRACE_ID, Telemetry
 from ._wire import BadRequest, TooLarge, read_payloads, write_payloads
 
@@ -324,6 +327,16 @@ def _bounded(values: set[str]) -> list[str]:
     return ordered
 
 
+def _grant_list(grants: dict[str, str] | None) -> list[dict[str, str]]:
+    """The grants that opened payloads, with their justifications (bounded like any list)."""
+    if not grants:
+        return []
+    return [
+        {"id": _text(grant_id), "justification": _text(grants[grant_id])}
+        for grant_id in sorted(grants)[:AUDIT_LIST_LIMIT]
+    ]
+
+
 @functools.lru_cache(maxsize=1)
 def _utc_second(second: int) -> str:
     """ISO 8601 text of a Unix second (cached: records in one second share it)."""
@@ -352,6 +365,7 @@ def _audit_event(
         "subject": _text(identity.subject) if identity else "",
         "email": _text(identity.email) if identity else "",
         "token_id": _text(identity.token_id) if identity else "",
+        "auth": identity.auth_method if identity else "",
         "client": request.remote or "",
         "origin": _text(request.headers.get("Origin", "")),
         "namespace": _text(namespace or ""),
@@ -366,6 +380,7 @@ def _audit_event(
         "key_ids": _bounded(done.key_ids),
         "classifications": _bounded(done.classifications),
         "roles": _bounded(done.roles),
+        "grants": _grant_list(done.grants),
         "decision": decision,
         "reason": _text(reason or "; ".join(sorted(done.reasons))),
         "status": status,
@@ -425,12 +440,10 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     served = False
     try:
         authenticator = state.authenticator
-        if authenticator is None:
-            identity = DEV_IDENTITY
-        else:
-            identity = authenticator.recall(request.headers) or await authenticator.authenticate(
-                request.headers
-            )
+        # The hot path without a coroutine: a bearer token verified moments ago.
+        identity = (
+            authenticator.recall(request.headers) if authenticator is not None else None
+        ) or await identify(request, state)
         hold = state.service.hold(identity)
         # The body is held until the response is sent, and a response echoes
         # what it does not decode: count both before reading any of it (small
@@ -679,6 +692,8 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     _add_health_routes(app, state)
+    install_sign_in(app, state)
+    state.service.grants = install_grants(app, state)
     # The common paths first: static routes are a dictionary lookup, the
     # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
     codec_route = _edge(codec_handler, state)

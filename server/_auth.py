@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from temporal_shield.codec import ConfigError, ShieldError
 
 from ._config import AuthConfig
-from ._identity import Identity
+from ._identity import AUTH_BEARER, Identity
 
 log = logging.getLogger("temporal_shield.server")
 
@@ -222,24 +222,48 @@ class Authenticator:
         raise AuthError("unknown signing key")
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
-        """The identity the (verified) claims describe.
-
-        Raises:
-            AuthError: a claim we use has the wrong type.
-        """
-        if not any(ch.isprintable() and not ch.isspace() for ch in claims["sub"]):
-            # An empty (or invisible: zero-width, BOM) subject would read as
-            # "no identity" in audit records, and share one budget with others.
-            raise AuthError("token has an empty sub claim")
-        return Identity(
-            subject=claims["sub"],  # a string: PyJWT refuses anything else
-            email=_optional_string(claims, "email"),
-            # OIDC: only the JSON boolean true says the address was verified.
-            email_verified=claims.get("email_verified") is True,
-            groups=_string_set(claims, self._groups_claim),
-            permissions=_string_set(claims, self._permissions_claim),
-            token_id=_optional_string(claims, "jti"),
+        return identity_from_claims(
+            claims, groups_claim=self._groups_claim, permissions_claim=self._permissions_claim
         )
+
+
+def identity_from_claims(
+    claims: Mapping[str, Any],
+    *,
+    groups_claim: str = "groups",
+    permissions_claim: str = "permissions",
+    auth_method: str = AUTH_BEARER,
+    session_id: str = "",
+) -> Identity:
+    """The identity verified claims describe (a bearer token's or an ID token's).
+
+    One function for both sign-in paths, so a session and a bearer token with
+    the same claims are the same identity to the policy.
+
+    Raises:
+        AuthError: a claim we use is missing or has the wrong type.
+    """
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not any(
+        ch.isprintable() and not ch.isspace() for ch in subject
+    ):
+        # An empty (or invisible: zero-width, BOM) subject would read as
+        # "no identity" in audit records, and share one budget with others.
+        raise AuthError("token has an empty sub claim")
+    return Identity(
+        subject=subject,
+        email=_optional_string(claims, "email"),
+        # OIDC: only the JSON boolean true says the address was verified.
+        email_verified=claims.get("email_verified") is True,
+        groups=_string_set(claims, groups_claim),
+        permissions=_string_set(claims, permissions_claim),
+        token_id=_optional_string(claims, "jti"),
+        auth_method=auth_method,
+        acr=_optional_string(claims, "acr"),
+        amr=_string_set(claims, "amr"),
+        auth_time=_optional_date(claims, "auth_time"),
+        session_id=session_id,
+    )
 
 
 def _bearer(value: str | None) -> str | None:
@@ -258,6 +282,15 @@ def _numeric_date(value: object) -> bool:
         and math.isfinite(value)
         and 0 <= value <= _MAX_NUMERIC_DATE
     )
+
+
+def _optional_date(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not _numeric_date(value):
+        raise AuthError(f"token {name} claim must be a NumericDate")
+    return float(value)
 
 
 def _optional_string(claims: Mapping[str, Any], name: str) -> str:

@@ -189,6 +189,69 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OidcConfig:
+    """Sign-in at the codec server: OpenID Connect authorization code flow with PKCE.
+
+    A person signs in through the organisation's identity provider and gets a
+    session cookie on the codec server's origin, which the Web UI sends with
+    "Include cross-origin credentials" (see ``docs/sign-in.md``).
+    """
+
+    issuer: str = ""
+    """The OpenID Provider's issuer URL; its discovery document is
+    ``<issuer>/.well-known/openid-configuration``. Empty: no sign-in."""
+    client_id: str = ""
+    """This codec server's client id at the IdP."""
+    client_secret_file: str = ""
+    """File holding the client secret (confidential client); empty for a public
+    client (PKCE only). Never put the secret itself in the config file."""
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    """Scopes requested at sign-in (``openid`` is required)."""
+    session_lifetime: float = 8 * 3600.0
+    """Longest a session lasts, in seconds; never past the ID token's ``exp``."""
+    allow_insecure_issuer: bool = False
+    """Accept a plain-``http://`` issuer that is not on loopback (never over an
+    open network: whoever answers for the issuer can sign anyone in)."""
+    acr_values: tuple[str, ...] = ()
+    """``acr`` values the sign-in may ask the IdP for when a step-up rule needs
+    them (a request for any other value is refused)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether sign-in is configured."""
+        return bool(self.issuer)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrantsConfig:
+    """Just-in-time access grants, kept as Temporal workflows (see ``docs/grants.md``)."""
+
+    enabled: bool = False
+    """Honour and manage grants (needs a Temporal connection: the usual
+    ``TEMPORAL_*`` settings or a profile, read by ``temporalio.envconfig``)."""
+    namespace: str = "default"
+    """Temporal namespace that holds the grant workflows (give it its own, to
+    which only codec servers may write)."""
+    task_queue: str = "temporal-shield-grants"
+    """Task queue of the grant workflows (the codec server runs their worker)."""
+    refresh_interval: float = 2.0
+    """Seconds between two reads of the active grants: a grant is honoured, and
+    a revoked one refused, within about this long on every replica."""
+    stale_after: float = 30.0
+    """Seconds after the last successful read at which every grant stops being
+    honoured (fail closed when Temporal cannot be reached)."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.refresh_interval < math.inf) or not (0 < self.stale_after < math.inf):
+            raise ConfigError("server.grants.refresh_interval and stale_after must be positive")
+        if self.stale_after < self.refresh_interval:
+            raise ConfigError("server.grants.stale_after must be at least refresh_interval")
+
+
+PLACEHOLDER_MODES = ("browser", "always", "never")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """The codec server's own settings."""
 
@@ -256,6 +319,23 @@ class ServerConfig:
     0 = not at all."""
     policy_file: str = ""
     """RBAC policy (YAML or TOML). Required unless insecure_dev."""
+    public_url: str = ""
+    """This codec server's URL as browsers reach it (``https://codec.example.com``):
+    sign-in redirects come back here, and readable placeholders link here. Needed
+    by ``oidc``; must be ``https://`` (``http://`` only on loopback)."""
+    secret_file: str = ""
+    """File with at least 32 random bytes shared by every replica (``temporal-shield
+    secret init``): seals session cookies and sign-in state, and vouches for grant
+    approvals. Needed by ``oidc`` and ``grants``; mode 0600, never in git."""
+    placeholders: str = "browser"
+    """What a payload the caller may not read is replaced with: ``browser``, a
+    readable ``json/plain`` placeholder for browser requests (those with an
+    ``Origin`` header; the CLI gets the payload unchanged); ``always``; ``never``
+    (always unchanged). A placeholder can never be encoded back (``/encode`` refuses it)."""
+    oidc: OidcConfig = field(default_factory=OidcConfig)
+    """Sign-in at the codec server (session cookies)."""
+    grants: GrantsConfig = field(default_factory=GrantsConfig)
+    """Just-in-time access grants."""
     auth: AuthConfig = field(default_factory=AuthConfig)
     """Authentication."""
     audit: AuditConfig = field(default_factory=AuditConfig)
@@ -297,13 +377,23 @@ class ServerConfig:
             or self.principal_unwrap_burst < 0
         ):
             raise ConfigError("KMS budgets must be zero or positive")
+        if self.placeholders not in PLACEHOLDER_MODES:
+            raise ConfigError("server.placeholders must be browser, always or never")
+        if (self.oidc.enabled or self.grants.enabled) and not self.secret_file:
+            raise ConfigError(
+                "server.oidc and server.grants need server.secret_file "
+                "(create one with: temporal-shield secret init PATH)"
+            )
+        if self.oidc.enabled and not self.public_url:
+            raise ConfigError("server.oidc needs server.public_url (where sign-in comes back)")
         if not self.insecure_dev:
-            if not self.auth.enabled:
+            if not (self.auth.enabled or self.oidc.enabled):
                 raise ConfigError(
-                    "no authenticator configured: set server.auth.jwks_url or "
-                    "server.auth.public_key_files (or --insecure-dev for local development)"
+                    "no authenticator configured: set server.auth.jwks_url, "
+                    "server.auth.public_key_files or server.oidc.issuer "
+                    "(or --insecure-dev for local development)"
                 )
-            if not self.auth.issuer or not self.auth.audience:
+            if self.auth.enabled and (not self.auth.issuer or not self.auth.audience):
                 raise ConfigError("server.auth.issuer and server.auth.audience are required")
             if not self.policy_file:
                 raise ConfigError("server.policy_file is required")

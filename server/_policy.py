@@ -21,6 +21,18 @@ A policy file (YAML or TOML) has three parts::
       roles: {read: engineer, admin: finance}
     groups_claim: groups
     trust_unverified_email: false   # see below
+    step_up:                    # stronger sign-in for some data (all matching rules apply)
+      - namespaces: ["prod-*"]
+        classifications: ["pci", "phi"]   # default: every classification
+        acr: ["urn:example:mfa"]          # any one of these acr values
+        amr: ["mfa"]                      # every one of these methods
+        max_age: 900                      # seconds since auth_time
+    grants:                     # just-in-time access (see docs/grants.md)
+      namespaces: ["prod-*"]            # where grants may be requested
+      classifications: ["*"]
+      max_duration: 14400               # seconds; longer requests are refused
+      requesters: {groups: [engineering]}   # default: anyone authenticated
+      approvers: {groups: [security-oncall]}
 
 An ``emails`` binding matches only a token whose ``email_verified`` claim is
 the JSON boolean ``true``: many IdPs let users set an unverified address, and
@@ -114,6 +126,102 @@ class Binding:
 
 
 @dataclass(frozen=True)
+class Who:
+    """A set of people named by subjects, verified emails or groups (a binding without a role)."""
+
+    subjects: frozenset[str] = frozenset()
+    emails: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    trust_unverified_email: bool = False
+
+    def matches(self, identity: Identity) -> bool:
+        """Whether ``identity`` is one of these people."""
+        return (
+            identity.subject in self.subjects
+            or (
+                bool(identity.email)
+                and (identity.email_verified or self.trust_unverified_email)
+                and identity.email.lower() in self.emails
+            )
+            or bool(identity.groups & self.groups)
+        )
+
+
+@dataclass(frozen=True)
+class StepUpRule:
+    """A stronger authentication that reading some data requires."""
+
+    namespaces: tuple[str, ...]
+    classifications: tuple[str, ...] = ("*",)
+    acr: tuple[str, ...] = ()
+    """Any one of these ``acr`` values (empty: no requirement)."""
+    amr: frozenset[str] = frozenset()
+    """Every one of these ``amr`` methods."""
+    max_age: float | None = None
+    """Most seconds since ``auth_time``."""
+    _namespace_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _classification_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_namespace_re", _globs(self.namespaces))
+        object.__setattr__(self, "_classification_re", _globs(self.classifications))
+
+    def applies(self, namespace: str, classification: str) -> bool:
+        """Whether this rule covers ``classification`` payloads in ``namespace``."""
+        return (
+            self._namespace_re.match(namespace) is not None
+            and self._classification_re.match(classification or UNCLASSIFIED) is not None
+        )
+
+    def unmet(self, identity: Identity, now: float) -> list[str]:
+        """What ``identity`` lacks for this rule (empty: satisfied)."""
+        missing = []
+        if self.acr and identity.acr not in self.acr:
+            missing.append(f"acr {' or '.join(self.acr)}")
+        lacking = self.amr - identity.amr
+        if lacking:
+            missing.append(f"amr {', '.join(sorted(lacking))}")
+        if self.max_age is not None and (
+            identity.auth_time is None or now - identity.auth_time > self.max_age
+        ):
+            missing.append(f"sign-in within the last {self.max_age:g} s")
+        return missing
+
+
+@dataclass(frozen=True)
+class GrantRules:
+    """Who may request and approve just-in-time grants, for what, and for how long."""
+
+    namespaces: tuple[str, ...]
+    classifications: tuple[str, ...] = ("*",)
+    max_duration: float = 4 * 3600.0
+    requesters: Who | None = None
+    """Who may request (``None``: anyone authenticated)."""
+    approvers: Who = field(default_factory=Who)
+    _namespace_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _classification_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_namespace_re", _globs(self.namespaces))
+        object.__setattr__(self, "_classification_re", _globs(self.classifications))
+
+    def requestable(self, namespace: str, classification: str) -> bool:
+        """Whether a grant for ``classification`` in ``namespace`` may be requested."""
+        return (
+            self._namespace_re.match(namespace) is not None
+            and self._classification_re.match(classification) is not None
+        )
+
+    def may_request(self, identity: Identity) -> bool:
+        """Whether ``identity`` may request grants at all."""
+        return self.requesters is None or self.requesters.matches(identity)
+
+    def may_approve(self, identity: Identity) -> bool:
+        """Whether ``identity`` may approve or deny (never its own request: checked apart)."""
+        return self.approvers.matches(identity)
+
+
+@dataclass(frozen=True)
 class Decision:
     """The outcome of one authorisation check."""
 
@@ -132,6 +240,10 @@ class Policy:
     """Temporal permission role name → policy role name."""
     permissions_claim: str = "permissions"
     groups_claim: str = "groups"
+    step_up: tuple[StepUpRule, ...] = ()
+    """Stronger authentication required for some data (every matching rule applies)."""
+    grants: GrantRules | None = None
+    """Just-in-time grants (``None``: not offered)."""
     _decisions: dict[tuple[Identity, str, str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -172,6 +284,10 @@ class Policy:
                 return Decision(True, role.name)
         return Decision(False)
 
+    def step_up_rules(self, namespace: str, classification: str) -> list[StepUpRule]:
+        """The step-up rules covering ``classification`` payloads in ``namespace``."""
+        return [rule for rule in self.step_up if rule.applies(namespace, classification)]
+
     # -- loading -----------------------------------------------------------------
 
     @classmethod
@@ -203,7 +319,15 @@ class Policy:
             raise ConfigError(f"{where}: must be a mapping")
         _only(
             doc,
-            {"roles", "bindings", "permissions", "groups_claim", "trust_unverified_email"},
+            {
+                "roles",
+                "bindings",
+                "permissions",
+                "groups_claim",
+                "trust_unverified_email",
+                "step_up",
+                "grants",
+            },
             where,
         )
         trust_unverified_email = doc.get("trust_unverified_email", False)
@@ -250,13 +374,97 @@ class Policy:
         unknown = set(permission_roles.values()) - set(roles)
         if unknown:
             raise ConfigError(f"{where}: permissions map to unknown role(s) {sorted(unknown)}")
+        step_up = tuple(
+            _step_up_rule(spec, f"{where}: step_up {i}")
+            for i, spec in enumerate(_sequence(doc.get("step_up", []), f"{where}: step_up"))
+        )
+        grants = (
+            _grant_rules(doc["grants"], f"{where}: grants", trust_unverified_email)
+            if doc.get("grants") is not None
+            else None
+        )
         return cls(
             roles=roles,
             bindings=tuple(bindings),
             permission_roles=permission_roles,
             permissions_claim=str(perms.get("claim", "permissions")),
             groups_claim=str(doc.get("groups_claim", "groups")),
+            step_up=step_up,
+            grants=grants,
         )
+
+
+def _seconds(value: Any, where: str) -> float:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not 0 < value < float("inf")
+    ):
+        raise ConfigError(f"{where}: must be a positive number of seconds")
+    return float(value)
+
+
+def _step_up_rule(spec: Any, where: str) -> StepUpRule:
+    spec = _mapping(spec, where)
+    _only(spec, {"namespaces", "classifications", "acr", "amr", "max_age"}, where)
+    namespaces = tuple(_strings(spec.get("namespaces", []), f"{where} namespaces"))
+    if not namespaces:
+        raise ConfigError(f"{where}: namespaces must name at least one pattern")
+    acr = tuple(_strings(spec.get("acr", []), f"{where} acr"))
+    amr = frozenset(_strings(spec.get("amr", []), f"{where} amr"))
+    max_age = _seconds(spec["max_age"], f"{where} max_age") if "max_age" in spec else None
+    if not acr and not amr and max_age is None:
+        raise ConfigError(f"{where}: needs at least one of acr, amr, max_age")
+    return StepUpRule(
+        namespaces=namespaces,
+        classifications=tuple(
+            _strings(spec.get("classifications", ["*"]), f"{where} classifications")
+        ),
+        acr=acr,
+        amr=amr,
+        max_age=max_age,
+    )
+
+
+def _who(spec: Any, where: str, trust_unverified_email: bool) -> Who:
+    spec = _mapping(spec, where)
+    _only(spec, {"subjects", "emails", "groups"}, where)
+    return Who(
+        subjects=frozenset(_strings(spec.get("subjects", []), f"{where} subjects")),
+        emails=frozenset(e.lower() for e in _strings(spec.get("emails", []), f"{where} emails")),
+        groups=frozenset(_strings(spec.get("groups", []), f"{where} groups")),
+        trust_unverified_email=trust_unverified_email,
+    )
+
+
+def _grant_rules(spec: Any, where: str, trust_unverified_email: bool) -> GrantRules:
+    spec = _mapping(spec, where)
+    _only(
+        spec,
+        {"namespaces", "classifications", "max_duration", "requesters", "approvers"},
+        where,
+    )
+    namespaces = tuple(_strings(spec.get("namespaces", []), f"{where} namespaces"))
+    if not namespaces:
+        raise ConfigError(f"{where}: namespaces must name at least one pattern")
+    if "approvers" not in spec:
+        raise ConfigError(f"{where}: approvers is required (who may approve a grant)")
+    approvers = _who(spec["approvers"], f"{where} approvers", trust_unverified_email)
+    if not (approvers.subjects or approvers.emails or approvers.groups):
+        raise ConfigError(f"{where}: approvers must name someone")
+    return GrantRules(
+        namespaces=namespaces,
+        classifications=tuple(
+            _strings(spec.get("classifications", ["*"]), f"{where} classifications")
+        ),
+        max_duration=_seconds(spec.get("max_duration", 4 * 3600), f"{where} max_duration"),
+        requesters=(
+            _who(spec["requesters"], f"{where} requesters", trust_unverified_email)
+            if "requesters" in spec
+            else None
+        ),
+        approvers=approvers,
+    )
 
 
 def _only(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -14,6 +14,7 @@ from temporal_shield.codec._format import MAGIC
 from temporal_shield.converter import PayloadLike, ShieldCodec, ShieldConfig, is_encrypted
 
 from ._config import ServerConfig
+from ._grant import GrantLookup
 from ._identity import Identity
 from ._limits import (
     LIMIT_DATA_KEYS_PRINCIPAL,
@@ -81,6 +82,8 @@ class Outcome:
     classifications: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
     reasons: set[str] = field(default_factory=set)
+    grants: dict[str, str] | None = None
+    """Grants that opened payloads: grant id -> its justification (``None``: none)."""
 
     @property
     def decision(self) -> str:
@@ -132,6 +135,8 @@ class CodecService:
         self.in_flight = InFlight(
             limits.max_decoded_bytes_in_flight, limits.max_decoded_bytes_in_flight_per_caller
         )
+        self.grants: GrantLookup | None = None
+        """Just-in-time grants, consulted when the policy denies (set by the app)."""
 
     def hold(self, identity: Identity) -> Hold:
         """A new, empty reservation for one request of ``identity``."""
