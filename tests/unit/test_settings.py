@@ -160,6 +160,11 @@ def test_every_setting_is_reachable_from_the_environment() -> None:
     expected[("encrypt_headers",)] = True
     env["TEMPORAL_SHIELD_SERVER_AUDIT_FILE"] = "/var/log/audit.jsonl"
     expected[("server", "audit", "file")] = "/var/log/audit.jsonl"
+    # Settings with a fixed vocabulary or an order between them.
+    env["TEMPORAL_SHIELD_SERVER_PLACEHOLDERS"] = "always"
+    expected[("server", "placeholders")] = "always"
+    env["TEMPORAL_SHIELD_SERVER_GRANTS_STALE_AFTER"] = "60"
+    expected[("server", "grants", "stale_after")] = 60.0
     server, shield = load_server_config(env=env)
     for path, value in expected.items():
         obj: Any = server if path[0] == "server" else shield
