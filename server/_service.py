@@ -158,8 +158,16 @@ class CodecService:
         namespace: str | None,
         payloads: Sequence[PayloadLike],
         hold: Hold | None = None,
+        *,
+        placeholders: bool = False,
+        sign_in_url: str = "",
     ) -> tuple[list[PayloadLike], Outcome]:
         """Decode what ``identity`` may read; everything else comes back unchanged.
+
+        With ``placeholders``, a payload the caller is denied (policy,
+        namespace, step-up) comes back as a readable placeholder instead (see
+        ``_placeholder``); ``sign_in_url`` (this server's ``/auth/login``, empty
+        when sign-in is off) is offered there for a step-up.
 
         Unchanged payloads are the input objects themselves; decoded ones are
         in wire form. The memory each decoded payload will hold (until the
