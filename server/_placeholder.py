@@ -26,10 +26,14 @@ the real value.
 from __future__ import annotations
 
 import json
+import shlex
+import urllib.parse
 from collections.abc import Sequence
 
 from temporal_shield.converter import PayloadLike
 
+from ._identity import Identity
+from ._policy import Policy, StepUpRule
 from ._wire import WirePayload
 
 PLACEHOLDER_METADATA = "temporal-shield-placeholder"
@@ -45,6 +49,8 @@ _SCAN_LIMIT = 64 * 1024
 """Largest data :func:`is_placeholder` parses as JSON: far above any placeholder,
 even re-indented by a UI, and a bound on what a hostile ``/encode`` costs."""
 _ENCODING = b"json/plain"
+STEP_UP_REASON = "step-up required: "
+"""How the reason for a payload that needs a stronger sign-in starts."""
 
 
 def placeholder(
@@ -116,3 +122,126 @@ def _cut(text: str) -> str:
     if len(text) <= PLACEHOLDER_TEXT_LIMIT:
         return text
     return text[:PLACEHOLDER_TEXT_LIMIT] + "...[truncated]"
+
+
+GRANT_COMMAND = (
+    "temporal-shield grants request --namespace {namespace} --classification {classification}"
+    ' --duration 1h --justification "<ticket>"'
+)
+"""The grant request a placeholder suggests (see ``docs/grants.md``)."""
+
+
+class Notices:
+    """The placeholders of one decode request, each built once.
+
+    What a notice offers depends only on the request (identity, namespace,
+    sign-in URL) and the payload's classification, so a request of many
+    denied payloads builds each distinct notice once and repeats it.
+    """
+
+    def __init__(
+        self, policy: Policy | None, identity: Identity, namespace: str, sign_in_url: str
+    ) -> None:
+        """Notices for ``identity``'s request in ``namespace`` (``""``: unknown)."""
+        self._policy = policy
+        self._identity = identity
+        self._namespace = namespace
+        self._sign_in_url = sign_in_url
+        self._built: dict[tuple[str, str | None], WirePayload] = {}
+
+    def namespace(self, reason: str) -> WirePayload:
+        """For a payload bound to another namespace, or a request that names none.
+
+        Says neither the other namespace nor the classification: nothing about
+        a payload of another namespace is this request's business.
+        """
+        key = (reason, None)
+        notice = self._built.get(key)
+        if notice is None:
+            if self._namespace:
+                text = f"{reason}: the payload belongs to another namespace"
+                remedies = ["Open it from the namespace its workflow runs in."]
+            else:
+                text = f"{reason}: the request names no namespace"
+                remedies = [
+                    "Send the namespace: the X-Namespace header,"
+                    " or a codec endpoint ending in /{namespace}."
+                ]
+            notice = self._built[key] = placeholder(
+                namespace=self._namespace, reason=text, classification=None, remedies=remedies
+            )
+        return notice
+
+    def denied(self, reason: str, classification: str) -> WirePayload:
+        """For a payload the policy denies, or that needs a stronger sign-in.
+
+        Offers the roles that would allow it, a grant request where grants
+        may be requested, and the stronger sign-in the step-up rules ask for.
+        """
+        key = (reason, classification)
+        notice = self._built.get(key)
+        if notice is None:
+            policy = self._policy
+            rules = policy.step_up_rules(self._namespace, classification) if policy else ()
+            notice = self._built[key] = placeholder(
+                namespace=self._namespace,
+                reason=reason,
+                classification=classification,
+                remedies=self._remedies(reason, classification, rules),
+            )
+        return notice
+
+    def _remedies(self, reason: str, classification: str, rules: Sequence[StepUpRule]) -> list[str]:
+        policy, namespace = self._policy, self._namespace
+        remedies = []
+        step_up_only = reason.startswith(STEP_UP_REASON)
+        if policy is not None and not step_up_only:
+            roles = policy.roles_allowing(namespace, "decode", classification)
+            if roles:
+                remedies.append(f"Ask for one of these roles: {', '.join(roles)}.")
+            grants = policy.grants
+            if (
+                grants is not None
+                and grants.requestable(namespace, classification)
+                and grants.may_request(self._identity)
+            ):
+                remedies.append(
+                    "Request temporary access: "
+                    + GRANT_COMMAND.format(
+                        namespace=shlex.quote(namespace),
+                        classification=shlex.quote(classification),
+                    )
+                )
+        if rules:
+            remedies.append(self._step_up(rules, also=not step_up_only))
+        if not remedies:
+            remedies.append("Ask the codec server's administrators (its RBAC policy).")
+        return remedies
+
+    def _step_up(self, rules: Sequence[StepUpRule], *, also: bool) -> str:
+        """The stronger sign-in that satisfies every one of ``rules``."""
+        needs = "; ".join(dict.fromkeys(need for rule in rules for need in rule.requirements()))
+        lead = "Reading it also requires" if also else "Sign in again with"
+        if not self._sign_in_url:
+            return f"{lead} a stronger sign-in at your identity provider ({needs})."
+        query = {}
+        acr = _common_acr(rules)
+        if acr:
+            query["acr_values"] = " ".join(acr)
+        ages = [rule.max_age for rule in rules if rule.max_age is not None]
+        if ages:
+            query["max_age"] = f"{int(min(ages))}"
+        url = self._sign_in_url
+        if query:
+            joiner = "&" if "?" in url else "?"
+            url += joiner + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+        return f"{lead} a stronger sign-in ({needs}): {url}"
+
+
+def _common_acr(rules: Sequence[StepUpRule]) -> tuple[str, ...]:
+    """``acr`` values every rule accepts (in the first rule's order of preference)."""
+    wanted = [rule.acr for rule in rules if rule.acr]
+    if not wanted:
+        return ()
+    common = tuple(value for value in wanted[0] if all(value in acr for acr in wanted[1:]))
+    return common or wanted[0]

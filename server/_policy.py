@@ -67,6 +67,8 @@ from ._identity import Identity
 OPERATIONS = frozenset({"decode", "encode"})
 UNCLASSIFIED = "unclassified"
 DECISION_CACHE_SIZE = 4096
+AUTH_TIME_SKEW = 60.0
+"""Seconds an ``auth_time`` may lie in the future (the IdP's clock ahead of ours)."""
 
 
 def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -102,37 +104,15 @@ class Role:
 
 
 @dataclass(frozen=True)
-class Binding:
-    """Grants ``role`` to any of the listed subjects, emails or groups."""
-
-    role: str
-    subjects: frozenset[str]
-    emails: frozenset[str]
-    groups: frozenset[str]
-    trust_unverified_email: bool = False
-    """Let ``emails`` match without ``email_verified: true`` (the policy's setting)."""
-
-    def matches(self, identity: Identity) -> bool:
-        """Whether ``identity`` is bound by this entry."""
-        return (
-            identity.subject in self.subjects
-            or (
-                bool(identity.email)
-                and (identity.email_verified or self.trust_unverified_email)
-                and identity.email.lower() in self.emails
-            )
-            or bool(identity.groups & self.groups)
-        )
-
-
-@dataclass(frozen=True)
 class Who:
     """A set of people named by subjects, verified emails or groups (a binding without a role)."""
 
     subjects: frozenset[str] = frozenset()
     emails: frozenset[str] = frozenset()
+    """Lower-cased addresses; they match only a verified ``email`` claim (unless trusted)."""
     groups: frozenset[str] = frozenset()
     trust_unverified_email: bool = False
+    """Let ``emails`` match without ``email_verified: true`` (the policy's setting)."""
 
     def matches(self, identity: Identity) -> bool:
         """Whether ``identity`` is one of these people."""
@@ -145,6 +125,18 @@ class Who:
             )
             or bool(identity.groups & self.groups)
         )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Grants ``role`` to the people ``who`` names."""
+
+    role: str
+    who: Who
+
+    def matches(self, identity: Identity) -> bool:
+        """Whether ``identity`` is bound by this entry."""
+        return self.who.matches(identity)
 
 
 @dataclass(frozen=True)
@@ -174,18 +166,41 @@ class StepUpRule:
         )
 
     def unmet(self, identity: Identity, now: float) -> list[str]:
-        """What ``identity`` lacks for this rule (empty: satisfied)."""
+        """What ``identity`` lacks for this rule at time ``now`` (empty: satisfied).
+
+        Depends on the time (``max_age``): never reuse an answer for another moment.
+        """
         missing = []
         if self.acr and identity.acr not in self.acr:
-            missing.append(f"acr {' or '.join(self.acr)}")
+            missing.append(self._acr_text())
         lacking = self.amr - identity.amr
         if lacking:
             missing.append(f"amr {', '.join(sorted(lacking))}")
         if self.max_age is not None and (
-            identity.auth_time is None or now - identity.auth_time > self.max_age
+            # A sign-in further in the future than clock skew explains proves
+            # nothing (it would satisfy max_age for ever).
+            identity.auth_time is None
+            or not -AUTH_TIME_SKEW <= now - identity.auth_time <= self.max_age
         ):
-            missing.append(f"sign-in within the last {self.max_age:g} s")
+            missing.append(self._age_text())
         return missing
+
+    def requirements(self) -> list[str]:
+        """Everything this rule asks for, in the words of :meth:`unmet`."""
+        needs = []
+        if self.acr:
+            needs.append(self._acr_text())
+        if self.amr:
+            needs.append(f"amr {', '.join(sorted(self.amr))}")
+        if self.max_age is not None:
+            needs.append(self._age_text())
+        return needs
+
+    def _acr_text(self) -> str:
+        return f"acr {' or '.join(self.acr)}"
+
+    def _age_text(self) -> str:
+        return f"sign-in within the last {self.max_age:g} s"
 
 
 @dataclass(frozen=True)
@@ -209,7 +224,7 @@ class GrantRules:
         """Whether a grant for ``classification`` in ``namespace`` may be requested."""
         return (
             self._namespace_re.match(namespace) is not None
-            and self._classification_re.match(classification) is not None
+            and self._classification_re.match(classification or UNCLASSIFIED) is not None
         )
 
     def may_request(self, identity: Identity) -> bool:
@@ -245,6 +260,9 @@ class Policy:
     grants: GrantRules | None = None
     """Just-in-time grants (``None``: not offered)."""
     _decisions: dict[tuple[Identity, str, str, str], Decision] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _step_ups: dict[tuple[str, str], tuple[StepUpRule, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -284,9 +302,34 @@ class Policy:
                 return Decision(True, role.name)
         return Decision(False)
 
-    def step_up_rules(self, namespace: str, classification: str) -> list[StepUpRule]:
-        """The step-up rules covering ``classification`` payloads in ``namespace``."""
-        return [rule for rule in self.step_up if rule.applies(namespace, classification)]
+    def step_up_rules(self, namespace: str, classification: str) -> tuple[StepUpRule, ...]:
+        """The step-up rules covering ``classification`` payloads in ``namespace``.
+
+        Memoised (bounded) like :meth:`decide`: the rules never change, and
+        every payload of a request asks. Whether a rule is *met* depends on
+        the time, so that is never memoised here (see :meth:`StepUpRule.unmet`).
+        """
+        if not self.step_up:
+            return ()
+        key = (namespace, classification)
+        rules = self._step_ups.get(key)
+        if rules is None:
+            rules = tuple(rule for rule in self.step_up if rule.applies(namespace, classification))
+            if len(self._step_ups) >= DECISION_CACHE_SIZE:
+                self._step_ups.clear()
+            self._step_ups[key] = rules
+        return rules
+
+    def roles_allowing(self, namespace: str, operation: str, classification: str) -> list[str]:
+        """Names of the roles that permit ``operation`` on ``classification`` in ``namespace``.
+
+        Only role names (what a readable denial may say); never who holds them.
+        """
+        return sorted(
+            name
+            for name, role in self.roles.items()
+            if role.allows(namespace, operation, classification)
+        )
 
     # -- loading -----------------------------------------------------------------
 
@@ -335,19 +378,18 @@ class Policy:
             raise ConfigError(f"{where}: trust_unverified_email must be true or false")
         roles = {}
         for name, spec in _mapping(doc.get("roles", {}), f"{where}: roles").items():
-            spec = _mapping(spec, f"{where}: role {name}")
-            _only(spec, {"namespaces", "operations", "classifications"}, f"{where}: role {name}")
-            ops = frozenset(_strings(spec.get("operations", []), f"role {name} operations"))
+            at = f"{where}: role {name}"
+            spec = _mapping(spec, at)
+            _only(spec, {"namespaces", "operations", "classifications"}, at)
+            ops = frozenset(_strings(spec.get("operations", []), f"{at} operations"))
             if not ops <= OPERATIONS:
-                raise ConfigError(
-                    f"{where}: role {name}: unknown operation(s) {sorted(ops - OPERATIONS)}"
-                )
+                raise ConfigError(f"{at}: unknown operation(s) {sorted(ops - OPERATIONS)}")
             roles[str(name)] = Role(
                 name=str(name),
-                namespaces=tuple(_strings(spec.get("namespaces", []), f"role {name} namespaces")),
+                namespaces=tuple(_strings(spec.get("namespaces", []), f"{at} namespaces")),
                 operations=ops,
                 classifications=tuple(
-                    _strings(spec.get("classifications", []), f"role {name} classifications")
+                    _strings(spec.get("classifications", []), f"{at} classifications")
                 ),
             )
         bindings = []
@@ -357,19 +399,17 @@ class Policy:
             role = str(spec.get("role", ""))
             if role not in roles:
                 raise ConfigError(f"{where}: binding {i} names unknown role {role!r}")
-            bindings.append(
-                Binding(
-                    role=role,
-                    subjects=frozenset(_strings(spec.get("subjects", []), "subjects")),
-                    emails=frozenset(e.lower() for e in _strings(spec.get("emails", []), "emails")),
-                    groups=frozenset(_strings(spec.get("groups", []), "groups")),
-                    trust_unverified_email=trust_unverified_email,
-                )
+            who = _who(
+                {k: v for k, v in spec.items() if k != "role"},
+                f"{where}: binding {i}",
+                trust_unverified_email,
             )
+            bindings.append(Binding(role=role, who=who))
         perms = _mapping(doc.get("permissions", {}), f"{where}: permissions")
         _only(perms, {"claim", "roles"}, f"{where}: permissions")
         permission_roles = {
-            str(k): str(v) for k, v in _mapping(perms.get("roles", {}), "permissions.roles").items()
+            str(k): str(v)
+            for k, v in _mapping(perms.get("roles", {}), f"{where}: permissions roles").items()
         }
         unknown = set(permission_roles.values()) - set(roles)
         if unknown:
@@ -412,6 +452,9 @@ def _step_up_rule(spec: Any, where: str) -> StepUpRule:
         raise ConfigError(f"{where}: namespaces must name at least one pattern")
     acr = tuple(_strings(spec.get("acr", []), f"{where} acr"))
     amr = frozenset(_strings(spec.get("amr", []), f"{where} amr"))
+    if "" in acr or "" in amr:
+        # A token without an acr claim has acr "": an empty value would be met by it.
+        raise ConfigError(f"{where}: acr and amr values must not be empty")
     max_age = _seconds(spec["max_age"], f"{where} max_age") if "max_age" in spec else None
     if not acr and not amr and max_age is None:
         raise ConfigError(f"{where}: needs at least one of acr, amr, max_age")
@@ -487,5 +530,5 @@ def _sequence(value: Any, where: str) -> Sequence[Any]:
 
 def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"policy {where}: must be a list of strings")
+        raise ConfigError(f"{where}: must be a list of strings")
     return value

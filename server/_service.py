@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +28,9 @@ from ._limits import (
     InFlight,
     TokenBuckets,
 )
-from ._policy import Policy
-from ._wire import WirePayload
+from ._placeholder import STEP_UP_REASON, Notices, is_placeholder
+from ._policy import UNCLASSIFIED, Policy
+from ._wire import BadRequest, WirePayload
 
 _LABEL = re.compile(r"[a-z0-9._-]{0,64}")
 """A classification label as the envelope writes it (see ``validate_classification``)."""
@@ -76,6 +78,8 @@ class Outcome:
     encoded: int = 0
     withheld: int = 0
     """Payloads returned unchanged because a budget (see ``_limits``) was used up."""
+    placeholders: int = 0
+    """Denied payloads answered with a readable placeholder (see ``_placeholder``)."""
     limits: dict[str, int] | None = None
     """Withheld payloads by budget name (``None`` when nothing was withheld)."""
     key_ids: set[str] = field(default_factory=set)
@@ -152,6 +156,59 @@ class CodecService:
             outcome.roles.add(decision.role)
         return decision.allowed
 
+    def _granted(
+        self, identity: Identity, namespace: str, classification: str, now: float, outcome: Outcome
+    ) -> bool:
+        """Whether a just-in-time grant opens what the policy denies (recorded in ``outcome``)."""
+        if self.grants is None:
+            return False
+        grant = self.grants.find(identity, namespace, classification, now)
+        # Checked again here: whatever the registry answers, a grant only ever
+        # opens its own subject's, namespace's and classification's payloads,
+        # and never past its expiry.
+        if grant is None or not grant.covers(identity, namespace, classification, now):
+            return False
+        outcome.roles.add(f"grant:{grant.id}")
+        if outcome.grants is None:
+            outcome.grants = {}
+        outcome.grants[grant.id] = grant.justification
+        return True
+
+    @staticmethod
+    def _unmet(
+        policy: Policy, identity: Identity, namespace: str, classification: str, now: float
+    ) -> str:
+        """What ``identity`` lacks for the step-up rules covering this payload (``""``: none)."""
+        rules = policy.step_up_rules(namespace, classification)
+        if not rules:
+            return ""
+        missing = list(dict.fromkeys(need for rule in rules for need in rule.unmet(identity, now)))
+        return "; ".join(missing)
+
+    @staticmethod
+    def _notice(
+        notices: Notices | None,
+        payload: PayloadLike,
+        hold: Hold,
+        outcome: Outcome,
+        reason: str,
+        classification: str | None = None,
+    ) -> PayloadLike:
+        """What a denied payload is answered with: itself, or a readable placeholder."""
+        if notices is None:
+            return payload
+        if classification is None:
+            notice = notices.namespace(reason)
+        else:
+            notice = notices.denied(reason, classification)
+        # A placeholder can be longer than the ciphertext it stands for: its
+        # share of the response is held like a decoded payload's (and when the
+        # budget is spent, the payload comes back unchanged: still denied).
+        if not hold.take(len(notice.data) * MEMORY_PER_DECODED_BYTE):
+            return payload
+        outcome.placeholders += 1
+        return notice
+
     async def decode(
         self,
         identity: Identity,
@@ -183,9 +240,14 @@ class CodecService:
         open_payload = self._codec.open
         limits = self._limits
         keys = self._keys
+        policy = self._policy
+        # Fixed for the request: step-up ages and grant expiry are judged at
+        # one moment, never remembered beyond it.
+        now = time.time()
         decoded_bytes = since_yield = unwraps = 0
         if hold is None:
             hold = self.hold(identity)
+        notices = Notices(policy, identity, namespace or "", sign_in_url) if placeholders else None
         for payload in payloads:
             if not is_encrypted(payload):
                 outcome.passed_through += 1
@@ -209,7 +271,8 @@ class CodecService:
                 out.append(payload)
                 continue
             header = parsed[0]
-            if not _LABEL.fullmatch(header.classification):
+            label = header.classification
+            if not _LABEL.fullmatch(label):
                 # Writers only seal valid labels (``validate_classification``):
                 # anything else is forged, and never reaches a record or a decision.
                 outcome.failed += 1
@@ -218,18 +281,31 @@ class CodecService:
                 continue
             if not namespace or header.namespace != namespace:
                 # Never even try to decrypt a payload bound to another namespace.
+                reason = "namespace mismatch" if namespace else "namespace unknown"
                 outcome.denied += 1
-                outcome.reasons.add("namespace mismatch" if namespace else "namespace unknown")
-                out.append(payload)
+                outcome.reasons.add(reason)
+                out.append(self._notice(notices, payload, hold, outcome, reason))
                 continue
-            outcome.classifications.add(header.classification or "unclassified")
-            if not allowed(identity, namespace, "decode", header.classification, outcome):
+            classification = label or UNCLASSIFIED
+            outcome.classifications.add(classification)
+            if not allowed(identity, namespace, "decode", label, outcome) and not self._granted(
+                identity, namespace, classification, now, outcome
+            ):
+                reason = f"classification {classification} not permitted"
                 outcome.denied += 1
-                outcome.reasons.add(
-                    f"classification {header.classification or 'unclassified'} not permitted"
-                )
-                out.append(payload)
+                outcome.reasons.add(reason)
+                out.append(self._notice(notices, payload, hold, outcome, reason, classification))
                 continue
+            if policy is not None and policy.step_up:
+                missing = self._unmet(policy, identity, namespace, classification, now)
+                if missing:
+                    reason = STEP_UP_REASON + missing
+                    outcome.denied += 1
+                    outcome.reasons.add(reason)
+                    out.append(
+                        self._notice(notices, payload, hold, outcome, reason, classification)
+                    )
+                    continue
             # The header's original length is what decoding would produce (it
             # is authenticated: a lie fails decryption). Check it before any key.
             size = header.original_length
@@ -283,6 +359,9 @@ class CodecService:
         """Encrypt payloads for ``namespace`` (e.g. a signal sent from the Web UI).
 
         Raises:
+            BadRequest: a payload is a placeholder (see ``_placeholder``): it
+                stands for data the caller could not read and must never be
+                stored in its place.
             Forbidden: no namespace, or the caller may not encode there.
             RateLimited: a new data key is needed and the caller's KMS budget is used up.
             KeyProviderError: the KMS failed.
@@ -300,6 +379,11 @@ class CodecService:
             outcome.denied = len(payloads)
             outcome.reasons.add("encode not permitted")
             raise Forbidden(f"not permitted to encode in namespace {namespace}", outcome)
+        # After the permission check (looking for placeholders parses small
+        # JSON payloads: not for callers who may not encode at all), before
+        # any KMS call.
+        if any(is_placeholder(p) for p in payloads):
+            raise BadRequest("placeholder payloads cannot be encoded")
         if self._keys.needs_data_key(namespace) and not self._unwraps.take(identity.subject):
             # Each new namespace mints a data key (a KMS call): budgeted per caller
             # like unwraps. Encode cannot hand payloads back unencrypted, so 429.
