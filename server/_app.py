@@ -377,6 +377,7 @@ def _audit_event(
         "foreign_encryption": done.foreign,
         "failed": done.failed,
         "withheld": done.withheld,
+        "placeholders": done.placeholders,
         "key_ids": _bounded(done.key_ids),
         "classifications": _bounded(done.classifications),
         "roles": _bounded(done.roles),
