@@ -39,13 +39,16 @@ step_up:
   - namespaces: ["prod-*"]
     classifications: ["pci"]
     amr: ["hwk"]
+  - namespaces: ["dev-secure"]
+    amr: ["mfa"]
 grants:
   namespaces: ["prod-*"]
   classifications: ["*"]
   max_duration: 14400
   approvers: {groups: [security]}
 """
-"""``prod-*`` needs a recent MFA sign-in; its ``pci`` payloads a hardware key as well."""
+"""``prod-*`` needs a recent MFA sign-in, its ``pci`` payloads a hardware key as well;
+reading ``dev-secure`` needs MFA."""
 
 SECRET = b'"SECRET-MARKER-prod"'
 MFA = "urn:example:mfa"
@@ -197,6 +200,27 @@ async def test_every_covering_rule_applies_and_amr_must_all_be_present(
         "step-up required: acr urn:example:mfa or urn:example:hwk; "
         "sign-in within the last 900 s; amr hwk"
     )
+
+
+async def test_step_up_is_for_reading_encode_needs_none(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    client = await make_client()
+    token = idp.token(groups=["engineering"], amr=["pwd"])
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=SECRET)
+    resp = await client.post("/encode", json=wire_body(plain), headers=headers(token, "dev-secure"))
+    assert resp.status == 200
+    (encoded,) = (await resp.json())["payloads"]
+    resp = await client.post(
+        "/decode", json={"payloads": [encoded]}, headers=headers(token, "dev-secure")
+    )
+    assert datas(await resp.json()) == [base64.b64decode(encoded["data"])]
+    assert records(audit_path)[-1]["reason"] == "step-up required: amr mfa"
+    mfa = idp.token(groups=["engineering"], amr=["pwd", "mfa"])
+    resp = await client.post(
+        "/decode", json={"payloads": [encoded]}, headers=headers(mfa, "dev-secure")
+    )
+    assert datas(await resp.json()) == [SECRET]
 
 
 async def test_max_age_ages_out(
