@@ -119,6 +119,33 @@ async def test_a_step_up_denial_offers_the_stronger_sign_in(shield_config: Shiel
     ]
 
 
+async def test_several_rules_ask_for_what_every_rule_accepts(shield_config: ShieldConfig) -> None:
+    rules = """
+step_up:
+  - {namespaces: ["prod-*"], acr: ["a", "b"], max_age: 900}
+  - {namespaces: ["prod-*"], acr: ["c", "b"], max_age: 300.5}
+  - {namespaces: ["prod-*"], amr: ["hwk"]}
+"""
+    text = STEP_UP_POLICY[: STEP_UP_POLICY.index("step_up:")] + rules
+    codec = service(shield_config, text)
+    payload = await sealed(shield_config, "prod-orders")
+    out, _ = await codec.decode(
+        SRE, "prod-orders", [payload], placeholders=True, sign_in_url=SIGN_IN
+    )
+    (remedy,) = notice(out[0])["how to get access"]
+    assert remedy.endswith(f"{SIGN_IN}?acr_values=b&max_age=300")
+    assert (
+        "(acr a or b; sign-in within the last 900 s; acr c or b; sign-in within the last" in remedy
+    )
+    # No value common to all: the first rule's (no sign-in can meet them all anyway).
+    disjoint = text.replace('acr: ["c", "b"]', 'acr: ["c"]')
+    out, _ = await service(shield_config, disjoint).decode(
+        SRE, "prod-orders", [payload], placeholders=True, sign_in_url=SIGN_IN
+    )
+    (remedy,) = notice(out[0])["how to get access"]
+    assert remedy.endswith(f"{SIGN_IN}?acr_values=a%20b&max_age=300")
+
+
 async def test_a_grant_is_offered_only_where_it_may_be_requested_by_this_caller(
     shield_config: ShieldConfig,
 ) -> None:
@@ -220,12 +247,15 @@ async def test_a_hostile_namespace_header_stays_one_bounded_json_string(
     shield_config: ShieldConfig,
 ) -> None:
     codec = service(shield_config)
-    for namespace in ('a"},{"temporal-shield":"x', "\udcff\x00\n" + "n" * 10_000):
-        payload = await sealed(shield_config, "prod-orders")
+    payload = await sealed(shield_config, "prod-orders")
+    for namespace, shown in (
+        ('a"},{"temporal-shield":"x', 'a"},{"temporal-shield":"x'),
+        ("\udcff\x00\n" + "n" * 10_000, "\udcff\x00\n" + "n" * 509 + "...[truncated]"),
+    ):
         out, _ = await codec.decode(ENGINEER, namespace, [payload], placeholders=True)
         doc = notice(out[0])
         assert doc["temporal-shield"] == "withheld"
-        assert doc["namespace"].startswith(namespace[:100])
+        assert doc["namespace"] == shown
         assert len(out[0].data) < 2048
         assert out[0].data.isascii()
 
@@ -345,6 +375,7 @@ def _smuggled() -> dict[str, Payload]:
         ),
         "with a BOM": Payload(metadata=json_plain, data=b"\xef\xbb\xbf" + real.data),
         "in UTF-16": Payload(metadata=json_plain, data=json.dumps(text).encode("utf-16")),
+        "in UTF-32": Payload(metadata=json_plain, data=json.dumps(text).encode("utf-32-le")),
         "escaped key": Payload(metadata=json_plain, data=b'{"temporal\\u002dshield": "withheld"}'),
         "as the workflow's argument list": Payload(
             metadata=json_plain, data=b"[" + real.data + b"]"
@@ -382,8 +413,11 @@ async def test_encode_refuses_placeholders_before_any_kms_call(
         with pytest.raises(BadRequest, match="placeholder payloads cannot be encoded"):
             await codec.encode(ENGINEER, "dev-team", [plain, smuggled, plain])
         assert stats.kms_calls == 0, name
-    encoded, _ = await codec.encode(ENGINEER, "dev-team", [plain])
-    assert encoded[0].metadata["encoding"] == b"binary/encrypted"
+    mention = Payload(
+        metadata={"encoding": b"json/plain"}, data=b'{"temporal-shield": "is our product"}'
+    )
+    encoded, _ = await codec.encode(ENGINEER, "dev-team", [plain, mention])
+    assert [p.metadata["encoding"] for p in encoded] == [b"binary/encrypted"] * 2
 
 
 async def test_encode_over_http_is_400_and_audited(

@@ -174,6 +174,15 @@ def test_step_up_and_grants_sections_parse() -> None:
     assert not grants.may_request(Identity(subject="x", email="eng@example.com"))
     assert grants.may_approve(Identity(subject="y", groups=frozenset({"security"})))
     assert not grants.may_approve(verified)
+    trusting = Policy.from_mapping(
+        {
+            **_BASE,
+            "trust_unverified_email": True,
+            "grants": {**_GRANTS, "requesters": {"emails": ["eng@example.com"]}},
+        }
+    ).grants
+    assert trusting is not None
+    assert trusting.may_request(Identity(subject="x", email="eng@example.com"))
     # Unclassified payloads are "unclassified" to grants too.
     star = _with(grants=_GRANTS).grants
     assert star is not None

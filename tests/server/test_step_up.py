@@ -231,6 +231,7 @@ async def test_max_age_ages_out(
     now = int(time.time())
     cases = {
         "signed in 100 s ago": (now - 100, True),
+        "signed in 30 s ahead of our clock (skew)": (now + 30, True),
         "signed in 901 s ago": (now - 901, False),
         "signed in a day ago": (now - 86400, False),
         "a sign-in far in the future": (now + 3600, False),
