@@ -112,8 +112,8 @@ def _marked(data: bytes) -> bool:
         doc = json.loads(data)
     except (ValueError, RecursionError):
         return False
-    # The notice itself, or the notice as the single value of a list (a UI's
-    # input field holds a workflow's arguments as one JSON array).
+    # The notice itself, or a notice among the values of a list (a UI's input
+    # field holds a workflow's arguments as one JSON array).
     items = doc if isinstance(doc, list) else [doc]
     return any(isinstance(item, dict) and item.get(PLACEHOLDER_TAG) == "withheld" for item in items)
 
