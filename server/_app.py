@@ -43,6 +43,7 @@ from ._identity import Identity
 from ._limits import Hold
 from ._policy import Policy
 from ._service import CodecService, Forbidden, Outcome, RateLimited
+from ._signin import IdpUnavailable, SignIn, SignInError
 from ._signin import install as install_sign_in
 from ._telemetry import TRACE_ID, Telemetry
 from ._wire import BadRequest, TooLarge, read_payloads, write_payloads
@@ -87,6 +88,10 @@ class State:
     audit: AuditLog | None
     telemetry: Telemetry
     readiness: _Readiness
+    claims: tuple[str, str] = ("groups", "permissions")
+    """The policy's groups and permissions claim names (for every sign-in path)."""
+    sign_in: SignIn | None = None
+    """Sign-in at this server (``None``: bearer tokens only)."""
 
 
 STATE: web.AppKey[State] = web.AppKey("temporal_shield_state", State)
@@ -121,6 +126,8 @@ class _Refusal:
 
 _REFUSALS: tuple[tuple[type[Exception], _Refusal], ...] = (
     (AuthError, _Refusal(401, "unauthorized")),
+    (SignInError, _Refusal(400, "sign_in_failed")),
+    (IdpUnavailable, _Refusal(503, "idp_unavailable")),
     (Forbidden, _Refusal(403, "forbidden")),
     (ServerBusy, _Refusal(503, "server_busy", close=True)),
     (UnsupportedEncoding, _Refusal(415, "unsupported_media_type", close=True)),
@@ -327,6 +334,36 @@ def _bounded(values: set[str]) -> list[str]:
     return ordered
 
 
+async def audit_sign_in(
+    request: web.Request,
+    state: State,
+    operation: str,
+    identity: Identity | None,
+    decision: str,
+    status: int,
+    reason: str,
+) -> None:
+    """The audit record of a sign-in step (``sign-in``, ``sign-out``), in the codec records' shape.
+
+    Raises:
+        AuditError: the record could not be written (the step then fails too).
+    """
+    if state.audit is None:
+        return
+    await state.audit.commit(
+        _audit_event(
+            request,
+            operation=operation,
+            namespace=None,
+            identity=identity,
+            outcome=None,
+            decision=decision,
+            reason=reason,
+            status=status,
+        )
+    )
+
+
 def _grant_list(grants: dict[str, str] | None) -> list[dict[str, str]]:
     """The grants that opened payloads, with their justifications (bounded like any list)."""
     if not grants:
@@ -459,7 +496,14 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
             max_payload_bytes=config.max_payload_bytes,
         )
         if operation == "decode":
-            result, outcome = await state.service.decode(identity, namespace, payloads, hold)
+            result, outcome = await state.service.decode(
+                identity,
+                namespace,
+                payloads,
+                hold,
+                placeholders=_readable(config, request),
+                sign_in_url=state.sign_in.login_url if state.sign_in is not None else "",
+            )
         else:
             result, outcome = await state.service.encode(identity, namespace, payloads)
         served = True
@@ -492,6 +536,12 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     else:
         _release_once_sent(request, hold, config.send_timeout)
     return response
+
+
+def _readable(config: ServerConfig, request: web.Request) -> bool:
+    """Whether denied payloads come back as readable placeholders for this request."""
+    mode = config.placeholders
+    return mode == "always" or (mode == "browser" and "Origin" in request.headers)
 
 
 SMALL_HOLD = 64 * 1024
@@ -613,6 +663,7 @@ def create_app(
     shield: ShieldConfig,
     *,
     providers: list[KeyProvider] | None = None,
+    allow_development_idp: bool = False,
     audit_stdout: Any = None,
     span_processor: SpanProcessor | None = None,
     metric_labels: Mapping[str, str] | None = None,
@@ -624,6 +675,8 @@ def create_app(
             ``insecure_dev``).
         shield: Converter settings (keys, classification, limits).
         providers: Key providers to use instead of those ``shield`` names (tests).
+        allow_development_idp: Accept the demo's development identity provider
+            for sign-in (only ``temporal-shield demo`` passes it).
         audit_stdout: Stream for the stdout audit sink (tests); default stdout.
         span_processor: Extra span processor (tests); OTLP comes from ``OTEL_*``.
         metric_labels: Labels on every Prometheus series (a worker's index).
@@ -662,6 +715,10 @@ def create_app(
         audit=audit,
         telemetry=telemetry,
         readiness=_Readiness(codec.envelope.keys.check),
+        claims=(
+            policy.groups_claim if policy else "groups",
+            policy.permissions_claim if policy else "permissions",
+        ),
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -693,7 +750,7 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     _add_health_routes(app, state)
-    install_sign_in(app, state)
+    install_sign_in(app, state, allow_development_idp=allow_development_idp)
     state.service.grants = install_grants(app, state)
     # The common paths first: static routes are a dictionary lookup, the
     # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.

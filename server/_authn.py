@@ -2,7 +2,8 @@
 
 Every route that acts for a person (the codec routes, the grant API) calls
 :func:`identify`, so that each accepts exactly the same credentials: a bearer
-token (``Authorization``), or the session cookie of a sign-in at this server.
+token (``Authorization``), or the session cookie of a sign-in at this server
+(only from an allowed origin: see ``SignIn.session``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from ._auth import AuthError
 from ._identity import DEV_IDENTITY, Identity
+from ._signin import SESSION_COOKIE
 
 if TYPE_CHECKING:
     from ._app import State
@@ -27,8 +29,17 @@ async def identify(request: web.Request, state: State) -> Identity:
     if state.config.insecure_dev:
         return DEV_IDENTITY
     authenticator = state.authenticator
-    if authenticator is None:
-        raise AuthError("missing bearer token")
-    return authenticator.recall(request.headers) or await authenticator.authenticate(
-        request.headers
-    )
+    sign_in = state.sign_in
+    headers = request.headers
+    # A bearer token, when one is sent, decides alone: a bad token is never
+    # rescued by a cookie that happens to ride along.
+    if authenticator is not None and (
+        "Authorization" in headers or sign_in is None or SESSION_COOKIE not in request.cookies
+    ):
+        return authenticator.recall(headers) or await authenticator.authenticate(headers)
+    if sign_in is not None:
+        identity = sign_in.session(request)
+        if identity is not None:
+            return identity
+        raise AuthError("not signed in: sign in at " + sign_in.login_url)
+    raise AuthError("missing bearer token")

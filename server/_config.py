@@ -100,6 +100,21 @@ def _check_jwks_url(url: str, *, insecure_ok: bool) -> None:
     )
 
 
+def _check_public_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or not parts.hostname:
+        raise ConfigError("server.public_url must be a plain URL (https://host[:port][/prefix])")
+    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
+        return
+    # Session cookies are Secure: a browser never sends them over plain HTTP.
+    raise ConfigError("server.public_url must be https:// (http:// only on loopback)")
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is a loopback address (or ``localhost``)."""
+    return _is_loopback(urlsplit(url).hostname or "")
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -215,6 +230,27 @@ class OidcConfig:
     acr_values: tuple[str, ...] = ()
     """``acr`` values the sign-in may ask the IdP for when a step-up rule needs
     them (a request for any other value is refused)."""
+
+    def __post_init__(self) -> None:
+        if not self.issuer:
+            return
+        parts = urlsplit(self.issuer)
+        if not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError("server.oidc.issuer must be the provider's issuer URL")
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and (self.allow_insecure_issuer or _is_loopback(parts.hostname))
+        ):
+            raise ConfigError(
+                "server.oidc.issuer must be https:// (http:// only on loopback, or with "
+                "server.oidc.allow_insecure_issuer = true): whoever answers for the issuer "
+                "can sign anyone in"
+            )
+        if not self.client_id:
+            raise ConfigError("server.oidc.client_id is required with server.oidc.issuer")
+        if "openid" not in self.scopes:
+            raise ConfigError("server.oidc.scopes must include openid")
+        if not (0 < self.session_lifetime < math.inf):
+            raise ConfigError("server.oidc.session_lifetime must be a positive number of seconds")
 
     @property
     def enabled(self) -> bool:
@@ -384,8 +420,16 @@ class ServerConfig:
                 "server.oidc and server.grants need server.secret_file "
                 "(create one with: temporal-shield secret init PATH)"
             )
-        if self.oidc.enabled and not self.public_url:
-            raise ConfigError("server.oidc needs server.public_url (where sign-in comes back)")
+        if self.oidc.enabled:
+            if not self.public_url:
+                raise ConfigError("server.oidc needs server.public_url (where sign-in comes back)")
+            _check_public_url(self.public_url)
+            if self.cors_origins and not self.cors_credentials:
+                # The UI sends the session cookie only in include-credentials
+                # mode, and the browser then needs this header to read the answer.
+                raise ConfigError(
+                    "server.oidc with server.cors_origins needs server.cors_credentials = true"
+                )
         if not self.insecure_dev:
             if not (self.auth.enabled or self.oidc.enabled):
                 raise ConfigError(

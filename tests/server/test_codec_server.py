@@ -44,6 +44,14 @@ def _headers(token: str | None, namespace: str = "dev-team", **extra: str) -> di
     return headers
 
 
+def _withheld(data: bytes) -> bool:
+    """Whether ``data`` is a readable placeholder (what a browser gets for a denial)."""
+    try:
+        return bool(json.loads(data).get("temporal-shield") == "withheld")
+    except ValueError:
+        return False
+
+
 def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -342,7 +350,17 @@ async def test_rbac_matrix(
     data = _datas(await resp.json())
     assert (data == [SECRET]) is visible
     if not visible:
-        assert data == [enc.data]  # returned unchanged, never dropped
+        # Never dropped: a browser (this request has an Origin) gets a readable
+        # placeholder in its place, the CLI the payload unchanged.
+        assert _withheld(data[0])
+        cli = await client.post(
+            "/decode",
+            json=_body(enc),
+            headers={
+                k: v for k, v in _headers(idp.token(**claims), namespace).items() if k != "Origin"
+            },
+        )
+        assert _datas(await cli.json()) == [enc.data]
 
 
 async def test_per_payload_classification_in_one_request(
@@ -369,7 +387,7 @@ async def test_per_payload_classification_in_one_request(
     )
     data = _datas(await resp.json())
     assert data[0] == b'"card"'  # misc is "internal" by default: finance reads it
-    assert data[1] == phi.data  # phi stays encrypted
+    assert _withheld(data[1])  # phi stays withheld (a browser request: a placeholder)
     record = _records(audit_path)[-1]
     assert record["decision"] == "partial"
     assert record["denied"] == 1
@@ -385,13 +403,13 @@ async def test_namespace_mismatch_is_denial_not_decryption(
     resp = await client.post(
         "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]), "dev-b")
     )
-    assert _datas(await resp.json()) == [enc.data]
+    assert _withheld(_datas(await resp.json())[0])
     assert _records(audit_path)[-1]["reason"] == "namespace mismatch"
     for ns in ("undefined", ""):
         resp = await client.post(
             "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]), ns)
         )
-        assert _datas(await resp.json()) == [enc.data]
+        assert _withheld(_datas(await resp.json())[0])
 
 
 async def test_tampered_ciphertext_comes_back_unchanged(
@@ -610,7 +628,7 @@ async def test_unexpected_failure_is_audited_and_opaque(
 ) -> None:
     from temporal_shield.server import CodecService
 
-    async def boom(*_: Any) -> Any:
+    async def boom(*_: Any, **__: Any) -> Any:
         raise RuntimeError("secret detail that must not leak")
 
     monkeypatch.setattr(CodecService, "decode", boom)
