@@ -107,6 +107,9 @@ SPECIAL = {
     ("storage", "s3_endpoint_url"): "http://127.0.0.1:4567",
     ("server", "audit", "s3_endpoint_url"): "http://127.0.0.1:4568",
     ("server", "audit", "kms_endpoint_url"): "http://127.0.0.1:4569",
+    ("server", "oidc", "issuer"): "https://idp.example",
+    ("server", "oidc", "scopes"): "openid,email",
+    ("server", "public_url"): "https://codec.example",
 }
 
 
