@@ -76,7 +76,8 @@ async def sealed(shield: ShieldConfig, namespace: str, text: bytes = SECRET) -> 
     return (await codec.encode([plain]))[0]
 
 
-def headers(token: str, namespace: str, *, origin: bool = True) -> dict[str, str]:
+def headers(token: str, namespace: str, *, origin: bool = False) -> dict[str, str]:
+    """A codec request's headers; with ``origin``, as a browser sends them (see placeholders)."""
     out = {"Content-Type": "application/json", "X-Namespace": namespace}
     if origin:
         out["Origin"] = ORIGIN
