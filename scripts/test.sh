@@ -7,6 +7,8 @@ bash scripts/bootstrap.sh dev
 # download cannot work here), nginx for the mutual-TLS hop.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# Node runs the real OpenID Provider (oidc-provider, from npm) for the sign-in tests.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -16,6 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "== ${missing[*]} not installed and not root: those tests skip (and fail under CI=true)"
   fi
+fi
+if command -v npm >/dev/null 2>&1; then
+  echo "== oidc-provider (npm, for the sign-in tests)"
+  npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error >/dev/null
+else
+  echo "== npm not installed: the sign-in tests skip (and fail under CI=true)"
 fi
 # kubectl (with its built-in kustomize) renders deploy/ in tests/deploy; it is on
 # the machine image (/usr/bin/kubectl), not in Debian's archive.

@@ -18,10 +18,11 @@ import logging
 import secrets
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import ClientPayloadError, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -31,7 +32,13 @@ from multidict import CIMultiDict
 from opentelemetry.sdk.trace import SpanProcessor
 
 from temporal_shield.codec import KeyProvider, KeyProviderError, ShieldError
-from temporal_shield.converter import ShieldCodec, ShieldConfig, build_codec
+from temporal_shield.converter import (
+    PayloadLike,
+    ShieldCodec,
+    ShieldConfig,
+    build_codec,
+    is_encrypted,
+)
 
 from ._audit import AuditError, AuditLog
 from ._auth import Authenticator, AuthError
@@ -41,8 +48,9 @@ from ._grants import install as install_grants
 from ._http import DIRECT_ROUTES
 from ._identity import Identity
 from ._limits import Hold
+from ._placeholder import placeholder
 from ._policy import Policy
-from ._service import CodecService, Forbidden, Outcome, RateLimited
+from ._service import MEMORY_PER_DECODED_BYTE, CodecService, Forbidden, Outcome, RateLimited
 from ._signin import IdpUnavailable, SignIn, SignInError
 from ._signin import install as install_sign_in
 from ._telemetry import TRACE_ID, Telemetry
@@ -223,7 +231,9 @@ def _edge(handler: Handler, state: State) -> Callable[[web.Request], Awaitable[w
     return edge
 
 
-_ENDPOINTS = frozenset({"decode", "encode", "download", "healthz", "readyz", "metrics"})
+_ENDPOINTS = frozenset(
+    {"decode", "encode", "download", "healthz", "readyz", "metrics", "logout", "grants"}
+)
 
 
 async def fallback(request: web.Request, state: State) -> web.StreamResponse:
@@ -476,13 +486,19 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     config = state.config
     hold: Hold | None = None
     served = False
+    unauthenticated = ""
     try:
         authenticator = state.authenticator
-        # The hot path without a coroutine: a bearer token verified moments ago.
-        identity = (
-            authenticator.recall(request.headers) if authenticator is not None else None
-        ) or await identify(request, state)
-        hold = state.service.hold(identity)
+        try:
+            # The hot path without a coroutine: a bearer token verified moments ago.
+            identity = (
+                authenticator.recall(request.headers) if authenticator is not None else None
+            ) or await identify(request, state)
+        except AuthError as exc:
+            if operation != "decode" or not _invites_sign_in(request, state):
+                raise
+            unauthenticated = f"unauthenticated: {exc}"
+        hold = state.service.hold(identity or _SIGNING_IN)
         # The body is held until the response is sent, and a response echoes
         # what it does not decode: count both before reading any of it (small
         # bodies are bounded by max_connections instead; see SMALL_HOLD).
@@ -495,7 +511,14 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
             max_payloads=config.max_payloads,
             max_payload_bytes=config.max_payload_bytes,
         )
-        if operation == "decode":
+        if unauthenticated:
+            assert state.sign_in is not None
+            result, outcome = _sign_in_notices(
+                payloads, namespace, state.sign_in, request.headers["Origin"], hold
+            )
+            outcome.reasons.add(unauthenticated)
+        elif operation == "decode":
+            assert identity is not None
             result, outcome = await state.service.decode(
                 identity,
                 namespace,
@@ -505,6 +528,7 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
                 sign_in_url=state.sign_in.login_url if state.sign_in is not None else "",
             )
         else:
+            assert identity is not None
             result, outcome = await state.service.encode(identity, namespace, payloads)
         served = True
     except Exception as exc:
@@ -524,7 +548,7 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     assert hold is not None
     try:
         # The record is written before any plaintext leaves; a failed write is a 503.
-        await audit(outcome.decision, 200)
+        await audit("deny" if unauthenticated else outcome.decision, 200)
         response = web.Response(body=write_payloads(result), headers=_RESULT_HEADERS)
     except BaseException:
         hold.release()
@@ -536,6 +560,57 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
     else:
         _release_once_sent(request, hold, config.send_timeout)
     return response
+
+
+_SIGNING_IN = Identity(subject="(not signed in)", auth_method="none")
+"""Whose share of the in-flight budget sign-in invitations use (all callers together)."""
+
+
+def _invites_sign_in(request: web.Request, state: State) -> bool:
+    """Whether an unauthenticated decode is answered with sign-in invitations, not 401.
+
+    Only for a browser on an allowed origin (the Web UI, which shows a 401 as
+    "could not connect" but renders a ``json/plain`` payload), only when this
+    server offers sign-in and readable placeholders.
+    """
+    sign_in = state.sign_in
+    origin = request.headers.get("Origin")
+    return (
+        sign_in is not None
+        and state.config.placeholders != "never"
+        and origin is not None
+        and origin in state.config.cors_origins
+    )
+
+
+def _sign_in_notices(
+    payloads: Sequence[PayloadLike], namespace: str | None, sign_in: SignIn, origin: str, hold: Hold
+) -> tuple[list[PayloadLike], Outcome]:
+    """One "sign in to read this" placeholder per encrypted payload; the rest unchanged.
+
+    Nothing is decrypted, no key is touched: the placeholder names only the
+    namespace the caller sent and where to sign in.
+    """
+    outcome = Outcome()
+    notice = placeholder(
+        namespace=namespace or "",
+        reason="sign-in required",
+        classification=None,
+        remedies=[
+            f"Sign in at {sign_in.login_url}?{urlencode({'return_to': origin})}"
+            " and reload this page."
+        ],
+    )
+    out: list[PayloadLike] = []
+    for payload in payloads:
+        if is_encrypted(payload) and hold.take(len(notice.data) * MEMORY_PER_DECODED_BYTE):
+            out.append(notice)
+            outcome.denied += 1
+            outcome.placeholders += 1
+        else:
+            out.append(payload)  # plaintext: echoed; over budget: unchanged, still unread
+            outcome.passed_through += 1
+    return out, outcome
 
 
 def _readable(config: ServerConfig, request: web.Request) -> bool:

@@ -541,6 +541,15 @@ def install(app: web.Application, state: State, *, allow_development_idp: bool =
             headers={"Cache-Control": "no-store"},
         )
 
+    async def discover(app: web.Application) -> None:
+        # At start: a refused provider (the demo's development IdP) stops the
+        # server; an unreachable one is tried again at the first sign-in.
+        try:
+            await sign_in.provider()
+        except IdpUnavailable as exc:
+            log.warning("sign-in: %s; will retry at the first sign-in", exc)
+
+    app.on_startup.append(discover)
     app.router.add_get("/auth/login", _edge(login, state))
     app.router.add_get("/auth/callback", _edge(callback, state))
     app.router.add_post("/auth/logout", _edge(logout, state))
