@@ -231,6 +231,14 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(args: argparse.Namespace) -> int:
+    from temporal_shield.server._secrets import create_secret_file
+
+    path = create_secret_file(args.path)
+    emit(args, {"secret_file": str(path)}, lambda: [f"wrote {path} (mode 0600)"])
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import main
 
@@ -350,6 +358,17 @@ def parser() -> argparse.ArgumentParser:
     )
     add_output(dev)
     certs.set_defaults(func=_certs)
+
+    secret = _command(sub, "secret", "manage the codec server's shared secret")
+    secret_sub = secret.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = _command(
+        secret_sub,
+        "init",
+        "write a new server secret (32 random bytes, mode 0600; never overwrites a file)",
+    )
+    init.add_argument("path", metavar="PATH", help="file to create (server.secret_file)")
+    add_output(init)
+    secret.set_defaults(func=_secret)
 
     demo = _command(sub, "demo", "run a workflow with encrypted PII on a local dev server")
     demo.add_argument(

@@ -175,6 +175,25 @@ async def test_sign_in_sets_a_bounded_secure_session_that_decodes(setup: Setup) 
     assert records[1]["decision"] == "allow"
 
 
+async def test_whoami_answers_for_the_session_only(setup: Setup) -> None:
+    signed = await sign_in(setup.url, "alice+mfa")
+    async with aiohttp.ClientSession() as http:
+        cookie = {"Cookie": f"{SESSION_COOKIE}={signed.cookie}"}
+        resp = await http.get(f"{setup.url}/auth/session", headers={**cookie, "Origin": ORIGIN})
+        who = await resp.json()
+        assert resp.status == 200
+        assert (who["subject"], who["auth"], who["groups"]) == ("alice", "session", ["engineering"])
+        assert (who["acr"], who["amr"]) == ("urn:example:mfa", ["mfa", "pwd"])
+        assert resp.headers["Cache-Control"] == "no-store"
+        # A page of another site cannot ask; without a cookie there is no one.
+        evil = await http.get(
+            f"{setup.url}/auth/session", headers={**cookie, "Origin": "https://evil.example"}
+        )
+        assert evil.status == 401
+        nobody = await http.get(f"{setup.url}/auth/session", headers={"Origin": ORIGIN})
+        assert nobody.status == 401
+
+
 async def test_bearer_and_session_are_one_identity_and_the_record_says_which(setup: Setup) -> None:
     signed = await sign_in(setup.url, "alice")
     token = setup.idp.token(sub="alice", groups=["engineering"])

@@ -110,9 +110,22 @@ def test_error_paths_of_every_command_are_one_line_and_status_2(tmp_path: Path, 
         # Once "internal error: OverflowError" after the insecure-dev warning.
         (["serve", "--insecure-dev", "--port", "99999"], {}, "server.port"),
         (["serve", "--insecure-dev"], {"TEMPORAL_SHIELD_SERVER_AUTH_LEEWAY": "nan"}, "finite"),
+        (["secret", "init", str(not_a_dir)], {}, "not overwriting"),
     ]
     for args, env, fragment in cases:
         _one_line_error(_run(*args, env=env), fragment)
+
+
+def test_secret_init_writes_a_private_secret_once(tmp_path: Path) -> None:
+    from temporal_shield.server._secrets import MIN_SECRET_BYTES, ServerSecret
+
+    path = tmp_path / "server.secret"
+    result = _run("secret", "init", str(path), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"secret_file": str(path)}
+    assert path.stat().st_mode & 0o777 == 0o600
+    ServerSecret.load(path)  # loads: long enough, private
+    assert len(path.read_text().strip()) >= MIN_SECRET_BYTES
 
 
 def test_keys_commands_json_and_the_configured_keyring(tmp_path: Path) -> None:
