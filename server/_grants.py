@@ -1,17 +1,503 @@
-"""Just-in-time grants kept as Temporal workflows: see ``docs/grants.md``."""
+"""Just-in-time grants kept as Temporal workflows: see ``docs/grants.md``.
+
+:func:`install` (called by ``create_app``) connects to Temporal, runs the grant
+workflows' worker, keeps a :class:`Registry` of approved grants fresh (one
+visibility call per ``refresh_interval``) and adds the JSON grant API:
+
+- ``GET /grants`` (``?all`` for approvers), ``POST /grants`` (request),
+- ``POST /grants/{id}/approve``, ``/deny``, ``/revoke``.
+
+Every step is authenticated by :func:`identify`, authorised by the policy's
+``grants`` section and audited.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from ._grant import GrantLookup
+from temporal_shield.codec import ConfigError, ShieldError
+from temporal_shield.converter import client_connect_config, data_converter
+
+from ._authn import identify
+from ._grant import Grant, GrantLookup
+from ._grant_workflow import (
+    APPROVED,
+    MEMO_KEY,
+    PENDING,
+    Decision,
+    GrantRequest,
+    GrantWorkflow,
+    vouch_bytes,
+)
+from ._identity import Identity
+from ._secrets import ServerSecret
 
 if TYPE_CHECKING:
     from ._app import State
+    from ._policy import GrantRules
+
+log = logging.getLogger(__name__)
+
+VOUCH_PURPOSE = "grant"
+WORKFLOW_TYPE = "TemporalShieldGrant"
+MAX_BODY = 8192
+MAX_JUSTIFICATION = 1024
+MAX_NAME = 256
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ID = re.compile(r"^grant-[0-9a-f]{32}$")
+
+
+class GrantError(ShieldError):
+    """A grant request or decision refused (HTTP ``status``)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or text like ``90``, ``30m``, ``1h``.
+
+    Raises:
+        GrantError: not a positive duration.
+    """
+    if isinstance(value, bool):
+        raise GrantError(400, "bad_request", "duration must be seconds or like 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value[:32])):
+        seconds = float(match[1]) * _UNITS[match[2]]
+    else:
+        raise GrantError(400, "bad_request", "duration must be seconds or like 1h")
+    if not (0 < seconds < 10**9):
+        raise GrantError(400, "bad_request", "duration must be positive")
+    return seconds
+
+
+class Registry:
+    """The approved grants every replica honours, refreshed from Temporal's visibility store."""
+
+    def __init__(self, secret: ServerSecret, stale_after: float) -> None:
+        """Create an empty registry (honours nothing until its first refresh)."""
+        self._secret = secret
+        self._stale_after = stale_after
+        self._by_subject: dict[str, tuple[Grant, ...]] = {}
+        self._fresh_at = -float("inf")
+        self._stale_logged = False
+
+    def find(
+        self, identity: Identity, namespace: str, classification: str, now: float
+    ) -> Grant | None:
+        """A grant that lets ``identity`` decode ``classification`` in ``namespace``, if any."""
+        if time.monotonic() - self._fresh_at > self._stale_after:
+            if not self._stale_logged:
+                self._stale_logged = True
+                log.error("grant registry stale: honouring no grant until Temporal answers")
+            return None
+        for grant in self._by_subject.get(identity.subject, ()):
+            if grant.covers(identity, namespace, classification, now):
+                return grant
+        return None
+
+    def honoured(self, record: dict[str, Any], now: float) -> Grant | None:
+        """The grant a memo record stands for, if it is approved, unexpired and vouched for."""
+        try:
+            if record.get("state") != APPROVED or not float(record["expires_at"]) > now:
+                return None
+            if not self._secret.vouched(VOUCH_PURPOSE, vouch_bytes(record), str(record["tag"])):
+                return None
+            return Grant(
+                id=str(record["id"]),
+                subject=str(record["subject"]),
+                namespace=str(record["namespace"]),
+                classification=str(record["classification"]),
+                expires_at=float(record["expires_at"]),
+                justification=str(record["justification"]),
+                approver=str(record["approver"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def replace(self, grants: list[Grant]) -> dict[str, Grant]:
+        """Hold ``grants`` from now on; return the ones no longer held."""
+        before = {g.id: g for gs in self._by_subject.values() for g in gs}
+        by_subject: dict[str, list[Grant]] = {}
+        for grant in grants:
+            by_subject.setdefault(grant.subject, []).append(grant)
+        self._by_subject = {s: tuple(gs) for s, gs in by_subject.items()}
+        self._fresh_at = time.monotonic()
+        self._stale_logged = False
+        kept = {g.id for g in grants}
+        return {i: g for i, g in before.items() if i not in kept}
+
+
+class Grants:
+    """The grant service of one codec server: Temporal client, worker, registry and API."""
+
+    def __init__(self, state: State, rules: GrantRules, secret: ServerSecret) -> None:
+        """Create it; connecting happens in the application's lifecycle."""
+        self.state = state
+        self.rules = rules
+        self.secret = secret
+        self.config = state.config.grants
+        self.registry = Registry(secret, self.config.stale_after)
+        self.client: Client | None = None
+
+    # Lifecycle ------------------------------------------------------------
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """Connect, run the worker and the refresh loop for the application's life."""
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            kwargs = client_connect_config(self.state.shield, namespace=self.config.namespace)
+            kwargs["data_converter"] = data_converter(self.state.shield, codec=self.state.codec)
+            self.client = await Client.connect(**kwargs)
+            worker = Worker(
+                self.client,
+                task_queue=self.config.task_queue,
+                workflows=[GrantWorkflow],
+                # The workflow module needs only temporalio; our package is
+                # passed through rather than re-imported in the sandbox.
+                workflow_runner=SandboxedWorkflowRunner(
+                    restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                        "temporal_shield"
+                    )
+                ),
+            )
+            tasks.append(asyncio.create_task(worker.run()))
+        except Exception as exc:  # keep serving; grants fail closed
+            log.error(
+                "grants: cannot connect to Temporal (%s); no grant is honoured", type(exc).__name__
+            )
+        tasks.append(asyncio.create_task(self._refresh_loop()))
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # stays stale; find() fails closed
+                log.warning("grants: refresh failed (%s)", type(exc).__name__)
+            await asyncio.sleep(self.config.refresh_interval)
+
+    async def records(self, query: str) -> list[dict[str, Any]]:
+        """Grant records of the workflows matching a visibility ``query``."""
+        if self.client is None:
+            raise GrantError(503, "grants_unavailable", "Temporal is not reachable")
+        found: list[dict[str, Any]] = []
+        async for execution in self.client.list_workflows(
+            f"WorkflowType='{WORKFLOW_TYPE}' AND TaskQueue='{self.config.task_queue}' AND {query}",
+            limit=10_000,
+        ):
+            # One record we cannot read (another key, or garbage written by
+            # someone else) must not hide every other grant: skip it alone.
+            try:
+                record = (await execution.memo()).get(MEMO_KEY)
+            except Exception:
+                log.warning("grants: unreadable grant record %s skipped", execution.id[:80])
+                continue
+            if isinstance(record, dict):
+                found.append(record)
+        return found
+
+    async def refresh(self) -> None:
+        """Read every running grant once and hold the ones to honour."""
+        if self.client is None:
+            return
+        now = time.time()
+        records = await self.records("ExecutionStatus='Running'")
+        grants = [g for r in records if (g := self.registry.honoured(r, now)) is not None]
+        for ended in self.registry.replace(grants).values():
+            await self._audit_ended(ended)
+
+    async def _audit_ended(self, grant: Grant) -> None:
+        from ._app import _text, _utc_second
+
+        if self.state.audit is None:
+            return
+        await self.state.audit.commit(
+            {
+                "time": _utc_second(int(time.time())),
+                "operation": "grant.ended",
+                "grant": grant.id,
+                "namespace": _text(grant.namespace),
+                "classification": _text(grant.classification),
+                "requester": _text(grant.subject),
+                "approver": _text(grant.approver),
+                "justification": _text(grant.justification[:256]),
+                "decision": "expired" if grant.expires_at <= time.time() else "ended",
+                "status": 0,
+            }
+        )
+
+    # API ------------------------------------------------------------------
+
+    async def _audit(
+        self,
+        request: web.Request,
+        operation: str,
+        identity: Identity | None,
+        record: dict[str, Any],
+        decision: str,
+        status: int,
+        reason: str = "",
+    ) -> None:
+        from ._app import REQUEST_ID, _text, _utc_second
+
+        if self.state.audit is None:
+            return
+        await self.state.audit.commit(
+            {
+                "time": _utc_second(int(time.time())),
+                "request_id": request.get(REQUEST_ID, ""),
+                "operation": operation,
+                "subject": _text(identity.subject) if identity else "",
+                "email": _text(identity.email) if identity else "",
+                "auth": identity.auth_method if identity else "",
+                "client": request.remote or "",
+                "grant": _text(str(record.get("id", ""))),
+                "namespace": _text(str(record.get("namespace", ""))),
+                "classification": _text(str(record.get("classification", ""))),
+                "requester": _text(str(record.get("subject", ""))),
+                "approver": _text(str(record.get("approver", ""))),
+                "justification": _text(str(record.get("justification", ""))[:256]),
+                "decision": decision,
+                "reason": _text(reason),
+                "status": status,
+            }
+        )
+
+    async def handle(self, request: web.Request, operation: str) -> web.StreamResponse:
+        """Run one API call: authenticate, act, audit, answer JSON."""
+        from ._app import _error
+
+        identity: Identity | None = None
+        record: dict[str, Any] = {"id": request.match_info.get("id", "")}
+        try:
+            identity = await identify(request, self.state)
+            body = await self._body(request) if request.method == "POST" else {}
+            status, answer, record = await self._act(operation, identity, body, record, request)
+        except GrantError as exc:
+            await self._audit(request, operation, identity, record, "deny", exc.status, str(exc))
+            return _error(exc.status, exc.code, str(exc), request)
+        if operation != "grant.list":
+            await self._audit(request, operation, identity, record, "allow", status)
+        return web.json_response(answer, status=status)
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise GrantError(413, "too_large", f"body over {MAX_BODY} bytes")
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise GrantError(413, "too_large", f"body over {MAX_BODY} bytes")
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise GrantError(400, "bad_request", "body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise GrantError(400, "bad_request", "body must be a JSON object")
+        return body
+
+    async def _act(
+        self,
+        operation: str,
+        identity: Identity,
+        body: dict[str, Any],
+        record: dict[str, Any],
+        request: web.Request,
+    ) -> tuple[int, Any, dict[str, Any]]:
+        if operation == "grant.list":
+            return 200, {"grants": await self._list(identity, "all" in request.query)}, record
+        if operation == "grant.request":
+            record = self._validate_request(identity, body)
+            await self._start(identity, record)
+            return 201, {"id": record["id"], "state": PENDING}, record
+        grant_id = record["id"]
+        if not _ID.match(grant_id):
+            raise GrantError(404, "not_found", "no such grant")
+        record = await self._current(grant_id)
+        reason = _field(body, "reason", required=operation == "grant.deny")
+        if operation in ("grant.approve", "grant.deny"):
+            if not self.rules.may_approve(identity):
+                raise GrantError(403, "forbidden", "you may not approve grants")
+            if identity.subject == record.get("subject"):
+                raise GrantError(
+                    409, "self_approval", "four eyes: you may not decide your own request"
+                )
+        elif not (identity.subject == record.get("subject") or self.rules.may_approve(identity)):
+            raise GrantError(403, "forbidden", "only the requester or an approver may revoke")
+        decision = Decision(actor=identity.subject, actor_email=identity.email, reason=reason)
+        if operation == "grant.approve":
+            expires_at = round(time.time() + float(record["duration"]), 3)
+            signed = {**record, "approver": identity.subject, "expires_at": expires_at}
+            tag = self.secret.vouch(VOUCH_PURPOSE, vouch_bytes(signed))
+            decision = Decision(
+                actor=identity.subject,
+                actor_email=identity.email,
+                reason=reason,
+                expires_at=expires_at,
+                tag=tag,
+            )
+        update = operation.removeprefix("grant.")
+        record = await self._update(grant_id, update, decision)
+        return 200, _public(record), record
+
+    def _validate_request(self, identity: Identity, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = _field(body, "namespace", required=True, limit=MAX_NAME)
+        classification = _field(body, "classification", required=True, limit=MAX_NAME)
+        justification = _field(body, "justification", required=True, limit=MAX_JUSTIFICATION)
+        if "duration" not in body:
+            raise GrantError(400, "bad_request", "duration is required")
+        duration = parse_duration(body["duration"])
+        if not self.rules.may_request(identity):
+            raise GrantError(403, "forbidden", "you may not request grants")
+        if not self.rules.requestable(namespace, classification):
+            raise GrantError(
+                403, "forbidden", "no grant may be requested for this namespace and classification"
+            )
+        if duration > self.rules.max_duration:
+            raise GrantError(
+                400, "bad_request", f"duration over the cap of {self.rules.max_duration:g} s"
+            )
+        return {
+            "id": "grant-" + secrets.token_hex(16),
+            "subject": identity.subject,
+            "email": identity.email,
+            "groups": sorted(identity.groups),
+            "namespace": namespace,
+            "classification": classification,
+            "duration": duration,
+            "justification": justification,
+        }
+
+    def _client(self) -> Client:
+        if self.client is None:
+            raise GrantError(503, "grants_unavailable", "Temporal is not reachable")
+        return self.client
+
+    async def _start(self, identity: Identity, record: dict[str, Any]) -> None:
+        try:
+            await self._client().start_workflow(
+                GrantWorkflow.run,
+                GrantRequest(**record),
+                id=record["id"],
+                task_queue=self.config.task_queue,
+            )
+        except RPCError as exc:
+            raise GrantError(503, "grants_unavailable", "Temporal refused the request") from exc
+
+    async def _current(self, grant_id: str) -> dict[str, Any]:
+        try:
+            record = await self._client().get_workflow_handle(grant_id).query(GrantWorkflow.record)
+        except RPCError as exc:
+            raise GrantError(404, "not_found", "no such grant") from exc
+        except Exception as exc:  # a query on a finished/unknown grant
+            raise GrantError(404, "not_found", "no such grant") from exc
+        if not isinstance(record, dict):
+            raise GrantError(404, "not_found", "no such grant")
+        return record
+
+    async def _update(self, grant_id: str, update: str, decision: Decision) -> dict[str, Any]:
+        handle = self._client().get_workflow_handle(grant_id)
+        try:
+            record: dict[str, Any] = await handle.execute_update(update, decision, result_type=dict)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            raise GrantError(409, "conflict", str(getattr(cause, "message", cause))) from exc
+        except RPCError as exc:
+            raise GrantError(409, "conflict", "grant is finished or unknown") from exc
+        return record
+
+    async def _list(self, identity: Identity, everything: bool) -> list[dict[str, Any]]:
+        approver = self.rules.may_approve(identity)
+        if everything and not approver:
+            raise GrantError(403, "forbidden", "only approvers may list every grant")
+        try:
+            records = await self.records("ExecutionStatus='Running'")
+        except RPCError as exc:
+            raise GrantError(503, "grants_unavailable", "Temporal is not reachable") from exc
+        mine = [
+            r
+            for r in records
+            if r.get("subject") == identity.subject
+            or everything
+            or (approver and r.get("state") == PENDING)
+        ]
+        return [_public(r) for r in sorted(mine, key=lambda r: r.get("requested_at", 0))]
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its tag (the tag is the codec servers' business)."""
+    return {k: v for k, v in record.items() if k != "tag"}
+
+
+def _field(
+    body: dict[str, Any], name: str, *, required: bool, limit: int = MAX_JUSTIFICATION
+) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise GrantError(400, "bad_request", f"{name} must be text")
+    value = value.strip()
+    if required and not value:
+        raise GrantError(400, "bad_request", f"{name} is required")
+    if len(value) > limit:
+        raise GrantError(400, "bad_request", f"{name} is longer than {limit} characters")
+    if not value.isprintable():
+        raise GrantError(400, "bad_request", f"{name} must be printable text")
+    return value
 
 
 def install(app: web.Application, state: State) -> GrantLookup | None:
-    """Add the grant API routes and the grant registry when grants are enabled."""
-    return None
+    """Add the grant API routes and the grant registry when grants are enabled.
+
+    Raises:
+        ConfigError: grants enabled without a server secret or a policy ``grants`` section.
+    """
+    config = state.config.grants
+    if not config.enabled:
+        return None
+    policy = state.service.policy
+    if policy is None or policy.grants is None:
+        raise ConfigError("server.grants needs a policy with a grants: section")
+    if not state.config.secret_file:
+        raise ConfigError("server.grants needs server.secret_file")
+    grants = Grants(state, policy.grants, ServerSecret.load(state.config.secret_file))
+    app.cleanup_ctx.append(grants.lifecycle)
+
+    def route(operation: str) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await grants.handle(request, operation)
+
+        return handler
+
+    app.router.add_get("/grants", route("grant.list"))
+    app.router.add_post("/grants", route("grant.request"))
+    for step in ("approve", "deny", "revoke"):
+        app.router.add_post(f"/grants/{{id}}/{step}", route(f"grant.{step}"))
+    app[GRANTS] = grants
+    return grants.registry
+
+
+GRANTS: web.AppKey[Grants] = web.AppKey("temporal_shield_grants", Grants)

@@ -142,6 +142,12 @@ class CodecService:
         self.grants: GrantLookup | None = None
         """Just-in-time grants, consulted when the policy denies (set by the app)."""
 
+
+    @property
+    def policy(self) -> Policy | None:
+        """The policy this service enforces (``None``: insecure dev)."""
+        return self._policy
+
     def hold(self, identity: Identity) -> Hold:
         """A new, empty reservation for one request of ``identity``."""
         return Hold(self.in_flight, identity.subject)

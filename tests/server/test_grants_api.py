@@ -1,0 +1,272 @@
+"""The grant API over a real codec server and a real Temporal dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from temporalio.client import Client
+
+from temporal_shield._devserver import DevServer
+from temporal_shield.server import Identity
+from temporal_shield.server._app import STATE
+from temporal_shield.server._config import GrantsConfig
+from temporal_shield.server._grant_workflow import Decision, GrantWorkflow
+from temporal_shield.server._grants import GRANTS
+from temporal_shield.server._secrets import create_secret_file
+from tests.integration.conftest import dev_server
+
+from .conftest import ClientFactory, server_config
+from .idp import Idp
+
+pytestmark = pytest.mark.integration
+__all__ = ["dev_server"]
+
+GRANT_POLICY = """
+roles:
+  engineer: {namespaces: ["dev-*"], operations: [decode, encode], classifications: ["*"]}
+bindings:
+  - {role: engineer, groups: [engineering]}
+grants:
+  namespaces: ["prod-*"]
+  classifications: ["*"]
+  max_duration: 7200
+  approvers: {groups: [security]}
+"""
+
+
+@pytest.fixture
+def grants_client(
+    make_client: ClientFactory,
+    idp: Idp,
+    tmp_path: Path,
+    dev_server: DevServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_server.address)
+    policy = tmp_path / "grant-policy.yaml"
+    policy.write_text(GRANT_POLICY)
+    secret = create_secret_file(tmp_path / "secret")
+    queue = f"grants-{time.time_ns()}"
+
+    async def start(**kw: Any) -> TestClient[Any, Any]:
+        grants = kw.pop(
+            "grants",
+            GrantsConfig(enabled=True, task_queue=queue, refresh_interval=0.2, stale_after=3.0),
+        )
+        config = server_config(idp, policy, tmp_path, secret_file=str(secret), grants=grants)
+        return await make_client(config=config)
+
+    return start
+
+
+def who(idp: Idp, sub: str, *groups: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {idp.token(sub=sub, groups=list(groups))}"}
+
+
+async def honoured(client: TestClient[Any, Any], sub: str, namespace: str) -> str | None:
+    """Poll the registry (a few seconds) until ``sub``'s grant shows, or give up."""
+    registry = client.app[STATE].service.grants
+    assert registry is not None
+    identity = Identity(subject=sub, email="", groups=frozenset(), permissions=frozenset())
+    for _ in range(100):
+        grant = registry.find(identity, namespace, "internal", time.time())
+        if grant is not None:
+            return str(grant.id)
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def gone(client: TestClient[Any, Any], sub: str, namespace: str) -> bool:
+    """Poll the registry (a few seconds) until ``sub`` has no grant for ``namespace``."""
+    registry = client.app[STATE].service.grants
+    assert registry is not None
+    identity = Identity(subject=sub, email="", groups=frozenset(), permissions=frozenset())
+    for _ in range(100):
+        if registry.find(identity, namespace, "internal", time.time()) is None:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def audit(tmp_path: Path) -> list[dict[str, Any]]:
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+async def test_lifecycle(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp, tmp_path: Path
+) -> None:
+    client = await grants_client()
+    alice = who(idp, "alice", "engineering")
+    bob = who(idp, "bob", "security")
+    carol = who(idp, "carol", "engineering")
+    body = {
+        "namespace": "prod-pay",
+        "classification": "internal",
+        "duration": "1h",
+        "justification": "INC-42",
+    }
+    response = await client.post("/grants", json=body, headers=alice)
+    assert response.status == 201, await response.text()
+    grant_id = (await response.json())["id"]
+    # Four eyes: the requester cannot approve (not an approver), a non-approver neither.
+    assert (await client.post(f"/grants/{grant_id}/approve", headers=alice)).status == 403
+    assert (await client.post(f"/grants/{grant_id}/approve", headers=carol)).status == 403
+    assert await honoured(client, "alice", "prod-pay") is None
+    response = await client.post(f"/grants/{grant_id}/approve", headers=bob)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["state"] == "approved"
+    assert await honoured(client, "alice", "prod-pay") == grant_id
+    # Approving twice is refused.
+    assert (await client.post(f"/grants/{grant_id}/approve", headers=bob)).status == 409
+    listed = await (await client.get("/grants", headers=alice)).json()
+    assert [g["id"] for g in listed["grants"]] == [grant_id]
+    assert "tag" not in listed["grants"][0]
+    response = await client.post(
+        f"/grants/{grant_id}/revoke", json={"reason": "done"}, headers=carol
+    )
+    assert response.status == 403
+    response = await client.post(
+        f"/grants/{grant_id}/revoke", json={"reason": "done"}, headers=alice
+    )
+    assert response.status == 200, await response.text()
+    assert await gone(client, "alice", "prod-pay")
+    records = audit(tmp_path)
+    steps = [(r["operation"], r["decision"]) for r in records if r.get("grant") == grant_id]
+    assert ("grant.request", "allow") in steps
+    assert ("grant.approve", "deny") in steps
+    assert ("grant.approve", "allow") in steps
+    assert ("grant.revoke", "allow") in steps
+    request = next(r for r in records if r["operation"] == "grant.request")
+    assert request["justification"] == "INC-42"
+
+
+async def test_self_approval_and_deny(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp
+) -> None:
+    client = await grants_client()
+    bob = who(idp, "bob", "security")
+    dave = who(idp, "dave", "security")
+    body = {
+        "namespace": "prod-x",
+        "classification": "internal",
+        "duration": 60,
+        "justification": "t",
+    }
+    grant_id = (await (await client.post("/grants", json=body, headers=bob)).json())["id"]
+    response = await client.post(f"/grants/{grant_id}/approve", headers=bob)
+    assert response.status == 409
+    assert (await response.json())["error"] == "self_approval"
+    assert (await client.post(f"/grants/{grant_id}/deny", json={}, headers=dave)).status == 400
+    response = await client.post(f"/grants/{grant_id}/deny", json={"reason": "no"}, headers=dave)
+    assert response.status == 200
+    assert (await response.json())["state"] == "denied"
+    assert (await client.post(f"/grants/{grant_id}/approve", headers=dave)).status in (404, 409)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"classification": "internal", "duration": 60, "justification": "t"}, 400),
+        ({"namespace": "prod-x", "classification": "internal", "duration": 60}, 400),
+        (
+            {
+                "namespace": "prod-x",
+                "classification": "i",
+                "duration": 60,
+                "justification": "x" * 5000,
+            },
+            400,
+        ),
+        (
+            {
+                "namespace": "prod-x",
+                "classification": "i",
+                "duration": 60,
+                "justification": "a\x00b",
+            },
+            400,
+        ),
+        ({"namespace": "dev-x", "classification": "i", "duration": 60, "justification": "t"}, 403),
+        (
+            {"namespace": "prod-x", "classification": "i", "duration": "3h", "justification": "t"},
+            400,
+        ),
+        (
+            {
+                "namespace": "prod-x",
+                "classification": "i",
+                "duration": "soon",
+                "justification": "t",
+            },
+            400,
+        ),
+        (
+            {"namespace": ["prod-x"], "classification": "i", "duration": 60, "justification": "t"},
+            400,
+        ),
+    ],
+)
+async def test_bad_requests(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    idp: Idp,
+    body: dict[str, Any],
+    status: int,
+) -> None:
+    client = await grants_client()
+    response = await client.post("/grants", json=body, headers=who(idp, "alice", "engineering"))
+    assert response.status == status
+    assert "error" in await response.json()
+
+
+async def test_forged_approval_never_honoured(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    idp: Idp,
+    dev_server: DevServer,
+) -> None:
+    client = await grants_client()
+    body = {
+        "namespace": "prod-f",
+        "classification": "internal",
+        "duration": 600,
+        "justification": "t",
+    }
+    alice = who(idp, "alice", "engineering")
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    grants = client.app[GRANTS]
+    assert grants.client is not None
+    # Someone who can write to the namespace approves with a made-up tag.
+    forged = Decision(actor="mallory", expires_at=time.time() + 600, tag="00" * 32)
+    await grants.client.get_workflow_handle(grant_id).execute_update(GrantWorkflow.approve, forged)
+    await grants.refresh()
+    assert await honoured(client, "alice", "prod-f") is None
+
+
+async def test_stale_registry_honours_nothing(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp
+) -> None:
+    client = await grants_client()
+    body = {
+        "namespace": "prod-s",
+        "classification": "internal",
+        "duration": 600,
+        "justification": "t",
+    }
+    alice = who(idp, "alice", "engineering")
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    await client.post(f"/grants/{grant_id}/approve", headers=who(idp, "bob", "security"))
+    assert await honoured(client, "alice", "prod-s") == grant_id
+    # Temporal unreachable: refreshes fail, and after stale_after nothing is honoured.
+    grants = client.app[GRANTS]
+    grants.client = await Client.connect("127.0.0.1:1", lazy=True)
+    for _ in range(10):  # stale_after is 3 s; gone() polls for up to 10 s each time
+        if await gone(client, "alice", "prod-s"):
+            break
+    assert await gone(client, "alice", "prod-s")
