@@ -350,6 +350,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_scan_worker(sub)
 
+    from ._grants_cli import add_parser as add_grants
+
+    add_grants(sub)
+
     certs = _command(sub, "certs", "make a local PKI in the cert-manager Secret layout")
     certs_sub = certs.add_subparsers(dest="action", required=True, metavar="ACTION")
     dev = _command(certs_sub, "dev", "create a CA and the deploy/ leaf certificates")
