@@ -270,3 +270,74 @@ async def test_stale_registry_honours_nothing(
         if await gone(client, "alice", "prod-s"):
             break
     assert await gone(client, "alice", "prod-s")
+
+
+async def test_listing_withdrawal_and_body_cap(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp
+) -> None:
+    client = await grants_client()
+    alice = who(idp, "alice", "engineering")
+    carol = who(idp, "carol", "engineering")
+    bob = who(idp, "bob", "security")
+    body = {"namespace": "prod-l", "classification": "*", "duration": 60, "justification": "t"}
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    for _ in range(50):  # visibility is eventually consistent
+        pending = (await (await client.get("/grants", headers=bob)).json())["grants"]
+        if pending:
+            break
+        await asyncio.sleep(0.1)
+    assert [g["id"] for g in pending] == [grant_id]  # approvers see pending requests
+    assert (await (await client.get("/grants", headers=carol)).json())["grants"] == []
+    assert (await client.get("/grants?all", headers=carol)).status == 403
+    assert (await client.get("/grants?all", headers=bob)).status == 200
+    # The requester withdraws a pending request.
+    response = await client.post(f"/grants/{grant_id}/revoke", json={"reason": "x"}, headers=alice)
+    assert (await response.json())["state"] == "revoked"
+    huge = json.dumps({**body, "pad": "x" * 9000})
+    response = await client.post("/grants", data=huge, headers=alice)
+    assert response.status == 413
+
+
+async def test_unreadable_record_skipped(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    idp: Idp,
+    dev_server: DevServer,
+    tmp_path: Path,
+) -> None:
+    from temporal_shield.codec import Keyring
+    from temporal_shield.converter import KeysConfig, ShieldConfig, data_converter
+
+    client = await grants_client()
+    grants = client.app[GRANTS]
+    alice = who(idp, "alice", "engineering")
+    body = {"namespace": "prod-u", "classification": "*", "duration": 600, "justification": "t"}
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    await client.post(f"/grants/{grant_id}/approve", headers=who(idp, "bob", "security"))
+    # Someone else starts a "grant" whose record only another keyring can read.
+    Keyring.new().save(tmp_path / "other.json")
+    other = data_converter(ShieldConfig(keys=KeysConfig(uri=f"local://{tmp_path / 'other.json'}")))
+    stranger = await Client.connect(dev_server.address, data_converter=other)
+    await stranger.start_workflow(
+        "TemporalShieldGrant",
+        {"id": "x"},
+        id=f"stranger-{time.time_ns()}",
+        task_queue=grants.config.task_queue,
+        memo={"grant": {"state": "approved", "subject": "alice"}},
+    )
+    await grants.refresh()
+    assert await honoured(client, "alice", "prod-u") == grant_id
+
+
+async def test_install_needs_secret_and_grants_section(
+    make_client: ClientFactory, idp: Idp, tmp_path: Path
+) -> None:
+    from temporal_shield.codec import ConfigError
+
+    no_section = tmp_path / "plain.yaml"
+    no_section.write_text(GRANT_POLICY.split("grants:")[0])
+    secret = create_secret_file(tmp_path / "s")
+    config = server_config(
+        idp, no_section, tmp_path, secret_file=str(secret), grants=GrantsConfig(enabled=True)
+    )
+    with pytest.raises(ConfigError, match="grants"):
+        await make_client(config=config)
