@@ -142,7 +142,6 @@ class CodecService:
         self.grants: GrantLookup | None = None
         """Just-in-time grants, consulted when the policy denies (set by the app)."""
 
-
     @property
     def policy(self) -> Policy | None:
         """The policy this service enforces (``None``: insecure dev)."""
