@@ -35,6 +35,9 @@ def vouch_bytes(record: dict[str, Any]) -> bytes:
         record["classification"],
         repr(float(record["expires_at"])),
         record["approver"],
+        # Decode records name it: a worker someone else runs on the task
+        # queue must not be able to rewrite it under a genuine approval.
+        record["justification"],
     )
     return "\x00".join(str(f) for f in fields).encode("utf-8", "surrogatepass")
 

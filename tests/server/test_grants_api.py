@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -341,3 +342,58 @@ async def test_install_needs_secret_and_grants_section(
     )
     with pytest.raises(ConfigError, match="grants"):
         await make_client(config=config)
+
+
+async def test_tampered_justification_never_honoured(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp
+) -> None:
+    client = await grants_client()
+    alice = who(idp, "alice", "engineering")
+    body = {"namespace": "prod-j", "classification": "*", "duration": 600, "justification": "t"}
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    response = await client.post(f"/grants/{grant_id}/approve", headers=who(idp, "bob", "security"))
+    record = await response.json()
+    grants = client.app[GRANTS]
+    tag = await grants._current(grant_id)
+    assert grants.registry.honoured(tag, time.time()) is not None
+    # The same vouched record with another justification, or another namespace, is not.
+    assert grants.registry.honoured({**tag, "justification": "other"}, time.time()) is None
+    assert grants.registry.honoured({**tag, "namespace": "prod-k"}, time.time()) is None
+    assert record["state"] == "approved"
+
+
+def test_cli_without_token_or_server_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_SHIELD_")}
+    base = [sys.executable, "-m", "temporal_shield", "grants", "list"]
+    out = subprocess.run(
+        [*base, "--server", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "no token" in out.stderr
+    out = subprocess.run(
+        [*base, "--server", "http://127.0.0.1:9", "--token", "SECRET-TOKEN"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "cannot reach" in out.stderr
+    assert "SECRET-TOKEN" not in out.stderr + out.stdout
+    out = subprocess.run(
+        [*base, "--server", "file:///etc/passwd", "--token", "t"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "http(s) URL" in out.stderr
