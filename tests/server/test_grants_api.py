@@ -397,3 +397,38 @@ def test_cli_without_token_or_server_fails_cleanly(monkeypatch: pytest.MonkeyPat
     )
     assert out.returncode == 2
     assert "http(s) URL" in out.stderr
+
+
+def test_cli_never_follows_a_redirect() -> None:
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "/stolen")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_SHIELD_")}
+        command = [sys.executable, "-m", "temporal_shield", "grants", "list", "--server", url]
+        out = subprocess.run(
+            [*command, "--token", "t"], capture_output=True, text=True, env=env, check=False
+        )
+    finally:
+        server.shutdown()
+    assert out.returncode == 2
+    assert "refused (302)" in out.stderr
+    assert seen == ["/grants"]  # the token went nowhere else
