@@ -157,38 +157,49 @@ class Grants:
         self.config = state.config.grants
         self.registry = Registry(secret, self.config.stale_after)
         self.client: Client | None = None
+        # Read now, so that bad connection settings fail the start (ConfigError).
+        self.connect_kwargs = client_connect_config(state.shield, namespace=self.config.namespace)
+        self.connect_kwargs["data_converter"] = data_converter(state.shield, codec=state.codec)
 
     # Lifecycle ------------------------------------------------------------
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
-        """Connect, run the worker and the refresh loop for the application's life."""
-        tasks: list[asyncio.Task[Any]] = []
-        try:
-            kwargs = client_connect_config(self.state.shield, namespace=self.config.namespace)
-            kwargs["data_converter"] = data_converter(self.state.shield, codec=self.state.codec)
-            self.client = await Client.connect(**kwargs)
-            worker = Worker(
-                self.client,
-                task_queue=self.config.task_queue,
-                workflows=[GrantWorkflow],
-                # The workflow module needs only temporalio; our package is
-                # passed through rather than re-imported in the sandbox.
-                workflow_runner=SandboxedWorkflowRunner(
-                    restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                        "temporal_shield"
-                    )
-                ),
-            )
-            tasks.append(asyncio.create_task(worker.run()))
-        except Exception as exc:  # keep serving; grants fail closed
-            log.error(
-                "grants: cannot connect to Temporal (%s); no grant is honoured", type(exc).__name__
-            )
-        tasks.append(asyncio.create_task(self._refresh_loop()))
+        """Connect, run the worker and the refresh loop for the application's life.
+
+        Connecting happens in the background and is retried: the codec server
+        starts (and serves role-based access) while Temporal is unreachable,
+        honouring no grant until a refresh succeeds.
+        """
+        tasks = [asyncio.create_task(self._work()), asyncio.create_task(self._refresh_loop())]
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
+        """Connect (retrying) and run the grant workflows' worker; restart it if it stops."""
+        while True:
+            try:
+                if self.client is None:
+                    self.client = await Client.connect(**self.connect_kwargs)
+                worker = Worker(
+                    self.client,
+                    task_queue=self.config.task_queue,
+                    workflows=[GrantWorkflow],
+                    # The workflow module needs only temporalio; our package is
+                    # passed through rather than re-imported in the sandbox.
+                    workflow_runner=SandboxedWorkflowRunner(
+                        restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                            "temporal_shield"
+                        )
+                    ),
+                )
+                await worker.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried; meanwhile grants fail closed
+                log.error("grants: Temporal worker stopped (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(max(self.config.refresh_interval, 1.0))
 
     async def _refresh_loop(self) -> None:
         while True:
