@@ -432,3 +432,27 @@ def test_cli_never_follows_a_redirect() -> None:
     assert out.returncode == 2
     assert "refused (302)" in out.stderr
     assert seen == ["/grants"]  # the token went nowhere else
+
+
+async def test_starts_without_temporal_and_refuses_grant_calls(
+    make_client: ClientFactory, idp: Idp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporal_shield._devserver import free_port
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens
+    policy = tmp_path / "grant-policy.yaml"
+    policy.write_text(GRANT_POLICY)
+    secret = create_secret_file(tmp_path / "secret")
+    config = server_config(
+        idp, policy, tmp_path, secret_file=str(secret), grants=GrantsConfig(enabled=True)
+    )
+    client = await make_client(config=config)
+    assert (await client.get("/healthz")).status == 200
+    body = {"namespace": "prod-x", "classification": "*", "duration": 60, "justification": "t"}
+    response = await client.post("/grants", json=body, headers=who(idp, "alice", "engineering"))
+    assert response.status == 503
+    assert (await response.json())["error"] == "grants_unavailable"
+    identity = Identity(subject="alice", email="", groups=frozenset(), permissions=frozenset())
+    registry = client.app[STATE].service.grants
+    assert registry is not None
+    assert registry.find(identity, "prod-x", "internal", time.time()) is None
