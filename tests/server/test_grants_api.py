@@ -456,3 +456,20 @@ async def test_starts_without_temporal_and_refuses_grant_calls(
     registry = client.app[STATE].service.grants
     assert registry is not None
     assert registry.find(identity, "prod-x", "internal", time.time()) is None
+
+
+async def test_bad_connection_settings_stop_the_start(
+    make_client: ClientFactory, idp: Idp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporal_shield.codec import ConfigError
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_PATH", str(tmp_path / "missing.pem"))
+    policy = tmp_path / "grant-policy.yaml"
+    policy.write_text(GRANT_POLICY)
+    secret = create_secret_file(tmp_path / "secret")
+    config = server_config(
+        idp, policy, tmp_path, secret_file=str(secret), grants=GrantsConfig(enabled=True)
+    )
+    with pytest.raises(ConfigError):
+        await make_client(config=config)
