@@ -14,6 +14,7 @@ Every step is authenticated by :func:`identify`, authorised by the policy's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 VOUCH_PURPOSE = "grant"
 WORKFLOW_TYPE = "TemporalShieldGrant"
 MAX_BODY = 8192
+CONNECT_WAIT = 5.0
+"""Seconds a grant call waits for the first connection to Temporal before 503."""
 MAX_JUSTIFICATION = 1024
 MAX_NAME = 256
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -157,6 +160,7 @@ class Grants:
         self.config = state.config.grants
         self.registry = Registry(secret, self.config.stale_after)
         self.client: Client | None = None
+        self._connected = asyncio.Event()
         # Read now, so that bad connection settings fail the start (ConfigError).
         self.connect_kwargs = client_connect_config(state.shield, namespace=self.config.namespace)
         self.connect_kwargs["data_converter"] = data_converter(state.shield, codec=state.codec)
@@ -182,6 +186,7 @@ class Grants:
             try:
                 if self.client is None:
                     self.client = await Client.connect(**self.connect_kwargs)
+                    self._connected.set()
                 worker = Worker(
                     self.client,
                     task_queue=self.config.task_queue,
@@ -213,10 +218,9 @@ class Grants:
 
     async def records(self, query: str) -> list[dict[str, Any]]:
         """Grant records of the workflows matching a visibility ``query``."""
-        if self.client is None:
-            raise GrantError(503, "grants_unavailable", "Temporal is not reachable")
+        client = await self._client()
         found: list[dict[str, Any]] = []
-        async for execution in self.client.list_workflows(
+        async for execution in client.list_workflows(
             f"WorkflowType='{WORKFLOW_TYPE}' AND TaskQueue='{self.config.task_queue}' AND {query}",
             limit=10_000,
         ):
@@ -403,14 +407,18 @@ class Grants:
             "justification": justification,
         }
 
-    def _client(self) -> Client:
+    async def _client(self) -> Client:
+        """The Temporal client; a call just after start waits a moment for it."""
+        if self.client is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), CONNECT_WAIT)
         if self.client is None:
             raise GrantError(503, "grants_unavailable", "Temporal is not reachable")
         return self.client
 
     async def _start(self, identity: Identity, record: dict[str, Any]) -> None:
         try:
-            await self._client().start_workflow(
+            await (await self._client()).start_workflow(
                 GrantWorkflow.run,
                 GrantRequest(**record),
                 id=record["id"],
@@ -421,7 +429,8 @@ class Grants:
 
     async def _current(self, grant_id: str) -> dict[str, Any]:
         try:
-            record = await self._client().get_workflow_handle(grant_id).query(GrantWorkflow.record)
+            client = await self._client()
+            record = await client.get_workflow_handle(grant_id).query(GrantWorkflow.record)
         except RPCError as exc:
             raise GrantError(404, "not_found", "no such grant") from exc
         except Exception as exc:  # a query on a finished/unknown grant
@@ -431,7 +440,7 @@ class Grants:
         return record
 
     async def _update(self, grant_id: str, update: str, decision: Decision) -> dict[str, Any]:
-        handle = self._client().get_workflow_handle(grant_id)
+        handle = (await self._client()).get_workflow_handle(grant_id)
         try:
             record: dict[str, Any] = await handle.execute_update(update, decision, result_type=dict)
         except WorkflowUpdateFailedError as exc:
