@@ -60,7 +60,9 @@ BROWSER_ARGS = [
 ]
 
 
-async def _page_text(browser: Any, url: str, token: str, codec_url: str) -> tuple[str, list[int]]:
+async def _page_text(
+    browser: Any, url: str, token: str, codec_url: str, wait_for: str = mark("ui-input")
+) -> tuple[str, list[int]]:
     context = await browser.new_context(extra_http_headers={"Authorization": f"Bearer {token}"})
     statuses: list[int] = []
     page = await context.new_page()
@@ -80,7 +82,7 @@ async def _page_text(browser: Any, url: str, token: str, codec_url: str) -> tupl
     for attempt in range(60):
         await asyncio.sleep(0.5)
         text = await page.inner_text("body")
-        if mark("ui-input") in text:
+        if wait_for in text:
             break
         if statuses and len(text) > 200 and attempt >= 20:
             break
@@ -148,10 +150,20 @@ async def test_web_ui_shows_decoded_payloads_only_to_the_right_role(tmp_path: Pa
                     )
                     assert mark("ui-input") in text, text[:3000]
                     assert 200 in statuses
-                    text, statuses = await _page_text(browser, url, idp.token(sub="bob"), codec_url)
+                    assert "withheld" not in text  # decoded payloads are never placeholders
+                    text, statuses = await _page_text(
+                        browser, url, idp.token(sub="bob"), codec_url, wait_for="withheld"
+                    )
                     assert statuses, "the UI never called the codec server"
                     assert set(statuses) == {200}
                     assert mark("ui-input") not in text
+                    # The default (placeholders = "browser"): a readable notice, not base64.
+                    for notice in (
+                        "withheld",
+                        "classification phi not permitted",
+                        "Ask for one of these roles: phi-reader.",
+                    ):
+                        assert notice in text, text[:3000]
                 finally:
                     await browser.close()
     finally:

@@ -477,3 +477,60 @@ async def test_a_decoded_placeholder_round_trip_is_refused(
     token = idp.token(groups=["engineering"])
     resp = await client.post("/encode", json=wire, headers=headers(token, "dev-team"))
     assert resp.status == 400
+
+
+# -- over HTTP: who gets placeholders ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "with_origin", "expected"),
+    [
+        ("browser", True, True),
+        ("browser", False, False),
+        ("always", False, True),
+        ("always", True, True),
+        ("never", True, False),
+        ("never", False, False),
+    ],
+)
+async def test_who_gets_placeholders(
+    make_client: ClientFactory,
+    idp: Idp,
+    shield_config: ShieldConfig,
+    audit_path: Path,
+    mode: str,
+    with_origin: bool,
+    expected: bool,
+) -> None:
+    client = await make_client(placeholders=mode)
+    allowed = await sealed(shield_config, "dev-team")
+    denied = await sealed(shield_config, "prod-orders")
+    token = idp.token(groups=["engineering"])
+    resp = await client.post(
+        "/decode",
+        json=wire_body(allowed, denied, allowed),
+        headers=headers(token, "prod-orders", origin=with_origin),
+    )
+    assert resp.status == 200
+    doc = await resp.json()
+    assert len(doc["payloads"]) == 3
+    # dev-team payloads in a prod-orders request: namespace mismatch; the other: policy.
+    shown = [
+        WirePayload(
+            {k: base64.b64decode(v) for k, v in p["metadata"].items()},
+            base64.b64decode(p["data"]),
+        )
+        for p in doc["payloads"]
+    ]
+    assert [is_placeholder(p) for p in shown] == [expected] * 3
+    if expected:
+        assert notice(shown[1])["reason"] == "classification internal not permitted"
+        assert notice(shown[0])["reason"].startswith("namespace mismatch")
+    else:
+        assert [p.data for p in shown] == [allowed.data, denied.data, allowed.data]
+    (record,) = records(audit_path)
+    assert (record["denied"], record["placeholders"], record["decision"]) == (
+        3,
+        3 if expected else 0,
+        "deny",
+    )
