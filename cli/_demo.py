@@ -3,12 +3,18 @@
 Starts a Temporal dev server (with its Web UI pointed at the codec server) and a
 worker with the converter on a fresh local keyring in a temporary directory,
 runs a workflow with PII-like data and prints the input as Temporal stored it
-(ciphertext) next to the decoded input. Then it starts the codec server — JWT
-authentication against a locally generated signing key standing in for the
-identity provider, a demo RBAC policy, an audit log — prints the workflow's Web
-UI URL and a ready ``temporal workflow show`` command with a token, and keeps
-running until Ctrl-C. It stops everything it started. With ``--no-wait`` it
-stops after the workflow and prints neither (they would point at stopped servers).
+(ciphertext) next to the decoded input. With ``--no-wait`` it stops there (a URL
+or command would point at stopped servers).
+
+Otherwise it runs an order (``default``, internal data) and a payment (the
+production-like ``prod-payments``, card data), starts the demo's
+development-only identity provider (:mod:`._demo_idp`) and the codec server —
+sign-in with a session cookie, bearer tokens from the same provider, a policy
+with roles, a step-up rule and just-in-time grants kept as workflows on the dev
+server, an audit log — and prints a guide: the Web UI URL, sign-in as a person
+of the demo, the placeholders for what that person may not read, the grant
+commands, the step-up sign-in, and a ready ``temporal workflow show`` command.
+It runs until Ctrl-C and stops everything it started.
 """
 
 from __future__ import annotations
@@ -16,32 +22,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shlex
 import signal
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode
 
-import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from temporal_shield.codec import KEY_ID_METADATA, Keyring
 from temporal_shield.converter import (
+    ClassificationConfig,
     KeysConfig,
     ShieldConfig,
     ShieldPlugin,
     client_connect_config,
 )
 from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
+from temporal_shield.server._config import GrantsConfig, OidcConfig
+from temporal_shield.server._secrets import create_secret_file
 
+from ._demo_idp import ACR_SECURITY_KEY, USERS, DemoIdentityProvider
 from ._devserver import DevServer, free_port, temporal_cli
-from ._sample import Intake, IntakeWorkflow, triage
+from ._sample import Intake, IntakeWorkflow, RecordWorkflow, summarise, triage
 
 SAMPLE = Intake(
     patient="Jane Q. Example",
@@ -58,70 +66,180 @@ def _describe(payload: Payload, limit: int = 72) -> str:
     return f"metadata={json.dumps(meta)}\n    data={data[:limit]}{more}"
 
 
-DEMO_POLICY = """\
-# Demo RBAC policy: the demo user may read and write every classification in `default`.
+PROD_NAMESPACE = "prod-payments"
+"""The production-like namespace: reading it needs a grant and a security-key sign-in."""
+GRANTS_NAMESPACE = "temporal-shield-grants"
+"""Where the codec server keeps its grant workflows (a namespace of their own)."""
+CLIENT_ID = "temporal-shield-demo"
+AUDIENCE = "temporal-shield-codec"
+DEMO_POLICY = f"""\
+# Demo RBAC policy. People (demo identity provider): alice (engineering),
+# bob (security), carol (clinical).
 roles:
-  demo-reader:
-    namespaces: ["default"]
+  engineer:          # development data, read and written freely
+    namespaces: [default]
     operations: [decode, encode]
-    classifications: ["*"]
+    classifications: [internal]
+  clinical-reader:   # patient records
+    namespaces: [default]
+    operations: [decode]
+    classifications: [internal, phi]
 bindings:
-  - role: demo-reader
-    subjects: [demo-user]
+  - {{role: engineer, groups: [engineering, security]}}
+  - {{role: clinical-reader, groups: [clinical]}}
+step_up:             # production payloads need a security-key sign-in, whoever reads them
+  - namespaces: ["prod-*"]
+    acr: ["{ACR_SECURITY_KEY}"]
+grants:              # nobody holds a production role: access is requested and approved
+  namespaces: ["prod-*"]
+  classifications: ["*"]
+  max_duration: 3600
+  requesters: {{groups: [engineering]}}
+  approvers: {{groups: [security]}}
 """
-DEMO_ISSUER = "urn:temporal-shield:demo-idp"
-DEMO_AUDIENCE = "temporal-shield-codec"
-
-
-def _demo_identity_provider(workdir: Path) -> tuple[Path, str]:
-    """A signing key standing in for the IdP: its public key file and one token."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = workdir / "demo-idp.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    now = int(time.time())
-    token = jwt.encode(
-        {
-            "sub": "demo-user",
-            "iss": DEMO_ISSUER,
-            "aud": DEMO_AUDIENCE,
-            "iat": now,
-            "exp": now + 8 * 3600,
-            "jti": uuid.uuid4().hex,
-        },
-        key,
-        algorithm="ES256",
-        headers={"kid": public.stem},
-    )
-    return public, token
+CLASSIFICATION = ClassificationConfig(
+    default="internal",
+    workflow_ids=(("intake-*", "phi"),),
+    namespaces=(("prod-*", "pci"),),
+)
+"""Intakes carry patient data (phi), production payments card data (pci), the rest internal."""
+ORDER = {"order": "ORD-1042", "item": "standing desk", "status": "shipped"}
+PAYMENT = {"cardholder": "Sam Example", "card_number": "5500 0000 0000 0004", "amount": "129.00"}
 
 
 async def _start_codec_server(
-    workdir: Path, shield: ShieldConfig, port: int, ui_url: str
-) -> tuple[web.AppRunner, str]:
-    public_key, token = _demo_identity_provider(workdir)
+    workdir: Path, shield: ShieldConfig, port: int, ui_url: str, temporal_address: str
+) -> tuple[web.AppRunner, DemoIdentityProvider]:
+    public_url = f"http://localhost:{port}"
+    idp = DemoIdentityProvider(
+        client_id=CLIENT_ID,
+        redirect_uri=f"{public_url}/auth/callback",
+        audience=AUDIENCE,
+        port=free_port(),
+    )
+    await idp.start()
     policy = workdir / "policy.yaml"
     policy.write_text(DEMO_POLICY)
     config = ServerConfig(
         host="127.0.0.1",
         port=port,
-        cors_origins=(ui_url, ui_url.replace("127.0.0.1", "localhost")),
+        public_url=public_url,
+        secret_file=str(create_secret_file(workdir / "server.secret")),
+        # Only the UI on localhost: the session cookie reaches the codec server
+        # from the same site only (docs/sign-in.md), and 127.0.0.1 is another site.
+        cors_origins=(ui_url,),
+        cors_credentials=True,
         policy_file=str(policy),
         auth=AuthConfig(
-            issuer=DEMO_ISSUER,
-            audience=(DEMO_AUDIENCE,),
+            issuer=idp.issuer,
+            audience=(AUDIENCE,),
             algorithms=("ES256",),
-            public_key_files=(str(public_key),),
+            jwks_url=f"{idp.issuer}/jwks",
         ),
+        oidc=OidcConfig(issuer=idp.issuer, client_id=CLIENT_ID, acr_values=(ACR_SECURITY_KEY,)),
+        grants=GrantsConfig(enabled=True, namespace=GRANTS_NAMESPACE, refresh_interval=1.0),
         audit=AuditConfig(file=str(workdir / "audit.jsonl")),
     )
-    runner = web.AppRunner(create_app(config, shield), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
-    return runner, token
+    try:
+        app = create_app(
+            config,
+            shield,
+            allow_development_idp=True,
+            temporal_env={"TEMPORAL_ADDRESS": temporal_address},
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.host, config.port).start()
+    except BaseException:
+        await idp.stop()
+        raise
+    return runner, idp
+
+
+def _token_file(workdir: Path, idp: DemoIdentityProvider, sub: str) -> Path:
+    """``sub``'s bearer token in a private file (a token is a secret: not on the screen)."""
+    path = workdir / f"{sub}.token"
+    path.touch(mode=0o600)
+    path.write_text(idp.token(sub))
+    return path
+
+
+def _shield_cli() -> str:
+    """How to run ``temporal-shield`` from a shell (its script, or this Python's module)."""
+    beside = Path(sys.executable).with_name("temporal-shield")
+    if beside.exists():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m temporal_shield"
+
+
+async def _run_record(
+    config: ShieldConfig, address: str, namespace: str, workflow_id: str, record: dict[str, str]
+) -> None:
+    connect = client_connect_config(config, address=address, namespace=namespace, env={})
+    client = await Client.connect(**connect, plugins=[ShieldPlugin(config)])
+    async with Worker(
+        client, task_queue="shield-demo", workflows=[RecordWorkflow], activities=[summarise]
+    ):
+        await client.execute_workflow(
+            RecordWorkflow.run, record, id=workflow_id, task_queue="shield-demo"
+        )
+
+
+def _guide(
+    *,
+    workdir: Path,
+    codec_url: str,
+    idp: DemoIdentityProvider,
+    ui_url: str,
+    order_id: str,
+    intake_id: str,
+    payment_id: str,
+) -> str:
+    """What a person does next, with every URL and command ready to use."""
+    people = "; ".join(f"{u.sub} ({u.about})" for u in USERS)
+    default_list = f"{ui_url}/namespaces/default/workflows"
+    payment_page = f"{ui_url}/namespaces/{PROD_NAMESPACE}/workflows/{payment_id}"
+    sign_in = f"{codec_url}/auth/login?{urlencode({'return_to': default_list})}"
+    step_up = f"{codec_url}/auth/login?" + urlencode(
+        {"acr_values": ACR_SECURITY_KEY, "return_to": payment_page}
+    )
+    cli = _shield_cli()
+    alice, bob = (shlex.quote(str(_token_file(workdir, idp, s))) for s in ("alice", "bob"))
+    request = (
+        f'TEMPORAL_SHIELD_TOKEN="$(cat {alice})" {cli} grants request'
+        f" --namespace {PROD_NAMESPACE} --classification pci --duration 30m"
+        ' --justification "DEMO-1 refund dispute"'
+    )
+    approve = f'TEMPORAL_SHIELD_TOKEN="$(cat {bob})" {cli} grants approve GRANT_ID'
+    return f"""
+codec server:      {codec_url} (sign-in, RBAC policy, step-up, just-in-time grants)
+identity provider: {idp.issuer} (DEVELOPMENT ONLY: anyone signs in as anyone;
+                   `temporal-shield serve` refuses it)
+audit log:         {workdir}/audit.jsonl
+people:            {people}
+
+In a browser on this machine:
+ 1. Open the Web UI: {default_list}
+    Once, so that the UI sends the codec server its sign-in cookie: click the
+    codec icon in the top bar ("Codec Server is configured"), pick "Use my
+    browser setting and ignore Cluster-level setting", enter {codec_url},
+    turn on "Include cross-origin credentials" and Apply. Until you sign in,
+    payloads read "sign-in required".
+ 2. Sign in as alice: {sign_in}
+    {order_id} (internal) is decoded; {intake_id} (patient data, phi) shows
+    what is withheld, why, and which role may read it (carol's).
+ 3. Production: {payment_page}
+    alice holds no production role: the payment card data needs a grant that
+    someone else approves, and a sign-in with a security key.
+ 4. Request and approve the grant (the token files stand in for the tokens
+    your identity provider gives the CLI):
+    export TEMPORAL_SHIELD_SERVER_URL={codec_url}
+    {request}
+    {approve}
+    (GRANT_ID: the id the request printed; alice approving her own is refused)
+ 5. Step up: {step_up}
+    Sign in as alice with "I touch my security key": the payment is decoded,
+    and its audit record names the grant and its justification."""
 
 
 async def _until_stopped() -> None:
@@ -136,11 +254,14 @@ async def run_demo(workdir: Path, *, wait: bool = True) -> int:
     """Run the demo in ``workdir``; returns a process exit code."""
     keyring = workdir / "keyring.json"
     Keyring.new().save(keyring)
-    config = ShieldConfig(keys=KeysConfig(uri=f"local://{keyring}"))
+    config = ShieldConfig(keys=KeysConfig(uri=f"local://{keyring}"), classification=CLASSIFICATION)
     print(f"keyring:      {keyring} (one fresh 256-bit KEK, mode 0600)")
     codec_port = free_port()
-    codec_url = f"http://127.0.0.1:{codec_port}"
-    with DevServer(ui=True, codec_endpoint=codec_url) as server:
+    # localhost, not 127.0.0.1: the UI and the codec server on one site, so the
+    # browser sends the codec server its session cookie (docs/sign-in.md).
+    codec_url = f"http://localhost:{codec_port}"
+    namespaces = (PROD_NAMESPACE, GRANTS_NAMESPACE)
+    with DevServer(ui=True, codec_endpoint=codec_url, namespaces=namespaces) as server:
         print(f"dev server:   {server.address}")
         # How a worker connects (envconfig + our [tls]); env={} because the demo's
         # own dev server must not be redirected by the caller's TEMPORAL_* settings.
@@ -178,28 +299,40 @@ async def run_demo(workdir: Path, *, wait: bool = True) -> int:
                 "`temporal workflow show` command."
             )
             return 0
-        assert server.ui_url is not None
-        runner, token = await _start_codec_server(workdir, config, codec_port, server.ui_url)
+        assert server.ui_port is not None
+        ui_url = f"http://localhost:{server.ui_port}"
+        suffix = workflow_id.removeprefix("intake-")
+        order_id, payment_id = f"order-{suffix}", f"payment-{suffix}"
+        await _run_record(config, server.address, "default", order_id, ORDER)
+        await _run_record(config, server.address, PROD_NAMESPACE, payment_id, PAYMENT)
+        runner, idp = await _start_codec_server(workdir, config, codec_port, ui_url, server.address)
         try:
-            cli = temporal_cli() or "temporal"
-            print(f"\ncodec server: {codec_url} (JWT auth, RBAC policy)")
-            print(f"audit log:    {workdir}/audit.jsonl")
-            print(f"Web UI:       {server.ui_url}/namespaces/default/workflows/{workflow_id}")
             print(
-                "              (the UI shows ciphertext and a codec banner unless its\n"
-                "               requests carry the token below: an OIDC login in production,\n"
-                "               a header extension here)"
+                _guide(
+                    workdir=workdir,
+                    codec_url=codec_url,
+                    idp=idp,
+                    ui_url=ui_url,
+                    order_id=order_id,
+                    intake_id=workflow_id,
+                    payment_id=payment_id,
+                )
             )
-            print("\nDecrypt for a person, through the codec server, with the real CLI:")
+            cli = temporal_cli() or "temporal"
+            print(f"\nWeb UI:       {ui_url}/namespaces/default/workflows/{workflow_id}")
+            print("\nDecrypt for a person, through the codec server, with the real CLI (as carol):")
             print(
                 f"    {cli} workflow show --workflow-id {workflow_id} --address {server.address} "
-                f"--codec-endpoint {codec_url} --codec-auth 'Bearer {token}'"
+                f"--codec-endpoint {codec_url} --codec-auth 'Bearer {idp.token('carol')}'"
             )
-            print("\nPress Ctrl-C to stop the dev server and the codec server.")
+            print(
+                "\nPress Ctrl-C to stop the dev server, the codec server and the identity provider."
+            )
             sys.stdout.flush()
             await _until_stopped()
         finally:
             await runner.cleanup()
+            await idp.stop()
         return 0
 
 

@@ -1,4 +1,4 @@
-"""The sample workflow the demo runs: a patient intake with PII-like data."""
+"""The sample workflows the demo runs: a patient intake with PII-like data, orders, payments."""
 
 from __future__ import annotations
 
@@ -33,4 +33,22 @@ class IntakeWorkflow:
         """Triage the patient."""
         return await workflow.execute_activity(
             triage, intake, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+@activity.defn
+async def summarise(record: dict[str, str]) -> str:
+    """Pretend to process a record (an order, a payment)."""
+    return "processed " + ", ".join(f"{k}={v}" for k, v in sorted(record.items()))
+
+
+@workflow.defn
+class RecordWorkflow:
+    """Runs one activity over a record and returns its summary."""
+
+    @workflow.run
+    async def run(self, record: dict[str, str]) -> str:
+        """Process the record."""
+        return await workflow.execute_activity(
+            summarise, record, start_to_close_timeout=timedelta(seconds=30)
         )

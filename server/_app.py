@@ -100,6 +100,9 @@ class State:
     """The policy's groups and permissions claim names (for every sign-in path)."""
     sign_in: SignIn | None = None
     """Sign-in at this server (``None``: bearer tokens only)."""
+    temporal_env: Mapping[str, str] | None = None
+    """Environment the grant service reads its Temporal connection from
+    (``None``: the process environment)."""
 
 
 STATE: web.AppKey[State] = web.AppKey("temporal_shield_state", State)
@@ -742,6 +745,7 @@ def create_app(
     audit_stdout: Any = None,
     span_processor: SpanProcessor | None = None,
     metric_labels: Mapping[str, str] | None = None,
+    temporal_env: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the codec server application.
 
@@ -755,6 +759,8 @@ def create_app(
         audit_stdout: Stream for the stdout audit sink (tests); default stdout.
         span_processor: Extra span processor (tests); OTLP comes from ``OTEL_*``.
         metric_labels: Labels on every Prometheus series (a worker's index).
+        temporal_env: ``TEMPORAL_*`` settings for the grant workflows' connection
+            instead of the process environment (the demo's own dev server).
 
     Raises:
         ConfigError: invalid configuration, unreadable policy, keys or audit log.
@@ -794,6 +800,7 @@ def create_app(
             policy.groups_claim if policy else "groups",
             policy.permissions_claim if policy else "permissions",
         ),
+        temporal_env=temporal_env,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

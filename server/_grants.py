@@ -162,7 +162,9 @@ class Grants:
         self.client: Client | None = None
         self._connected = asyncio.Event()
         # Read now, so that bad connection settings fail the start (ConfigError).
-        self.connect_kwargs = client_connect_config(state.shield, namespace=self.config.namespace)
+        self.connect_kwargs = client_connect_config(
+            state.shield, namespace=self.config.namespace, env=state.temporal_env
+        )
         self.connect_kwargs["data_converter"] = data_converter(state.shield, codec=state.codec)
 
     # Lifecycle ------------------------------------------------------------

