@@ -601,7 +601,10 @@ def _sign_in_notices(
         classification=None,
         remedies=[
             f"Sign in at {sign_in.login_url}?{urlencode({'return_to': origin})}"
-            " and reload this page."
+            " and reload this page.",
+            # Without it the UI never sends the cookie, and this notice stays.
+            "The UI sends the sign-in only with 'Include cross-origin credentials' on"
+            " in its codec settings (the codec icon in the top bar).",
         ],
     )
     out: list[PayloadLike] = []

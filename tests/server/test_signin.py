@@ -372,6 +372,7 @@ async def test_an_unauthenticated_browser_is_invited_to_sign_in(setup: Setup) ->
     notice = json.loads(_data(body))
     assert notice["reason"] == "sign-in required"
     assert f"{setup.url}/auth/login?return_to=" in notice["how to get access"][0]
+    assert "Include cross-origin credentials" in notice["how to get access"][1]
     assert SECRET.decode() not in json.dumps(body)
     record = _records(setup.audit)[-1]
     assert record["decision"] == "deny"
