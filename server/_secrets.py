@@ -134,6 +134,10 @@ class ServerSecret:
             blob = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
             raise SealError("invalid sealed value") from None
+        # One spelling per value: the decoder skips stray characters and unused
+        # low bits of the last one, so a value is accepted only as seal() wrote it.
+        if base64.urlsafe_b64encode(blob).rstrip(b"=") != text.encode():
+            raise SealError("invalid sealed value")
         if len(blob) < 1 + 8 + _NONCE + 16 or blob[:1] != _VERSION:
             raise SealError("invalid sealed value")
         head, nonce, sealed = blob[:9], blob[9 : 9 + _NONCE], blob[9 + _NONCE :]

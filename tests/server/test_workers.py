@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,9 +146,27 @@ def _decode(port: int) -> str:
         return str(resp.headers["X-Request-Id"])[:16]
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+def _free_pair(avoid: int) -> int:
+    """A port ``p`` with ``p`` and ``p + 1`` both free now (a worker's metrics port each)."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            base = int(first.getsockname()[1])
+            if avoid in (base, base + 1):
+                continue
+            try:
+                second.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no two adjacent free ports")
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path | None = None) -> None:
     for _ in range(300):
-        assert proc.poll() is None, "supervisor exited"
+        if proc.poll() is not None:
+            said = log.read_text(errors="replace")[-3000:] if log else ""
+            raise AssertionError(f"supervisor exited with {proc.returncode}:\n{said}")
         try:
             if _get(port, "/readyz")[0] == 200:
                 return
@@ -192,9 +211,8 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
     )
     private, public = keys / "audit-signing.key", keys / "audit-signing.pub"
     logs = tmp_path / "logs"
-    port, metrics = free_port(), free_port()
-    while metrics + 1 == port:
-        metrics = free_port()
+    port = free_port()
+    metrics = _free_pair(avoid=port)
     env = {
         **os.environ,
         "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
@@ -212,7 +230,7 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
     )
     try:
         for k in (0, 1):
-            _wait_ready(metrics + k, proc)
+            _wait_ready(metrics + k, proc, tmp_path / "serve.log")
         before = _prefixes_until(port, 2)  # both workers answer on the one port
         for k in (0, 1):
             status, body, _ = _get(metrics + k, "/metrics")
