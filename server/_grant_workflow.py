@@ -30,6 +30,10 @@ def vouch_bytes(record: dict[str, Any]) -> bytes:
     """The canonical bytes an approving codec server vouches for."""
     fields = (
         record["id"],
+        # The run the approval was given to: a reset (or any new run) of the
+        # workflow replays the approved record, but under another run id, so a
+        # revoked grant cannot be brought back that way.
+        record["run_id"],
         record["subject"],
         record["namespace"],
         record["classification"],
@@ -39,6 +43,29 @@ def vouch_bytes(record: dict[str, Any]) -> bytes:
         # queue must not be able to rewrite it under a genuine approval.
         record["justification"],
     )
+    return _canonical(fields)
+
+
+def request_bytes(record: dict[str, Any]) -> bytes:
+    """The canonical bytes of a request, as the requesting codec server checked it.
+
+    An approval is given only to a request carrying this tag: a "request"
+    someone started straight in Temporal (any namespace, any duration, anyone's
+    name) is never approved, however it reads.
+    """
+    fields = (
+        record["id"],
+        record["subject"],
+        record["namespace"],
+        record["classification"],
+        repr(float(record["duration"])),
+        repr(float(record["requested_at"])),
+        record["justification"],
+    )
+    return _canonical(fields)
+
+
+def _canonical(fields: tuple[Any, ...]) -> bytes:
     return "\x00".join(str(f) for f in fields).encode("utf-8", "surrogatepass")
 
 
@@ -54,6 +81,10 @@ class GrantRequest:
     classification: str
     duration: float
     justification: str
+    requested_at: float = 0.0
+    """When the codec server accepted the request (its clock)."""
+    tag: str = ""
+    """The requesting codec server's tag over :func:`request_bytes`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +98,8 @@ class Decision:
     """For approval: when the grant ends (chosen and vouched for by the codec server)."""
     tag: str = ""
     """For approval: the codec server's tag over :func:`vouch_bytes`."""
+    run_id: str = ""
+    """For approval: the run approved (covered by the tag)."""
 
 
 @workflow.defn(name="TemporalShieldGrant")
@@ -84,8 +117,10 @@ class GrantWorkflow:
             "classification": request.classification,
             "duration": request.duration,
             "justification": request.justification,
-            "requested_at": workflow.now().timestamp(),
+            "requested_at": request.requested_at or workflow.now().timestamp(),
+            "request_tag": request.tag,
             "state": PENDING,
+            "run_id": "",
             "approver": "",
             "expires_at": 0.0,
             "tag": "",
@@ -131,6 +166,7 @@ class GrantWorkflow:
             approver=decision.actor,
             expires_at=decision.expires_at,
             tag=decision.tag,
+            run_id=decision.run_id,
             reason=decision.reason,
         )
         self._publish()
@@ -143,6 +179,8 @@ class GrantWorkflow:
             raise ApplicationError("self-approval refused", type="SelfApproval")
         if not decision.tag or decision.expires_at <= 0:
             raise ApplicationError("approval without a vouching tag", type="BadDecision")
+        if decision.run_id != workflow.info().run_id:
+            raise ApplicationError("approval given to another run", type="BadDecision")
 
     @workflow.update
     def deny(self, decision: Decision) -> dict[str, Any]:

@@ -32,15 +32,18 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from temporal_shield.codec import ConfigError, ShieldError
 from temporal_shield.converter import client_connect_config, data_converter
 
+from ._auth import AuthError
 from ._authn import identify
 from ._grant import Grant, GrantLookup
 from ._grant_workflow import (
     APPROVED,
     MEMO_KEY,
     PENDING,
+    PENDING_TIMEOUT,
     Decision,
     GrantRequest,
     GrantWorkflow,
+    request_bytes,
     vouch_bytes,
 )
 from ._identity import Identity
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VOUCH_PURPOSE = "grant"
+REQUEST_PURPOSE = "grant-request"
 WORKFLOW_TYPE = "TemporalShieldGrant"
 MAX_BODY = 8192
 CONNECT_WAIT = 5.0
@@ -81,12 +85,15 @@ def parse_duration(value: object) -> float:
     """
     if isinstance(value, bool):
         raise GrantError(400, "bad_request", "duration must be seconds or like 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value[:32])):
-        seconds = float(match[1]) * _UNITS[match[2]]
-    else:
-        raise GrantError(400, "bad_request", "duration must be seconds or like 1h")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value[:32])):
+            seconds = float(match[1]) * _UNITS[match[2]]
+        else:
+            raise GrantError(400, "bad_request", "duration must be seconds or like 1h")
+    except OverflowError:  # an integer too large for a float
+        raise GrantError(400, "bad_request", "duration must be positive") from None
     if not (0 < seconds < 10**9):
         raise GrantError(400, "bad_request", "duration must be positive")
     return seconds
@@ -117,10 +124,16 @@ class Registry:
                 return grant
         return None
 
-    def honoured(self, record: dict[str, Any], now: float) -> Grant | None:
-        """The grant a memo record stands for, if it is approved, unexpired and vouched for."""
+    def honoured(self, record: dict[str, Any], run_id: str, now: float) -> Grant | None:
+        """The grant a memo record stands for, if approved, unexpired and vouched for.
+
+        ``run_id`` is the run whose memo holds the record: the approval must
+        have been given to that very run.
+        """
         try:
             if record.get("state") != APPROVED or not float(record["expires_at"]) > now:
+                return None
+            if not run_id or record["run_id"] != run_id:
                 return None
             if not self._secret.vouched(VOUCH_PURPOSE, vouch_bytes(record), str(record["tag"])):
                 return None
@@ -218,10 +231,10 @@ class Grants:
                 log.warning("grants: refresh failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.config.refresh_interval)
 
-    async def records(self, query: str) -> list[dict[str, Any]]:
-        """Grant records of the workflows matching a visibility ``query``."""
+    async def records(self, query: str) -> list[tuple[dict[str, Any], str]]:
+        """Grant records (and their run ids) of the workflows matching a visibility ``query``."""
         client = await self._client()
-        found: list[dict[str, Any]] = []
+        found: list[tuple[dict[str, Any], str]] = []
         async for execution in client.list_workflows(
             f"WorkflowType='{WORKFLOW_TYPE}' AND TaskQueue='{self.config.task_queue}' AND {query}",
             limit=10_000,
@@ -234,7 +247,7 @@ class Grants:
                 log.warning("grants: unreadable grant record %s skipped", execution.id[:80])
                 continue
             if isinstance(record, dict):
-                found.append(record)
+                found.append((record, execution.run_id))
         return found
 
     async def refresh(self) -> None:
@@ -243,7 +256,9 @@ class Grants:
             return
         now = time.time()
         records = await self.records("ExecutionStatus='Running'")
-        grants = [g for r in records if (g := self.registry.honoured(r, now)) is not None]
+        grants = [
+            g for r, run_id in records if (g := self.registry.honoured(r, run_id, now)) is not None
+        ]
         for ended in self.registry.replace(grants).values():
             await self._audit_ended(ended)
 
@@ -305,11 +320,15 @@ class Grants:
         )
 
     async def handle(self, request: web.Request, operation: str) -> web.StreamResponse:
-        """Run one API call: authenticate, act, audit, answer JSON."""
+        """Run one API call: authenticate, act, audit, answer JSON.
+
+        Every outcome is audited: a refusal (4xx) as ``deny``, an unexpected
+        failure as ``error`` (then mapped to a JSON 500 by the caller).
+        """
         from ._app import _error
 
         identity: Identity | None = None
-        record: dict[str, Any] = {"id": request.match_info.get("id", "")}
+        record: dict[str, Any] = {"id": request.match_info.get("id", "")[:MAX_NAME]}
         try:
             identity = await identify(request, self.state)
             body = await self._body(request) if request.method == "POST" else {}
@@ -317,6 +336,15 @@ class Grants:
         except GrantError as exc:
             await self._audit(request, operation, identity, record, "deny", exc.status, str(exc))
             return _error(exc.status, exc.code, str(exc), request)
+        except AuthError as exc:
+            reason = f"unauthenticated: {exc}"
+            await self._audit(request, operation, None, record, "deny", 401, reason)
+            return _error(401, "unauthenticated", str(exc), request)
+        except Exception as exc:
+            await self._audit(
+                request, operation, identity, record, "error", 500, type(exc).__name__
+            )
+            raise
         if operation != "grant.list":
             await self._audit(request, operation, identity, record, "allow", status)
         return web.json_response(answer, status=status)
@@ -354,7 +382,7 @@ class Grants:
         grant_id = record["id"]
         if not _ID.match(grant_id):
             raise GrantError(404, "not_found", "no such grant")
-        record = await self._current(grant_id)
+        record, run_id = await self._current(grant_id)
         reason = _field(body, "reason", required=operation == "grant.deny")
         if operation in ("grant.approve", "grant.deny"):
             if not self.rules.may_approve(identity):
@@ -367,8 +395,14 @@ class Grants:
             raise GrantError(403, "forbidden", "only the requester or an approver may revoke")
         decision = Decision(actor=identity.subject, actor_email=identity.email, reason=reason)
         if operation == "grant.approve":
+            self._check_approvable(grant_id, record)
             expires_at = round(time.time() + float(record["duration"]), 3)
-            signed = {**record, "approver": identity.subject, "expires_at": expires_at}
+            signed = {
+                **record,
+                "run_id": run_id,
+                "approver": identity.subject,
+                "expires_at": expires_at,
+            }
             tag = self.secret.vouch(VOUCH_PURPOSE, vouch_bytes(signed))
             decision = Decision(
                 actor=identity.subject,
@@ -376,10 +410,37 @@ class Grants:
                 reason=reason,
                 expires_at=expires_at,
                 tag=tag,
+                run_id=run_id,
             )
         update = operation.removeprefix("grant.")
-        record = await self._update(grant_id, update, decision)
+        record = await self._update(grant_id, run_id, update, decision)
         return 200, _public(record), record
+
+    def _check_approvable(self, grant_id: str, record: dict[str, Any]) -> None:
+        """Approve only what a codec server accepted as a request, and the policy still allows.
+
+        Raises:
+            GrantError: 409 for a request no codec server vouched for (started
+                straight in Temporal) or one older than the pending timeout;
+                403 when the policy no longer allows it.
+        """
+        try:
+            genuine = record["id"] == grant_id and self.secret.vouched(
+                REQUEST_PURPOSE, request_bytes(record), str(record["request_tag"])
+            )
+            age = time.time() - float(record["requested_at"])
+            duration = float(record["duration"])
+            namespace, classification = str(record["namespace"]), str(record["classification"])
+        except (KeyError, TypeError, ValueError):
+            genuine = False
+        if not genuine:
+            raise GrantError(409, "not_vouched", "this request was not made through a codec server")
+        if age > PENDING_TIMEOUT:
+            raise GrantError(409, "conflict", "the request is older than the pending timeout")
+        if not self.rules.requestable(namespace, classification) or not (
+            0 < duration <= self.rules.max_duration
+        ):
+            raise GrantError(403, "forbidden", "the policy no longer allows this request")
 
     def _validate_request(self, identity: Identity, body: dict[str, Any]) -> dict[str, Any]:
         namespace = _field(body, "namespace", required=True, limit=MAX_NAME)
@@ -388,6 +449,16 @@ class Grants:
         if "duration" not in body:
             raise GrantError(400, "bad_request", "duration is required")
         duration = parse_duration(body["duration"])
+        # Names, not patterns: a grant covers what it names, and a pattern
+        # that the policy's patterns happen to match could cover much more.
+        if any(c in namespace for c in "*?[") or (
+            classification != "*" and any(c in classification for c in "*?[")
+        ):
+            raise GrantError(
+                400,
+                "bad_request",
+                "namespace and classification are names, not patterns (classification may be *)",
+            )
         if not self.rules.may_request(identity):
             raise GrantError(403, "forbidden", "you may not request grants")
         if not self.rules.requestable(namespace, classification):
@@ -398,7 +469,7 @@ class Grants:
             raise GrantError(
                 400, "bad_request", f"duration over the cap of {self.rules.max_duration:g} s"
             )
-        return {
+        record: dict[str, Any] = {
             "id": "grant-" + secrets.token_hex(16),
             "subject": identity.subject,
             "email": identity.email,
@@ -407,7 +478,10 @@ class Grants:
             "classification": classification,
             "duration": duration,
             "justification": justification,
+            "requested_at": round(time.time(), 3),
         }
+        record["tag"] = self.secret.vouch(REQUEST_PURPOSE, request_bytes(record))
+        return record
 
     async def _client(self) -> Client:
         """The Temporal client; a call just after start waits a moment for it."""
@@ -429,20 +503,26 @@ class Grants:
         except RPCError as exc:
             raise GrantError(503, "grants_unavailable", "Temporal refused the request") from exc
 
-    async def _current(self, grant_id: str) -> dict[str, Any]:
+    async def _current(self, grant_id: str) -> tuple[dict[str, Any], str]:
+        """The grant's record and the run it is read from (the latest run)."""
+        client = await self._client()
         try:
-            client = await self._client()
-            record = await client.get_workflow_handle(grant_id).query(GrantWorkflow.record)
+            run_id = (await client.get_workflow_handle(grant_id).describe()).run_id
+            handle = client.get_workflow_handle(grant_id, run_id=run_id)
+            record = await handle.query(GrantWorkflow.record)
         except RPCError as exc:
             raise GrantError(404, "not_found", "no such grant") from exc
         except Exception as exc:  # a query on a finished/unknown grant
             raise GrantError(404, "not_found", "no such grant") from exc
-        if not isinstance(record, dict):
+        if not isinstance(record, dict) or not run_id:
             raise GrantError(404, "not_found", "no such grant")
-        return record
+        return record, run_id
 
-    async def _update(self, grant_id: str, update: str, decision: Decision) -> dict[str, Any]:
-        handle = (await self._client()).get_workflow_handle(grant_id)
+    async def _update(
+        self, grant_id: str, run_id: str, update: str, decision: Decision
+    ) -> dict[str, Any]:
+        # To the run that was read: never a newer one started in between.
+        handle = (await self._client()).get_workflow_handle(grant_id, run_id=run_id)
         try:
             record: dict[str, Any] = await handle.execute_update(update, decision, result_type=dict)
         except WorkflowUpdateFailedError as exc:
@@ -460,19 +540,28 @@ class Grants:
             records = await self.records("ExecutionStatus='Running'")
         except RPCError as exc:
             raise GrantError(503, "grants_unavailable", "Temporal is not reachable") from exc
+        now = time.time()
         mine = [
-            r
-            for r in records
+            # Whether replicas honour it: an "approved" record someone wrote
+            # straight into Temporal shows as approved but not honoured.
+            {**_public(r), "honoured": self.registry.honoured(r, run_id, now) is not None}
+            for r, run_id in records
             if r.get("subject") == identity.subject
             or everything
             or (approver and r.get("state") == PENDING)
         ]
-        return [_public(r) for r in sorted(mine, key=lambda r: r.get("requested_at", 0))]
+        return sorted(mine, key=_requested_at)
+
+
+def _requested_at(record: dict[str, Any]) -> float:
+    """A sort key that a record someone else wrote cannot break."""
+    value = record.get("requested_at")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without its tag (the tag is the codec servers' business)."""
-    return {k: v for k, v in record.items() if k != "tag"}
+    """A record without its tags (they are the codec servers' business)."""
+    return {k: v for k, v in record.items() if k not in ("tag", "request_tag")}
 
 
 def _field(
@@ -508,11 +597,13 @@ def install(app: web.Application, state: State) -> GrantLookup | None:
     grants = Grants(state, policy.grants, ServerSecret.load(state.config.secret_file))
     app.cleanup_ctx.append(grants.lifecycle)
 
+    from ._app import _edge  # the request id, CORS and JSON errors of every other route
+
     def route(operation: str) -> Any:
-        async def handler(request: web.Request) -> web.StreamResponse:
+        async def handler(request: web.Request, state: State) -> web.StreamResponse:
             return await grants.handle(request, operation)
 
-        return handler
+        return _edge(handler, state)
 
     app.router.add_get("/grants", route("grant.list"))
     app.router.add_post("/grants", route("grant.request"))

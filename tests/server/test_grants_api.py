@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from temporal_shield._devserver import DevServer
 from temporal_shield.server import Identity
 from temporal_shield.server._app import STATE
 from temporal_shield.server._config import GrantsConfig
-from temporal_shield.server._grant_workflow import Decision, GrantWorkflow
+from temporal_shield.server._grant_workflow import Decision, GrantRequest, GrantWorkflow
 from temporal_shield.server._grants import GRANTS
 from temporal_shield.server._secrets import create_secret_file
 from tests.integration.conftest import dev_server
@@ -213,6 +214,31 @@ async def test_self_approval_and_deny(
             {"namespace": ["prod-x"], "classification": "i", "duration": 60, "justification": "t"},
             400,
         ),
+        # An integer too large for a float.
+        (
+            {
+                "namespace": "prod-x",
+                "classification": "i",
+                "duration": 10**400,
+                "justification": "t",
+            },
+            400,
+        ),
+        # Names, not patterns: "pci-?" would be honoured as a glob covering more.
+        (
+            {
+                "namespace": "prod-x",
+                "classification": "pci-?",
+                "duration": 60,
+                "justification": "t",
+            },
+            400,
+        ),
+        ({"namespace": "prod-*", "classification": "*", "duration": 60, "justification": "t"}, 400),
+        (
+            {"namespace": "prod-[a]", "classification": "i", "duration": 60, "justification": "t"},
+            400,
+        ),
     ],
 )
 async def test_bad_requests(
@@ -243,11 +269,17 @@ async def test_forged_approval_never_honoured(
     grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
     grants = client.app[GRANTS]
     assert grants.client is not None
-    # Someone who can write to the namespace approves with a made-up tag.
-    forged = Decision(actor="mallory", expires_at=time.time() + 600, tag="00" * 32)
-    await grants.client.get_workflow_handle(grant_id).execute_update(GrantWorkflow.approve, forged)
+    # Someone who can write to the namespace approves with a made-up tag
+    # (knowing the run id, too).
+    handle = grants.client.get_workflow_handle(grant_id)
+    run_id = (await handle.describe()).run_id
+    forged = Decision(actor="mallory", expires_at=time.time() + 600, tag="00" * 32, run_id=run_id)
+    await handle.execute_update(GrantWorkflow.approve, forged)
     await grants.refresh()
     assert await honoured(client, "alice", "prod-f") is None
+    # Listed as approved, and as not honoured.
+    listed = (await (await client.get("/grants", headers=alice)).json())["grants"]
+    assert [(g["state"], g["honoured"]) for g in listed] == [("approved", False)]
 
 
 async def test_stale_registry_honours_nothing(
@@ -354,11 +386,15 @@ async def test_tampered_justification_never_honoured(
     response = await client.post(f"/grants/{grant_id}/approve", headers=who(idp, "bob", "security"))
     record = await response.json()
     grants = client.app[GRANTS]
-    tag = await grants._current(grant_id)
-    assert grants.registry.honoured(tag, time.time()) is not None
-    # The same vouched record with another justification, or another namespace, is not.
-    assert grants.registry.honoured({**tag, "justification": "other"}, time.time()) is None
-    assert grants.registry.honoured({**tag, "namespace": "prod-k"}, time.time()) is None
+    vouched, run_id = await grants._current(grant_id)
+    now = time.time()
+    assert grants.registry.honoured(vouched, run_id, now) is not None
+    # The same vouched record with another justification, or another namespace, is not;
+    # nor in another run of the workflow (what a reset makes).
+    assert grants.registry.honoured({**vouched, "justification": "other"}, run_id, now) is None
+    assert grants.registry.honoured({**vouched, "namespace": "prod-k"}, run_id, now) is None
+    assert grants.registry.honoured(vouched, "another-run", now) is None
+    assert grants.registry.honoured({**vouched, "run_id": "x"}, "x", now) is None
     assert record["state"] == "approved"
 
 
@@ -473,3 +509,93 @@ async def test_bad_connection_settings_stop_the_start(
     )
     with pytest.raises(ConfigError):
         await make_client(config=config)
+
+
+async def test_a_request_planted_in_temporal_is_never_approved(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp, tmp_path: Path
+) -> None:
+    """A writer to the grants namespace starts a "request" outside every rule: no approval."""
+    client = await grants_client()
+    grants = client.app[GRANTS]
+    temporal = await grants._client()
+    bob = who(idp, "bob", "security")
+    planted: dict[str, Any] = {
+        "subject": "alice",
+        "email": "",
+        "groups": [],
+        "namespace": "dev-team",  # not requestable
+        "classification": "*",
+        "duration": 1e8,  # over the cap
+        "justification": "planted",
+    }
+    for extra in ({}, {"requested_at": time.time(), "tag": "00" * 32}):
+        record = {**planted, **extra, "id": "grant-" + secrets.token_hex(16)}
+        await temporal.start_workflow(
+            GrantWorkflow.run,
+            GrantRequest(**record),
+            id=record["id"],
+            task_queue=grants.config.task_queue,
+        )
+        response = await client.post(f"/grants/{record['id']}/approve", headers=bob)
+        assert response.status == 409, await response.text()
+        assert (await response.json())["error"] == "not_vouched"
+    assert await honoured(client, "alice", "dev-team") is None
+    denials = [r for r in audit(tmp_path) if r["operation"] == "grant.approve"]
+    assert [r["decision"] for r in denials] == ["deny", "deny"]
+
+
+async def test_a_revoked_grant_does_not_come_back_with_a_reset(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    idp: Idp,
+    dev_server: DevServer,
+) -> None:
+    """`temporal workflow reset` replays the approval into a new run: not honoured."""
+    from temporal_shield._devserver import temporal_cli
+
+    client = await grants_client()
+    grants = client.app[GRANTS]
+    temporal = await grants._client()
+    alice = who(idp, "alice", "engineering")
+    body = {"namespace": "prod-r", "classification": "*", "duration": 600, "justification": "t"}
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    await client.post(f"/grants/{grant_id}/approve", headers=who(idp, "bob", "security"))
+    assert await honoured(client, "alice", "prod-r") == grant_id
+    revoked = await client.post(f"/grants/{grant_id}/revoke", json={"reason": "x"}, headers=alice)
+    assert revoked.status == 200
+    assert await gone(client, "alice", "prod-r")
+    cli = temporal_cli()
+    assert cli is not None
+    reset = await asyncio.create_subprocess_exec(
+        cli, "workflow", "reset", "--workflow-id", grant_id, "--type", "LastWorkflowTask",
+        "--reapply-exclude", "All", "--reason", "resurrect", "--address", dev_server.address,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await reset.communicate()
+    assert reset.returncode == 0, out.decode()
+    # The reset brought the approved record back in a new, running run ...
+    handle = temporal.get_workflow_handle(grant_id)
+    for _ in range(50):
+        record = await handle.query(GrantWorkflow.record)
+        if record["state"] == "approved":
+            break
+        await asyncio.sleep(0.1)
+    assert record["state"] == "approved"
+    assert (await handle.describe()).run_id != record["run_id"]
+    # ... which no replica honours.
+    await grants.refresh()
+    assert await honoured(client, "alice", "prod-r") is None
+
+
+async def test_unauthenticated_grant_calls_are_401_json_and_audited(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], tmp_path: Path
+) -> None:
+    client = await grants_client()
+    for method, path in (("GET", "/grants"), ("POST", "/grants/grant-00/approve")):
+        for headers in ({}, {"Authorization": "Bearer x"}):
+            response = await client.request(method, path, headers=headers)
+            assert response.status == 401
+            assert (await response.json())["error"] == "unauthenticated"
+            assert response.headers["X-Request-Id"]
+    records = [r for r in audit(tmp_path) if r["operation"].startswith("grant.")]
+    assert len(records) == 4
+    assert {(r["decision"], r["status"]) for r in records} == {("deny", 401)}
