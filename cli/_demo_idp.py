@@ -40,7 +40,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from temporal_shield.server._signin import DEVELOPMENT_MARKER
+from temporal_shield.server._auth import DEVELOPMENT_MARKER
 
 ACR_PASSWORD = "urn:temporal-shield:demo:password"  # noqa: S105 - an acr value, not a secret
 """``acr`` of a sign-in with a name only (the demo's stand-in for a password)."""
@@ -155,6 +155,9 @@ class DemoIdentityProvider:
             "email_verified": True,
             "groups": list(user.groups),
             "jti": secrets.token_hex(16),
+            # Every token says where it comes from: a codec server outside the
+            # demo refuses it even when configured for bearer tokens only.
+            DEVELOPMENT_MARKER: True,
         }
 
     def _sign(self, claims: dict[str, Any]) -> str:

@@ -775,6 +775,7 @@ def create_app(
             config.auth,
             groups_claim=policy.groups_claim if policy else "groups",
             permissions_claim=policy.permissions_claim if policy else "permissions",
+            allow_development_idp=allow_development_idp,
         )
         if config.auth.enabled and not config.insecure_dev
         else None

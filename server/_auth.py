@@ -44,6 +44,11 @@ class AuthError(ShieldError):
     """The request is not authenticated (HTTP 401). Messages never echo a token."""
 
 
+DEVELOPMENT_MARKER = "temporal_shield_development_only"
+"""Marks the demo's development identity provider: a member of its discovery
+document and a claim in every token it issues (refused outside the demo)."""
+
+
 class Authenticator:
     """Validates bearer tokens and turns their claims into an :class:`Identity`."""
 
@@ -53,8 +58,12 @@ class Authenticator:
         *,
         groups_claim: str = "groups",
         permissions_claim: str = "permissions",
+        allow_development_idp: bool = False,
     ) -> None:
         """Load static keys and prepare the JWKS client.
+
+        ``allow_development_idp`` accepts tokens of the demo's development
+        identity provider (only ``temporal-shield demo`` passes it).
 
         Raises:
             ConfigError: a public key file cannot be read.
@@ -65,6 +74,7 @@ class Authenticator:
         self._verified: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._groups_claim = groups_claim
         self._permissions_claim = permissions_claim
+        self._allow_development_idp = allow_development_idp
         self._static: dict[str, Any] = {}
         for name in config.public_key_files:
             path = Path(name)
@@ -203,6 +213,12 @@ class Authenticator:
         for name in ("exp", "nbf", "iat"):
             if name in claims and not _numeric_date(claims[name]):
                 raise AuthError(f"token {name} claim must be a NumericDate")
+        if DEVELOPMENT_MARKER in claims and not self._allow_development_idp:
+            # Anyone can get such a token by clicking a name: never outside the demo.
+            raise AuthError(
+                "token from the demo's development identity provider: refused outside "
+                "temporal-shield demo"
+            )
         return self._identity(claims), float(claims["exp"])
 
     async def _key_for(self, kid: object, alg: str) -> Any:

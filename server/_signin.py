@@ -44,7 +44,7 @@ from aiohttp import web
 
 from temporal_shield.codec import ConfigError, ShieldError
 
-from ._auth import AuthError, identity_from_claims
+from ._auth import DEVELOPMENT_MARKER, AuthError, identity_from_claims
 from ._config import ALGORITHMS, ServerConfig, is_loopback_url
 from ._identity import AUTH_SESSION, Identity
 from ._secrets import SealError, ServerSecret
@@ -62,8 +62,6 @@ LOGIN_TTL = 600.0
 """Seconds a person has to finish signing in at the IdP."""
 DISCOVERY_TTL = 3600.0
 """Seconds a discovery document is reused."""
-DEVELOPMENT_MARKER = "temporal_shield_development_only"
-"""A discovery document member that marks the demo's development identity provider."""
 HTTP_TIMEOUT = 5.0
 """Seconds for any call to the identity provider."""
 MAX_PARAM_CHARS = 2048

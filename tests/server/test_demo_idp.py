@@ -26,7 +26,10 @@ import pytest
 from temporal_shield._demo_idp import ACR_PASSWORD, ACR_SECURITY_KEY, DemoIdentityProvider
 from temporal_shield._devserver import free_port
 from temporal_shield.codec import Keyring
+from temporal_shield.converter import ShieldConfig
+from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
 from temporal_shield.server._secrets import create_secret_file
+from tests.integration.codec_server import running
 
 CLIENT = "demo-client"
 REDIRECT = "http://localhost:1/auth/callback"
@@ -235,3 +238,37 @@ async def test_the_login_page_escapes_what_it_reflects_and_refuses_unknown_peopl
         refused = await _sign_in(http, idp, user="mallory")
         assert refused.status == 400
         assert "Location" not in refused.headers
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_bearer_tokens_of_the_demo_idp_are_refused_outside_the_demo(
+    idp: DemoIdentityProvider, tmp_path: Path, shield_config: ShieldConfig, allowed: bool
+) -> None:
+    """A codec server set for bearer tokens only, with the demo IdP's JWKS: still refused."""
+    (tmp_path / "policy.yaml").write_text(
+        "roles:\n  r: {namespaces: ['*'], operations: [decode], classifications: ['*']}\n"
+        "bindings:\n  - {role: r, subjects: [carol]}\n"
+    )
+    config = ServerConfig(
+        policy_file=str(tmp_path / "policy.yaml"),
+        audit=AuditConfig(file=str(tmp_path / "audit.jsonl")),
+        auth=AuthConfig(
+            issuer=idp.issuer,
+            audience=(AUDIENCE,),
+            algorithms=("ES256",),
+            jwks_url=f"{idp.issuer}/jwks",
+        ),
+    )
+    app = create_app(config, shield_config, allow_development_idp=allowed)
+    async with running(app) as url, aiohttp.ClientSession() as http:
+        response = await http.post(
+            f"{url}/decode",
+            json={"payloads": []},
+            headers={"Authorization": f"Bearer {idp.token('carol')}", "X-Namespace": "default"},
+        )
+        body = await response.json()
+    if allowed:  # the demo
+        assert response.status == 200, body
+    else:
+        assert response.status == 401
+        assert "development identity provider" in body["message"]
