@@ -246,7 +246,7 @@ class SignIn:
         if unknown:
             raise SignInError("acr_values not offered by this server")
         max_age = query.get("max_age", "")
-        if max_age and (not max_age.isdigit() or len(max_age) > 9):
+        if max_age and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 9):
             raise SignInError("max_age must be a number of seconds")
         provider = await self.provider()
         state = secrets.token_urlsafe(32)
@@ -463,6 +463,10 @@ class SignIn:
         self._revoked[identity.session_id] = now + self._oidc.session_lifetime
 
     def _may_return_to(self, url: str) -> bool:
+        # Visible ASCII only: urlsplit drops tabs and newlines and keeps NUL,
+        # but the raw string becomes the Location header after the sign-in.
+        if not all("!" <= c <= "~" for c in url):
+            return False
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc or "\\" in url:
             return False

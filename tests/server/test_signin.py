@@ -299,6 +299,11 @@ async def test_return_to_only_goes_to_an_allowed_origin(setup: Setup) -> None:
             ORIGIN + ".evil.example/",
             "javascript:alert(1)",
             ORIGIN.replace("http://", "http://user@evil.example\\@"),
+            # Control characters and spaces would break the redirect after sign-in.
+            ORIGIN + "/\x00x",
+            ORIGIN + "/a\tb",
+            ORIGIN + "/a b",
+            ORIGIN + "/\u00e9",
         ):
             resp = await http.get(
                 f"{setup.url}/auth/login", params={"return_to": target}, allow_redirects=False
@@ -316,6 +321,12 @@ async def test_step_up_asks_the_provider_and_a_stronger_sign_in_reads(setup: Set
             f"{setup.url}/auth/login", params={"acr_values": "urn:other"}, allow_redirects=False
         )
         assert resp.status == 400
+        # max_age: ASCII digits only (str.isdigit also takes "²" and Arabic-Indic digits).
+        for max_age in ("²", "\u0663\u0660", "-1", "1e3", "9" * 10):
+            resp = await http.get(
+                f"{setup.url}/auth/login", params={"max_age": max_age}, allow_redirects=False
+            )
+            assert resp.status == 400, max_age
     signed = await sign_in(setup.url, "alice")
     status, body, _ = await _decode(setup, "prod-pay", cookie=signed.cookie)
     notice = json.loads(_data(body))
