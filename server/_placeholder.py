@@ -45,7 +45,13 @@ PLACEHOLDER_TEXT_LIMIT = 512
 """Longest text field a placeholder carries (a namespace comes from a request header)."""
 PLACEHOLDER_REMEDY_LIMIT = 8
 """Most remedies a placeholder lists."""
-_SCAN_LIMIT = 64 * 1024
+_WITHHELD = tuple(
+    "withheld".encode(codec)
+    for codec in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+)
+"""A notice's marker value as JSON may spell it."""
+_MAX_VALUES = 64
+"""Most top-level JSON values read from one payload (``notice notice ...``)."""
 """Largest data :func:`is_placeholder` parses as JSON: far above any placeholder,
 even re-indented by a UI, and a bound on what a hostile ``/encode`` costs."""
 _ENCODING = b"json/plain"
@@ -104,18 +110,40 @@ def is_placeholder(payload: PayloadLike) -> bool:
 
 
 def _marked(data: bytes) -> bool:
-    if len(data) > _SCAN_LIMIT or not data:
-        return False  # far larger than any placeholder
-    try:
-        # Any bytes: json.loads also reads a BOM, UTF-16 and UTF-32, and stops
-        # at the first byte that is not JSON.
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+    """Whether ``data`` holds a notice anywhere: nested, among other values, or repeated.
+
+    A UI's input field holds a workflow's arguments as one JSON array, and a
+    person may paste a notice inside an object or next to a large argument, so
+    the whole document is read (bounded by the payload size limits), every
+    object at every depth is looked at (duplicate keys included), and values
+    after the first (``notice x``, two notices) are read too. Only documents
+    that spell "withheld" are parsed: a notice always does, in UTF-8 or in the
+    UTF-16/32 that JSON may also be written in.
+    """
+    if not data or not any(form in data for form in _WITHHELD):
         return False
-    # The notice itself, or a notice among the values of a list (a UI's input
-    # field holds a workflow's arguments as one JSON array).
-    items = doc if isinstance(doc, list) else [doc]
-    return any(isinstance(item, dict) and item.get(PLACEHOLDER_TAG) == "withheld" for item in items)
+    try:
+        text = data.decode(json.detect_encoding(data)).lstrip("\ufeff")
+    except (UnicodeDecodeError, LookupError):
+        return False
+    found = False
+
+    def look(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        nonlocal found
+        found = found or any(k == PLACEHOLDER_TAG and v == "withheld" for k, v in pairs)
+        return {}  # the values themselves are not needed
+
+    decoder = json.JSONDecoder(object_pairs_hook=look)
+    at = 0
+    for _ in range(_MAX_VALUES):
+        at = len(text) - len(text[at:].lstrip())
+        if at >= len(text) or found:
+            break
+        try:
+            _, at = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            break
+    return found
 
 
 def _cut(text: str) -> str:

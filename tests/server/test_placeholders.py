@@ -381,6 +381,25 @@ def _smuggled() -> dict[str, Payload]:
             metadata=json_plain, data=b"[" + real.data + b"]"
         ),
         "another encoding label": Payload(metadata={"encoding": b"binary/plain"}, data=real.data),
+        # Found by the attacker review: nested, wrapped, repeated, after a large value.
+        "nested in a list": Payload(metadata=json_plain, data=b"[[" + real.data + b"]]"),
+        "inside an object": Payload(metadata=json_plain, data=b'{"args": ' + real.data + b"}"),
+        "followed by junk": Payload(metadata=json_plain, data=real.data + b" x"),
+        "twice": Payload(metadata=json_plain, data=real.data + b" " + real.data),
+        "duplicate key": Payload(
+            metadata=json_plain,
+            data=b'{"temporal-shield": "withheld", "temporal-shield": "other"}',
+        ),
+        "nested deeper": Payload(
+            metadata=json_plain, data=b'{"log": [{"temporal-shield": "withheld"}]}'
+        ),
+        "larger than any notice": Payload(
+            metadata=json_plain,
+            data=b'{"temporal-shield": "withheld", "x": "' + b"x" * 70_000 + b'"}',
+        ),
+        "after a large argument": Payload(
+            metadata=json_plain, data=b'["' + b"x" * 70_000 + b'", ' + real.data + b"]"
+        ),
     }
 
 
@@ -390,13 +409,10 @@ def test_every_form_of_a_placeholder_is_recognised() -> None:
         assert is_placeholder(WirePayload(dict(payload.metadata), payload.data)), name
     ordinary = {
         "other JSON": b'{"temporal-shield": "is our product", "reason": "x"}',
-        "nested deeper": b'{"log": [{"temporal-shield": "withheld"}]}',
         "a string": b'"temporal-shield withheld"',
         "binary": bytes(range(256)),
         "deep nesting": b"[" * 60_000,
-        "over the size any placeholder has": b'{"temporal-shield": "withheld", "x": "'
-        + b"x" * 70_000
-        + b'"}',
+        "withheld in other words": b'{"temporal-shield": "withheld later", "w": "withheld"}',
         "empty": b"",
     }
     for name, data in ordinary.items():
