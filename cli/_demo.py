@@ -221,13 +221,15 @@ people:            {people}
 In a browser on this machine:
  1. Open the Web UI: {default_list}
     Once, so that the UI sends the codec server its sign-in cookie: click the
-    codec icon in the top bar ("Codec Server is configured"), pick "Use my
-    browser setting and ignore Cluster-level setting", enter {codec_url},
-    turn on "Include cross-origin credentials" and Apply. Until you sign in,
-    payloads read "sign-in required".
+    codec icon in the top bar ("Codec Server is configured"). The panel shows
+    this server as the Cluster-level setting, which cannot send cookies: pick
+    "Use my browser setting and ignore Cluster-level setting", enter
+    {codec_url}, turn on "Include cross-origin credentials" and Apply.
+    Until you sign in, payloads read "sign-in required".
  2. Sign in as alice: {sign_in}
     {order_id} (internal) is decoded; {intake_id} (patient data, phi) shows
-    what is withheld, why, and which role may read it (carol's).
+    what is withheld, why, and the role that may read it (clinical-reader,
+    which carol holds). The UI shows links in notices as text: copy them.
  3. Production: {payment_page}
     alice holds no production role: the payment card data needs a grant that
     someone else approves, and a sign-in with a security key.
@@ -236,10 +238,13 @@ In a browser on this machine:
     export TEMPORAL_SHIELD_SERVER_URL={codec_url}
     {request}
     {approve}
-    (GRANT_ID: the id the request printed; alice approving her own is refused)
+    (GRANT_ID: the id the request printed. alice cannot approve it: she is not
+    an approver, and no approver may approve their own request either)
  5. Step up: {step_up}
-    Sign in as alice with "I touch my security key": the payment is decoded,
-    and its audit record names the grant and its justification."""
+    Sign in as alice with "I touch my security key" (ticked for you): back on
+    the payment page it is decoded, and its audit record names the grant and
+    its justification. (The notice's own step-up link works too, and leads
+    back to the UI's start page.)"""
 
 
 async def _until_stopped() -> None:

@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         emit(args, answer, lambda: [f"requested {answer['id']} ({answer['state']})"])
     elif action == "list":
         answer = _call(args, "GET", "/grants" + ("?all=1" if args.all else ""), None)
-        emit(args, answer, lambda: [_line(g) for g in answer.get("grants", [])])
+        emit(args, answer, lambda: [_line(g) for g in answer.get("grants", [])] or ["no grants"])
     else:
         if "/" in args.id or not args.id:
             raise CommandFailed(f"not a grant id: {args.id!r}")

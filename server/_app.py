@@ -528,7 +528,7 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
                 payloads,
                 hold,
                 placeholders=_readable(config, request),
-                sign_in_url=state.sign_in.login_url if state.sign_in is not None else "",
+                sign_in_url=_sign_in_url(state.sign_in, request),
             )
         else:
             assert identity is not None
@@ -586,6 +586,17 @@ def _invites_sign_in(request: web.Request, state: State) -> bool:
     )
 
 
+def _sign_in_url(sign_in: SignIn | None, request: web.Request) -> str:
+    """This server's sign-in URL for a notice, leading back to the UI that asked."""
+    if sign_in is None:
+        return ""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in sign_in.allowed_origins:
+        # The UI's page is not known here (a cross-origin fetch sends no path): its origin.
+        return f"{sign_in.login_url}?{urlencode({'return_to': origin})}"
+    return sign_in.login_url
+
+
 def _sign_in_notices(
     payloads: Sequence[PayloadLike], namespace: str | None, sign_in: SignIn, origin: str, hold: Hold
 ) -> tuple[list[PayloadLike], Outcome]:
@@ -601,7 +612,7 @@ def _sign_in_notices(
         classification=None,
         remedies=[
             f"Sign in at {sign_in.login_url}?{urlencode({'return_to': origin})}"
-            " and reload this page.",
+            " and come back to this page.",
             # Without it the UI never sends the cookie, and this notice stays.
             "The UI sends the sign-in only with 'Include cross-origin credentials' on"
             " in its codec settings (the codec icon in the top bar).",

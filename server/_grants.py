@@ -339,7 +339,7 @@ class Grants:
         except AuthError as exc:
             reason = f"unauthenticated: {exc}"
             await self._audit(request, operation, None, record, "deny", 401, reason)
-            return _error(401, "unauthenticated", str(exc), request)
+            return _error(401, "unauthorized", str(exc), request)  # as on every route
         except Exception as exc:
             await self._audit(
                 request, operation, identity, record, "error", 500, type(exc).__name__

@@ -32,6 +32,7 @@ import json
 import logging
 import secrets
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,15 @@ class SignIn:
         )
 
     def _client(self) -> Any:
-        from authlib.integrations.httpx_client import AsyncOAuth2Client
+        with warnings.catch_warnings():
+            # Authlib 1.x warns at import that its httpx integration will move
+            # (to httpx2) in 2.x; we pin <2, and the warning would alarm users.
+            # Its deprecate module adds an "always" filter when imported: first
+            # that, then ours in front of it.
+            import authlib.deprecate  # noqa: F401
+
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from authlib.integrations.httpx_client import AsyncOAuth2Client
 
         return AsyncOAuth2Client(
             client_id=self._oidc.client_id,

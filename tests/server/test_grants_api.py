@@ -594,7 +594,7 @@ async def test_unauthenticated_grant_calls_are_401_json_and_audited(
         for headers in ({}, {"Authorization": "Bearer x"}):
             response = await client.request(method, path, headers=headers)
             assert response.status == 401
-            assert (await response.json())["error"] == "unauthenticated"
+            assert (await response.json())["error"] == "unauthorized"
             assert response.headers["X-Request-Id"]
     records = [r for r in audit(tmp_path) if r["operation"].startswith("grant.")]
     assert len(records) == 4

@@ -337,6 +337,7 @@ async def test_step_up_asks_the_provider_and_a_stronger_sign_in_reads(setup: Set
     login_url = link[link.index(setup.url) :]
     query = parse_qs(urlsplit(login_url).query)
     assert query["acr_values"] == ["urn:example:mfa"]
+    assert query["return_to"] == [ORIGIN]  # back to the UI that showed the notice
     # The link the placeholder offers starts a sign-in that asks the provider for it.
     idp_url, cookie = await authorize(setup.url, "?" + urlsplit(login_url).query)
     asked = parse_qs(urlsplit(idp_url).query)
