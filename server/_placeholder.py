@@ -153,8 +153,8 @@ def _cut(text: str) -> str:
 
 
 GRANT_COMMAND = (
-    "temporal-shield grants request --namespace {namespace} --classification {classification}"
-    ' --duration 1h --justification "<ticket>"'
+    "temporal-shield grants request{server} --namespace {namespace}"
+    ' --classification {classification} --duration 1h --justification "<ticket>"'
 )
 """The grant request a placeholder suggests (see ``docs/grants.md``)."""
 
@@ -168,13 +168,23 @@ class Notices:
     """
 
     def __init__(
-        self, policy: Policy | None, identity: Identity, namespace: str, sign_in_url: str
+        self,
+        policy: Policy | None,
+        identity: Identity,
+        namespace: str,
+        sign_in_url: str,
+        server_url: str = "",
     ) -> None:
-        """Notices for ``identity``'s request in ``namespace`` (``""``: unknown)."""
+        """Notices for ``identity``'s request in ``namespace`` (``""``: unknown).
+
+        ``server_url`` (this server's public URL, if configured) goes into the
+        grant command a notice offers, so that it runs as shown with a token.
+        """
         self._policy = policy
         self._identity = identity
         self._namespace = namespace
         self._sign_in_url = sign_in_url
+        self._server_url = server_url
         self._built: dict[tuple[str, str | None], WirePayload] = {}
 
     def namespace(self, reason: str) -> WirePayload:
@@ -236,6 +246,9 @@ class Notices:
                 remedies.append(
                     "Request temporary access: "
                     + GRANT_COMMAND.format(
+                        server=f" --server {shlex.quote(self._server_url)}"
+                        if self._server_url
+                        else "",
                         namespace=shlex.quote(namespace),
                         classification=shlex.quote(classification),
                     )

@@ -252,7 +252,11 @@ class CodecService:
         decoded_bytes = since_yield = unwraps = 0
         if hold is None:
             hold = self.hold(identity)
-        notices = Notices(policy, identity, namespace or "", sign_in_url) if placeholders else None
+        notices = (
+            Notices(policy, identity, namespace or "", sign_in_url, limits.public_url)
+            if placeholders
+            else None
+        )
         for payload in payloads:
             if not is_encrypted(payload):
                 outcome.passed_through += 1

@@ -189,6 +189,20 @@ async def test_the_grant_command_quotes_a_hostile_namespace(shield_config: Shiel
         "Request temporary access: temporal-shield grants request --namespace 'x; rm -rf ~ #'"
         ' --classification internal --duration 1h --justification "<ticket>"'
     ) in remedies
+    # With a public URL the command names this server (quoted like the rest).
+    shield = labelled(shield_config)
+    public = CodecService(
+        build_codec(shield),
+        shield,
+        Policy.from_mapping(yaml.safe_load(policy)),
+        ServerConfig(insecure_dev=True, public_url="https://codec.example/a b"),
+    )
+    out, _ = await public.decode(ENGINEER, namespace, [payload], placeholders=True)
+    assert (
+        "Request temporary access: temporal-shield grants request --server"
+        " 'https://codec.example/a b' --namespace 'x; rm -rf ~ #'"
+        ' --classification internal --duration 1h --justification "<ticket>"'
+    ) in notice(out[0])["how to get access"]
 
 
 # -- what a placeholder never says -------------------------------------------------------
