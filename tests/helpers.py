@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +185,18 @@ def site_packages_bytes(venv: Path, *, exclude: tuple[str, ...] = ("pip", "setup
         files = [item] if item.is_file() else [f for f in item.rglob("*") if f.is_file()]
         total += sum(f.stat().st_size for f in files)
     return total
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """Stop ``proc`` as Ctrl-C would, so it stops what it started; kill it if it hangs.
+
+    A SIGKILL alone would leave the children it started (a dev server) running.
+    """
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -14,7 +14,7 @@ import pytest
 
 from temporal_shield._devserver import temporal_cli
 
-from ..helpers import require
+from ..helpers import require, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,4 @@ def test_demo_shows_ciphertext_then_serves_the_cli_until_ctrl_c() -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

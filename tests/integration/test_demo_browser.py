@@ -24,7 +24,7 @@ import pytest
 
 from temporal_shield._devserver import temporal_cli
 
-from ..helpers import require
+from ..helpers import require, stop_process
 from .browser import BROWSER_ARGS, CHROMIUM, require_browser, wait_for
 
 pytestmark = pytest.mark.integration
@@ -188,6 +188,4 @@ async def test_demo_sign_in_placeholders_grant_and_step_up_in_the_web_ui() -> No
         said = out + proc.stdout.read()
         assert "Warning" not in said, said[-3000:]  # e.g. a library's deprecation notice
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
