@@ -26,6 +26,7 @@ the real value.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import urllib.parse
 from collections.abc import Sequence
@@ -52,8 +53,12 @@ _WITHHELD = tuple(
 """A notice's marker value as JSON may spell it."""
 _MAX_VALUES = 64
 """Most top-level JSON values read from one payload (``notice notice ...``)."""
-"""Largest data :func:`is_placeholder` parses as JSON: far above any placeholder,
-even re-indented by a UI, and a bound on what a hostile ``/encode`` costs."""
+_PARSE_LIMIT = 64 * 1024
+"""Largest data :func:`is_placeholder` parses as JSON (every object looked at by
+Python: ~1 s for 4 MiB of ``{}``); above it, a linear regular-expression search
+for the notice's marker member is the bound on what a hostile ``/encode`` costs."""
+_MARKER_MEMBER = re.compile(r'"temporal-shield"\s*:\s*"withheld"')
+"""The marker member as JSON writers spell it (no escapes), for large documents."""
 _ENCODING = b"json/plain"
 STEP_UP_REASON = "step-up required: "
 """How the reason for a payload that needs a stronger sign-in starts."""
@@ -114,11 +119,12 @@ def _marked(data: bytes) -> bool:
 
     A UI's input field holds a workflow's arguments as one JSON array, and a
     person may paste a notice inside an object or next to a large argument, so
-    the whole document is read (bounded by the payload size limits), every
-    object at every depth is looked at (duplicate keys included), and values
-    after the first (``notice x``, two notices) are read too. Only documents
-    that spell "withheld" are parsed: a notice always does, in UTF-8 or in the
-    UTF-16/32 that JSON may also be written in.
+    a document of up to ``_PARSE_LIMIT`` bytes is parsed whole: every object at
+    every depth is looked at (duplicate keys and escaped spellings included),
+    and values after the first (``notice x``, two notices) are read too. A
+    larger one is searched for the marker member as JSON writers spell it.
+    Only documents that spell "withheld" are looked at: a notice always does,
+    in UTF-8 or in the UTF-16/32 that JSON may also be written in.
     """
     if not data or not any(form in data for form in _WITHHELD):
         return False
@@ -126,6 +132,10 @@ def _marked(data: bytes) -> bool:
         text = data.decode(json.detect_encoding(data)).lstrip("\ufeff")
     except (UnicodeDecodeError, LookupError):
         return False
+    if len(data) > _PARSE_LIMIT:
+        # A notice pasted among large arguments keeps its plain spelling; a
+        # search costs milliseconds where parsing a hostile document costs seconds.
+        return _MARKER_MEMBER.search(text) is not None
     found = False
 
     def look(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -417,6 +417,26 @@ def _smuggled() -> dict[str, Payload]:
     }
 
 
+def test_a_large_document_is_searched_never_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile /encode (4 MiB of objects that say "withheld") costs a search, not a parse.
+
+    Parsing calls back into Python for every object (about a second for 4 MiB
+    of ``{}``, on the event loop): above the parse limit the parser must not run.
+    """
+    class NoParsing(json.JSONDecoder):
+        def raw_decode(self, s: str, idx: int = 0) -> tuple[Any, int]:
+            raise AssertionError("a large document was parsed")
+
+    monkeypatch.setattr(json, "JSONDecoder", NoParsing)
+    hostile = b'["withheld",' + b"{}," * 1_400_000 + b"{}]"
+    assert not is_placeholder(Payload(metadata={"encoding": b"json/plain"}, data=hostile))
+    notice = placeholder(namespace="n", reason="r", classification=None, remedies=[]).data
+    pasted = b'["' + b"x" * 4_000_000 + b'", ' + notice + b"]"
+    assert is_placeholder(Payload(metadata={"encoding": b"json/plain"}, data=pasted))
+    indented = json.dumps(["x" * 70_000, json.loads(notice)], indent=2).encode("utf-16")
+    assert is_placeholder(Payload(metadata={"encoding": b"json/plain"}, data=indented))
+
+
 def test_every_form_of_a_placeholder_is_recognised() -> None:
     for name, payload in _smuggled().items():
         assert is_placeholder(payload), name
