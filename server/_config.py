@@ -276,12 +276,18 @@ class GrantsConfig:
     stale_after: float = 30.0
     """Seconds after the last successful read at which every grant stops being
     honoured (fail closed when Temporal cannot be reached)."""
+    requests_per_hour: float = 10.0
+    """Grant requests one person may file per hour at one codec server process
+    (a burst of as many; 429 above): every request is a workflow that runs for
+    up to a day, and every replica reads them all at each refresh."""
 
     def __post_init__(self) -> None:
         if not (0 < self.refresh_interval < math.inf) or not (0 < self.stale_after < math.inf):
             raise ConfigError("server.grants.refresh_interval and stale_after must be positive")
         if self.stale_after < self.refresh_interval:
             raise ConfigError("server.grants.stale_after must be at least refresh_interval")
+        if not (0 < self.requests_per_hour < math.inf):
+            raise ConfigError("server.grants.requests_per_hour must be a positive number")
 
 
 PLACEHOLDER_MODES = ("browser", "always", "never")

@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -47,6 +47,7 @@ from ._grant_workflow import (
     vouch_bytes,
 )
 from ._identity import Identity
+from ._limits import TokenBuckets
 from ._secrets import ServerSecret
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ VOUCH_PURPOSE = "grant"
 REQUEST_PURPOSE = "grant-request"
 WORKFLOW_TYPE = "TemporalShieldGrant"
 MAX_BODY = 8192
+MAX_RECORDS = 10_000
+"""Most running grant workflows a refresh reads; more, and the refresh fails
+(every grant stops being honoured after ``stale_after``) rather than drop some."""
 CONNECT_WAIT = 5.0
 """Seconds a grant call waits for the first connection to Temporal before 503."""
 MAX_JUSTIFICATION = 1024
@@ -172,6 +176,11 @@ class Grants:
         self.secret = secret
         self.config = state.config.grants
         self.registry = Registry(secret, self.config.stale_after)
+        # A request is a workflow that lives up to a day and that every replica
+        # reads at each refresh: each person files only so many.
+        self._requests = TokenBuckets(
+            self.config.requests_per_hour / 60.0, max(1, int(self.config.requests_per_hour))
+        )
         self.client: Client | None = None
         self._connected = asyncio.Event()
         # Read now, so that bad connection settings fail the start (ConfigError).
@@ -232,13 +241,27 @@ class Grants:
             await asyncio.sleep(self.config.refresh_interval)
 
     async def records(self, query: str) -> list[tuple[dict[str, Any], str]]:
-        """Grant records (and their run ids) of the workflows matching a visibility ``query``."""
+        """Grant records (and their run ids) of the workflows matching a visibility ``query``.
+
+        Raises:
+            GrantError: more than ``MAX_RECORDS`` matching workflows (503): a
+                partial list would silently drop grants (visibility lists the
+                newest first), so the caller fails instead.
+        """
         client = await self._client()
         found: list[tuple[dict[str, Any], str]] = []
+        seen = 0
         async for execution in client.list_workflows(
-            f"WorkflowType='{WORKFLOW_TYPE}' AND TaskQueue='{self.config.task_queue}' AND {query}",
-            limit=10_000,
+            f"WorkflowType='{WORKFLOW_TYPE}' AND TaskQueue='{self.config.task_queue}' AND {query}"
         ):
+            seen += 1
+            if seen > MAX_RECORDS:
+                log.error(
+                    "grants: more than %d running grant workflows; honouring none until "
+                    "they are fewer (a flood of requests?)",
+                    MAX_RECORDS,
+                )
+                raise GrantError(503, "grants_unavailable", "too many grant workflows to read")
             # One record we cannot read (another key, or garbage written by
             # someone else) must not hide every other grant: skip it alone.
             try:
@@ -377,6 +400,12 @@ class Grants:
             return 200, {"grants": await self._list(identity, "all" in request.query)}, record
         if operation == "grant.request":
             record = self._validate_request(identity, body)
+            if not self._requests.take(identity.subject):
+                raise GrantError(
+                    429,
+                    "rate_limited",
+                    f"at most {self.config.requests_per_hour:g} grant requests per hour",
+                )
             await self._start(identity, record)
             return 201, {"id": record["id"], "state": PENDING}, record
         grant_id = record["id"]
@@ -396,6 +425,12 @@ class Grants:
         decision = Decision(actor=identity.subject, actor_email=identity.email, reason=reason)
         if operation == "grant.approve":
             self._check_approvable(grant_id, record)
+            # A request seen before under this id (denied, revoked, expired)
+            # re-presented as a new run by someone who can write to the namespace.
+            if await self._runs(grant_id) > 1:
+                raise GrantError(
+                    409, "not_vouched", "this grant id has run before: request access anew"
+                )
             expires_at = round(time.time() + float(record["duration"]), 3)
             signed = {
                 **record,
@@ -504,19 +539,41 @@ class Grants:
             raise GrantError(503, "grants_unavailable", "Temporal refused the request") from exc
 
     async def _current(self, grant_id: str) -> tuple[dict[str, Any], str]:
-        """The grant's record and the run it is read from (the latest run)."""
+        """The grant's record and the run it is read from (the latest run).
+
+        Raises:
+            GrantError: 404 for an unknown id, 409 for a finished grant, 503
+                when Temporal or the grant worker does not answer (never a
+                "no such grant" for a grant that may well exist).
+        """
         client = await self._client()
         try:
-            run_id = (await client.get_workflow_handle(grant_id).describe()).run_id
+            description = await client.get_workflow_handle(grant_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise GrantError(404, "not_found", "no such grant") from exc
+            raise GrantError(503, "grants_unavailable", "Temporal did not answer") from exc
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            raise GrantError(409, "conflict", "grant is finished")
+        run_id = description.run_id
+        try:
             handle = client.get_workflow_handle(grant_id, run_id=run_id)
             record = await handle.query(GrantWorkflow.record)
-        except RPCError as exc:
-            raise GrantError(404, "not_found", "no such grant") from exc
-        except Exception as exc:  # a query on a finished/unknown grant
-            raise GrantError(404, "not_found", "no such grant") from exc
+        except Exception as exc:  # a busy or absent worker, a timeout
+            raise GrantError(
+                503, "grants_unavailable", "the grant could not be read now; try again"
+            ) from exc
         if not isinstance(record, dict) or not run_id:
-            raise GrantError(404, "not_found", "no such grant")
+            raise GrantError(503, "grants_unavailable", "the grant could not be read now")
         return record, run_id
+
+    async def _runs(self, grant_id: str) -> int:
+        """How many executions visibility knows under ``grant_id`` (any status)."""
+        client = await self._client()
+        try:
+            return (await client.count_workflows(f"WorkflowId='{grant_id}'")).count
+        except RPCError as exc:
+            raise GrantError(503, "grants_unavailable", "Temporal did not answer") from exc
 
     async def _update(
         self, grant_id: str, run_id: str, update: str, decision: Decision

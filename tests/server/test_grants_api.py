@@ -20,7 +20,7 @@ from temporal_shield.server import Identity
 from temporal_shield.server._app import STATE
 from temporal_shield.server._config import GrantsConfig
 from temporal_shield.server._grant_workflow import Decision, GrantRequest, GrantWorkflow
-from temporal_shield.server._grants import GRANTS
+from temporal_shield.server._grants import GRANTS, GrantError
 from temporal_shield.server._secrets import create_secret_file
 from tests.integration.conftest import dev_server
 
@@ -599,3 +599,97 @@ async def test_unauthenticated_grant_calls_are_401_json_and_audited(
     records = [r for r in audit(tmp_path) if r["operation"].startswith("grant.")]
     assert len(records) == 4
     assert {(r["decision"], r["status"]) for r in records} == {("deny", 401)}
+
+
+async def test_a_denied_request_re_presented_as_a_new_run_is_not_approved(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp, tmp_path: Path
+) -> None:
+    """A writer to the namespace restarts a denied request (valid tag, same id): no approval."""
+    client = await grants_client()
+    grants = client.app[GRANTS]
+    temporal = await grants._client()
+    alice, bob = who(idp, "alice", "engineering"), who(idp, "bob", "security")
+    body = {"namespace": "prod-d", "classification": "*", "duration": 600, "justification": "t"}
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    record, _ = await grants._current(grant_id)
+    denied = await client.post(f"/grants/{grant_id}/deny", json={"reason": "no"}, headers=bob)
+    assert denied.status == 200
+    # Finished: acting on it again is a conflict, not "no such grant".
+    again = await client.post(f"/grants/{grant_id}/approve", headers=bob)
+    assert (again.status, (await again.json())["error"]) == (409, "conflict")
+    replayed = GrantRequest(
+        id=grant_id,
+        subject=record["subject"],
+        email=record["email"],
+        groups=[],
+        namespace=record["namespace"],
+        classification=record["classification"],
+        duration=record["duration"],
+        justification=record["justification"],
+        requested_at=record["requested_at"],
+        tag=record["request_tag"],
+    )
+    await temporal.start_workflow(
+        GrantWorkflow.run, replayed, id=grant_id, task_queue=grants.config.task_queue
+    )
+    for _ in range(50):  # visibility is eventually consistent
+        if (await temporal.count_workflows(f"WorkflowId='{grant_id}'")).count > 1:
+            break
+        await asyncio.sleep(0.1)
+    response = await client.post(f"/grants/{grant_id}/approve", headers=bob)
+    assert response.status == 409, await response.text()
+    assert (await response.json())["error"] == "not_vouched"
+    assert await honoured(client, "alice", "prod-d") is None
+
+
+async def test_requests_per_person_are_rate_limited(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp, tmp_path: Path
+) -> None:
+    config = GrantsConfig(
+        enabled=True,
+        task_queue=f"grants-{time.time_ns()}",
+        refresh_interval=0.2,
+        stale_after=3.0,
+        requests_per_hour=2,
+    )
+    client = await grants_client(grants=config)
+    body = {"namespace": "prod-q", "classification": "*", "duration": 60, "justification": "t"}
+    alice, carol = who(idp, "alice", "engineering"), who(idp, "carol", "engineering")
+    statuses = [(await client.post("/grants", json=body, headers=alice)).status for _ in range(3)]
+    assert statuses == [201, 201, 429]
+    assert (await client.post("/grants", json=body, headers=carol)).status == 201  # per person
+    refused = [r for r in audit(tmp_path) if r["operation"] == "grant.request"][-2]
+    assert (refused["decision"], refused["status"]) == ("deny", 429)
+
+
+async def test_too_many_grant_workflows_fail_closed_rather_than_drop_some(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    idp: Idp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Visibility lists the newest first: a cut-off list would silently drop older grants."""
+    from temporal_shield.server import _grants
+
+    client = await grants_client()
+    grants = client.app[GRANTS]
+    alice, bob = who(idp, "alice", "engineering"), who(idp, "bob", "security")
+    body = {"namespace": "prod-m", "classification": "*", "duration": 600, "justification": "t"}
+    grant_id = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    await client.post(f"/grants/{grant_id}/approve", headers=bob)
+    assert await honoured(client, "alice", "prod-m") == grant_id
+    for _ in range(2):
+        await client.post("/grants", json=body, headers=who(idp, "dave", "engineering"))
+    monkeypatch.setattr(_grants, "MAX_RECORDS", 2)
+    refused = 0
+    for _ in range(50):  # until visibility shows all three
+        try:
+            await grants.refresh()
+        except GrantError as exc:
+            refused = exc.status
+            break
+        await asyncio.sleep(0.1)
+    assert refused == 503  # the refresh refuses the overflow
+    listed = await client.get("/grants?all", headers=bob)
+    assert (listed.status, (await listed.json())["error"]) == (503, "grants_unavailable")
+    # The registry keeps what it last read until stale_after, then honours nothing.
+    assert await gone(client, "alice", "prod-m")

@@ -423,6 +423,7 @@ def test_a_large_document_is_searched_never_parsed(monkeypatch: pytest.MonkeyPat
     Parsing calls back into Python for every object (about a second for 4 MiB
     of ``{}``, on the event loop): above the parse limit the parser must not run.
     """
+
     class NoParsing(json.JSONDecoder):
         def raw_decode(self, s: str, idx: int = 0) -> tuple[Any, int]:
             raise AssertionError("a large document was parsed")
