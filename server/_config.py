@@ -280,6 +280,10 @@ class GrantsConfig:
     """Grant requests one person may file per hour at one codec server process
     (a burst of as many; 429 above): every request is a workflow that runs for
     up to a day, and every replica reads them all at each refresh."""
+    max_open_requests: int = 5
+    """Grants one person may have pending or approved at once, counted over every
+    replica at each refresh (429 above): requests that wait a day for a decision
+    cannot pile up past what a refresh reads."""
 
     def __post_init__(self) -> None:
         if not (0 < self.refresh_interval < math.inf) or not (0 < self.stale_after < math.inf):
@@ -288,6 +292,8 @@ class GrantsConfig:
             raise ConfigError("server.grants.stale_after must be at least refresh_interval")
         if not (0 < self.requests_per_hour < math.inf):
             raise ConfigError("server.grants.requests_per_hour must be a positive number")
+        if self.max_open_requests < 1:
+            raise ConfigError("server.grants.max_open_requests must be at least 1")
 
 
 PLACEHOLDER_MODES = ("browser", "always", "never")

@@ -46,15 +46,18 @@ def vouch_bytes(record: dict[str, Any]) -> bytes:
     return _canonical(fields)
 
 
-def request_bytes(record: dict[str, Any]) -> bytes:
+def request_bytes(record: dict[str, Any], run_id: str) -> bytes:
     """The canonical bytes of a request, as the requesting codec server checked it.
 
     An approval is given only to a request carrying this tag: a "request"
     someone started straight in Temporal (any namespace, any duration, anyone's
-    name) is never approved, however it reads.
+    name) is never approved, however it reads. ``run_id`` is the run the codec
+    server started: a request re-presented as another run (restarted after a
+    denial, even with the old run deleted) does not carry a tag for its own run.
     """
     fields = (
         record["id"],
+        run_id,
         record["subject"],
         record["namespace"],
         record["classification"],
@@ -84,7 +87,8 @@ class GrantRequest:
     requested_at: float = 0.0
     """When the codec server accepted the request (its clock)."""
     tag: str = ""
-    """The requesting codec server's tag over :func:`request_bytes`."""
+    """Unused: the request's tag arrives with :meth:`GrantWorkflow.vouch_request`,
+    once the run (which it covers) exists."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,7 +122,7 @@ class GrantWorkflow:
             "duration": request.duration,
             "justification": request.justification,
             "requested_at": request.requested_at or workflow.now().timestamp(),
-            "request_tag": request.tag,
+            "request_tag": "",
             "state": PENDING,
             "run_id": "",
             "approver": "",
@@ -157,6 +161,19 @@ class GrantWorkflow:
     def record(self) -> dict[str, Any]:
         """The grant record now."""
         return self._record
+
+    @workflow.update
+    def vouch_request(self, tag: str) -> dict[str, Any]:
+        """The requesting codec server's tag over :func:`request_bytes` for this run."""
+        self._record["request_tag"] = tag
+        self._publish()
+        return self._record
+
+    @vouch_request.validator
+    def _check_vouch_request(self, tag: str) -> None:
+        self._must_be(PENDING)
+        if self._record.get("request_tag") or not tag:
+            raise ApplicationError("the request is vouched for once", type="BadDecision")
 
     @workflow.update
     def approve(self, decision: Decision) -> dict[str, Any]:

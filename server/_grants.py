@@ -14,6 +14,7 @@ Every step is authenticated by :func:`identify`, authorised by the policy's
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -24,7 +25,12 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -181,6 +187,8 @@ class Grants:
         self._requests = TokenBuckets(
             self.config.requests_per_hour / 60.0, max(1, int(self.config.requests_per_hour))
         )
+        # Pending or approved grants per requester, as the last refresh read them.
+        self.open_requests: collections.Counter[str] = collections.Counter()
         self.client: Client | None = None
         self._connected = asyncio.Event()
         # Read now, so that bad connection settings fail the start (ConfigError).
@@ -279,6 +287,9 @@ class Grants:
             return
         now = time.time()
         records = await self.records("ExecutionStatus='Running'")
+        self.open_requests = collections.Counter(
+            str(r.get("subject")) for r, _ in records if r.get("state") in (PENDING, APPROVED)
+        )
         grants = [
             g for r, run_id in records if (g := self.registry.honoured(r, run_id, now)) is not None
         ]
@@ -358,7 +369,10 @@ class Grants:
             status, answer, record = await self._act(operation, identity, body, record, request)
         except GrantError as exc:
             await self._audit(request, operation, identity, record, "deny", exc.status, str(exc))
-            return _error(exc.status, exc.code, str(exc), request)
+            response = _error(exc.status, exc.code, str(exc), request)
+            if exc.status == 429:
+                response.headers["Retry-After"] = str(self._requests.retry_after())
+            return response
         except AuthError as exc:
             reason = f"unauthenticated: {exc}"
             await self._audit(request, operation, None, record, "deny", 401, reason)
@@ -400,12 +414,19 @@ class Grants:
             return 200, {"grants": await self._list(identity, "all" in request.query)}, record
         if operation == "grant.request":
             record = self._validate_request(identity, body)
+            if self.open_requests[identity.subject] >= self.config.max_open_requests:
+                raise GrantError(
+                    429,
+                    "rate_limited",
+                    f"at most {self.config.max_open_requests} pending or approved grants at once",
+                )
             if not self._requests.take(identity.subject):
                 raise GrantError(
                     429,
                     "rate_limited",
                     f"at most {self.config.requests_per_hour:g} grant requests per hour",
                 )
+            self.open_requests[identity.subject] += 1  # until the next refresh counts it
             await self._start(identity, record)
             return 201, {"id": record["id"], "state": PENDING}, record
         grant_id = record["id"]
@@ -424,13 +445,7 @@ class Grants:
             raise GrantError(403, "forbidden", "only the requester or an approver may revoke")
         decision = Decision(actor=identity.subject, actor_email=identity.email, reason=reason)
         if operation == "grant.approve":
-            self._check_approvable(grant_id, record)
-            # A request seen before under this id (denied, revoked, expired)
-            # re-presented as a new run by someone who can write to the namespace.
-            if await self._runs(grant_id) > 1:
-                raise GrantError(
-                    409, "not_vouched", "this grant id has run before: request access anew"
-                )
+            self._check_approvable(grant_id, run_id, record)
             expires_at = round(time.time() + float(record["duration"]), 3)
             signed = {
                 **record,
@@ -451,17 +466,18 @@ class Grants:
         record = await self._update(grant_id, run_id, update, decision)
         return 200, _public(record), record
 
-    def _check_approvable(self, grant_id: str, record: dict[str, Any]) -> None:
+    def _check_approvable(self, grant_id: str, run_id: str, record: dict[str, Any]) -> None:
         """Approve only what a codec server accepted as a request, and the policy still allows.
 
         Raises:
-            GrantError: 409 for a request no codec server vouched for (started
-                straight in Temporal) or one older than the pending timeout;
+            GrantError: 409 for a request no codec server vouched for in this
+                run (started straight in Temporal, or re-presented as another
+                run) or one older than the pending timeout;
                 403 when the policy no longer allows it.
         """
         try:
             genuine = record["id"] == grant_id and self.secret.vouched(
-                REQUEST_PURPOSE, request_bytes(record), str(record["request_tag"])
+                REQUEST_PURPOSE, request_bytes(record, run_id), str(record["request_tag"])
             )
             age = time.time() - float(record["requested_at"])
             duration = float(record["duration"])
@@ -515,7 +531,6 @@ class Grants:
             "justification": justification,
             "requested_at": round(time.time(), 3),
         }
-        record["tag"] = self.secret.vouch(REQUEST_PURPOSE, request_bytes(record))
         return record
 
     async def _client(self) -> Client:
@@ -528,14 +543,25 @@ class Grants:
         return self.client
 
     async def _start(self, identity: Identity, record: dict[str, Any]) -> None:
+        """Start the request's workflow, then vouch for it, bound to the run just started."""
+        client = await self._client()
         try:
-            await (await self._client()).start_workflow(
+            handle = await client.start_workflow(
                 GrantWorkflow.run,
                 GrantRequest(**record),
                 id=record["id"],
                 task_queue=self.config.task_queue,
             )
-        except RPCError as exc:
+            run_id = handle.result_run_id or ""
+            tag = self.secret.vouch(REQUEST_PURPOSE, request_bytes(record, run_id))
+            await client.get_workflow_handle(record["id"], run_id=run_id).execute_update(
+                GrantWorkflow.vouch_request, tag
+            )
+        except (
+            RPCError,
+            WorkflowUpdateFailedError,
+            WorkflowUpdateRPCTimeoutOrCancelledError,
+        ) as exc:
             raise GrantError(503, "grants_unavailable", "Temporal refused the request") from exc
 
     async def _current(self, grant_id: str) -> tuple[dict[str, Any], str]:
@@ -567,14 +593,6 @@ class Grants:
             raise GrantError(503, "grants_unavailable", "the grant could not be read now")
         return record, run_id
 
-    async def _runs(self, grant_id: str) -> int:
-        """How many executions visibility knows under ``grant_id`` (any status)."""
-        client = await self._client()
-        try:
-            return (await client.count_workflows(f"WorkflowId='{grant_id}'")).count
-        except RPCError as exc:
-            raise GrantError(503, "grants_unavailable", "Temporal did not answer") from exc
-
     async def _update(
         self, grant_id: str, run_id: str, update: str, decision: Decision
     ) -> dict[str, Any]:
@@ -585,6 +603,8 @@ class Grants:
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             raise GrantError(409, "conflict", str(getattr(cause, "message", cause))) from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise GrantError(503, "grants_unavailable", "the grant did not answer in time") from exc
         except RPCError as exc:
             raise GrantError(409, "conflict", "grant is finished or unknown") from exc
         return record

@@ -96,7 +96,25 @@ def placeholder(
     return WirePayload({"encoding": _ENCODING, PLACEHOLDER_METADATA: PLACEHOLDER_VALUE}, data)
 
 
-def is_placeholder(payload: PayloadLike) -> bool:
+def placeholder_in(payloads: Sequence[PayloadLike]) -> bool:
+    """Whether any of ``payloads`` is a placeholder (see :func:`is_placeholder`).
+
+    At most ``_PARSE_LIMIT`` bytes of one request are parsed, whatever the
+    number of payloads; the rest is searched: many payloads each just under
+    the limit would otherwise cost a second of parsing per request.
+    """
+    budget = _PARSE_LIMIT
+    for payload in payloads:
+        size = len(payload.data)
+        parse = size <= budget
+        if is_placeholder(payload, parse=parse):
+            return True
+        if parse:
+            budget -= size
+    return False
+
+
+def is_placeholder(payload: PayloadLike, *, parse: bool = True) -> bool:
     """Whether ``payload`` is (or was) a placeholder and must never be encoded.
 
     Recognised by its marker, whatever the key's case (metadata keys are exact
@@ -111,10 +129,10 @@ def is_placeholder(payload: PayloadLike) -> bool:
     for key in metadata:
         if key.strip().lower() == PLACEHOLDER_METADATA:
             return True
-    return _marked(payload.data)
+    return _marked(payload.data, parse=parse)
 
 
-def _marked(data: bytes) -> bool:
+def _marked(data: bytes, *, parse: bool = True) -> bool:
     """Whether ``data`` holds a notice anywhere: nested, among other values, or repeated.
 
     A UI's input field holds a workflow's arguments as one JSON array, and a
@@ -122,7 +140,8 @@ def _marked(data: bytes) -> bool:
     a document of up to ``_PARSE_LIMIT`` bytes is parsed whole: every object at
     every depth is looked at (duplicate keys and escaped spellings included),
     and values after the first (``notice x``, two notices) are read too. A
-    larger one is searched for the marker member as JSON writers spell it.
+    larger one (or any once a request's parse budget is spent) is searched for
+    the marker member as JSON writers spell it, if it is a JSON array or object.
     Only documents that spell "withheld" are looked at: a notice always does,
     in UTF-8 or in the UTF-16/32 that JSON may also be written in.
     """
@@ -132,10 +151,12 @@ def _marked(data: bytes) -> bool:
         text = data.decode(json.detect_encoding(data)).lstrip("\ufeff")
     except (UnicodeDecodeError, LookupError):
         return False
-    if len(data) > _PARSE_LIMIT:
+    if len(data) > _PARSE_LIMIT or not parse:
         # A notice pasted among large arguments keeps its plain spelling; a
         # search costs milliseconds where parsing a hostile document costs seconds.
-        return _MARKER_MEMBER.search(text) is not None
+        # Only in a JSON array or object, as parsing would find it (a document
+        # that merely quotes a notice is not one, at any size).
+        return text.lstrip()[:1] in ("[", "{") and _MARKER_MEMBER.search(text) is not None
     found = False
 
     def look(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -28,7 +28,7 @@ from ._limits import (
     InFlight,
     TokenBuckets,
 )
-from ._placeholder import STEP_UP_REASON, Notices, is_placeholder
+from ._placeholder import STEP_UP_REASON, Notices, placeholder_in
 from ._policy import UNCLASSIFIED, Policy
 from ._wire import BadRequest, WirePayload
 
@@ -391,7 +391,7 @@ class CodecService:
         # After the permission check (looking for placeholders parses small
         # JSON payloads: not for callers who may not encode at all), before
         # any KMS call.
-        if any(is_placeholder(p) for p in payloads):
+        if placeholder_in(payloads):
             raise BadRequest("placeholder payloads cannot be encoded")
         if self._keys.needs_data_key(namespace) and not self._unwraps.take(identity.subject):
             # Each new namespace mints a data key (a KMS call): budgeted per caller

@@ -604,7 +604,7 @@ async def test_unauthenticated_grant_calls_are_401_json_and_audited(
 async def test_a_denied_request_re_presented_as_a_new_run_is_not_approved(
     grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp, tmp_path: Path
 ) -> None:
-    """A writer to the namespace restarts a denied request (valid tag, same id): no approval."""
+    """A writer to the namespace restarts a denied request (genuine tag, same id): no approval."""
     client = await grants_client()
     grants = client.app[GRANTS]
     temporal = await grants._client()
@@ -629,13 +629,12 @@ async def test_a_denied_request_re_presented_as_a_new_run_is_not_approved(
         requested_at=record["requested_at"],
         tag=record["request_tag"],
     )
-    await temporal.start_workflow(
+    handle = await temporal.start_workflow(
         GrantWorkflow.run, replayed, id=grant_id, task_queue=grants.config.task_queue
     )
-    for _ in range(50):  # visibility is eventually consistent
-        if (await temporal.count_workflows(f"WorkflowId='{grant_id}'")).count > 1:
-            break
-        await asyncio.sleep(0.1)
+    # The genuine tag, copied onto the new run: it was made for the old run.
+    # (Whether the old run is still listed or was deleted makes no difference.)
+    await handle.execute_update(GrantWorkflow.vouch_request, record["request_tag"])
     response = await client.post(f"/grants/{grant_id}/approve", headers=bob)
     assert response.status == 409, await response.text()
     assert (await response.json())["error"] == "not_vouched"
@@ -693,3 +692,33 @@ async def test_too_many_grant_workflows_fail_closed_rather_than_drop_some(
     assert (listed.status, (await listed.json())["error"]) == (503, "grants_unavailable")
     # The registry keeps what it last read until stale_after, then honours nothing.
     assert await gone(client, "alice", "prod-m")
+
+
+async def test_open_requests_per_person_are_capped(
+    grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp
+) -> None:
+    config = GrantsConfig(
+        enabled=True,
+        task_queue=f"grants-{time.time_ns()}",
+        refresh_interval=0.2,
+        stale_after=3.0,
+        max_open_requests=2,
+    )
+    client = await grants_client(grants=config)
+    grants = client.app[GRANTS]
+    alice, bob = who(idp, "alice", "engineering"), who(idp, "bob", "security")
+    body = {"namespace": "prod-o", "classification": "*", "duration": 60, "justification": "t"}
+    first = (await (await client.post("/grants", json=body, headers=alice)).json())["id"]
+    assert (await client.post("/grants", json=body, headers=alice)).status == 201
+    refused = await client.post("/grants", json=body, headers=alice)
+    assert refused.status == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "pending or approved" in (await refused.json())["message"]
+    # A decision frees a place once a refresh has counted it.
+    await client.post(f"/grants/{first}/deny", json={"reason": "no"}, headers=bob)
+    for _ in range(50):
+        await grants.refresh()
+        if grants.open_requests["alice"] < 2:
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.post("/grants", json=body, headers=alice)).status == 201

@@ -17,6 +17,7 @@ from temporal_shield.server._placeholder import (
     PLACEHOLDER_METADATA,
     is_placeholder,
     placeholder,
+    placeholder_in,
 )
 from temporal_shield.server._policy import Policy
 from temporal_shield.server._service import MEMORY_PER_DECODED_BYTE, CodecService
@@ -438,6 +439,28 @@ def test_a_large_document_is_searched_never_parsed(monkeypatch: pytest.MonkeyPat
     assert is_placeholder(Payload(metadata={"encoding": b"json/plain"}, data=indented))
 
 
+def test_a_request_parses_at_most_64_kib_however_many_payloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """90 payloads each just under the parse limit: the rest is searched, not parsed."""
+    parsed: list[int] = []
+
+    class Counting(json.JSONDecoder):
+        def raw_decode(self, s: str, idx: int = 0) -> tuple[Any, int]:
+            if idx == 0:
+                parsed.append(len(s))
+            return super().raw_decode(s, idx)
+
+    monkeypatch.setattr(json, "JSONDecoder", Counting)
+    json_plain = {"encoding": b"json/plain"}
+    hostile = b"[" + b"{}," * 20_000 + b'"withheld"]'
+    many = [Payload(metadata=json_plain, data=hostile) for _ in range(90)]
+    assert not placeholder_in(many)
+    assert 0 < sum(parsed) <= 64 * 1024
+    notice = placeholder(namespace="n", reason="r", classification=None, remedies=[]).data
+    assert placeholder_in([*many, Payload(metadata=json_plain, data=b"[" + notice + b"]")])
+
+
 def test_every_form_of_a_placeholder_is_recognised() -> None:
     for name, payload in _smuggled().items():
         assert is_placeholder(payload), name
@@ -448,6 +471,10 @@ def test_every_form_of_a_placeholder_is_recognised() -> None:
         "binary": bytes(range(256)),
         "deep nesting": b"[" * 60_000,
         "withheld in other words": b'{"temporal-shield": "withheld later", "w": "withheld"}',
+        "a document quoting a notice": b'# Notes\n{"temporal-shield": "withheld"}',
+        "a large document quoting a notice": b"# Notes\n"
+        + b" " * 70_000
+        + b'{"temporal-shield": "withheld"}',
         "empty": b"",
     }
     for name, data in ordinary.items():
