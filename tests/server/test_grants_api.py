@@ -58,9 +58,17 @@ def grants_client(
     queue = f"grants-{time.time_ns()}"
 
     async def start(**kw: Any) -> TestClient[Any, Any]:
+        """A codec server with grants; ``settings`` overrides GrantsConfig fields."""
+        settings = kw.pop("settings", {})
         grants = kw.pop(
             "grants",
-            GrantsConfig(enabled=True, task_queue=queue, refresh_interval=0.2, stale_after=3.0),
+            GrantsConfig(
+                enabled=True,
+                task_queue=queue,
+                refresh_interval=0.2,
+                stale_after=3.0,
+                **settings,
+            ),
         )
         config = server_config(idp, policy, tmp_path, secret_file=str(secret), grants=grants)
         return await make_client(config=config)
@@ -644,14 +652,7 @@ async def test_a_denied_request_re_presented_as_a_new_run_is_not_approved(
 async def test_requests_per_person_are_rate_limited(
     grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp, tmp_path: Path
 ) -> None:
-    config = GrantsConfig(
-        enabled=True,
-        task_queue=f"grants-{time.time_ns()}",
-        refresh_interval=0.2,
-        stale_after=3.0,
-        requests_per_hour=2,
-    )
-    client = await grants_client(grants=config)
+    client = await grants_client(settings={"requests_per_hour": 2})
     body = {"namespace": "prod-q", "classification": "*", "duration": 60, "justification": "t"}
     alice, carol = who(idp, "alice", "engineering"), who(idp, "carol", "engineering")
     statuses = [(await client.post("/grants", json=body, headers=alice)).status for _ in range(3)]
@@ -697,14 +698,7 @@ async def test_too_many_grant_workflows_fail_closed_rather_than_drop_some(
 async def test_open_requests_per_person_are_capped(
     grants_client: Callable[..., Awaitable[TestClient[Any, Any]]], idp: Idp
 ) -> None:
-    config = GrantsConfig(
-        enabled=True,
-        task_queue=f"grants-{time.time_ns()}",
-        refresh_interval=0.2,
-        stale_after=3.0,
-        max_open_requests=2,
-    )
-    client = await grants_client(grants=config)
+    client = await grants_client(settings={"max_open_requests": 2})
     grants = client.app[GRANTS]
     alice, bob = who(idp, "alice", "engineering"), who(idp, "bob", "security")
     body = {"namespace": "prod-o", "classification": "*", "duration": 60, "justification": "t"}
