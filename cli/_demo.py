@@ -216,6 +216,7 @@ codec server:      {codec_url} (sign-in, RBAC policy, step-up, just-in-time gran
 identity provider: {idp.issuer} (DEVELOPMENT ONLY: anyone signs in as anyone;
                    `temporal-shield serve` refuses it)
 audit log:         {workdir}/audit.jsonl
+policy:            {workdir}/policy.yaml (roles, the step-up rule, who may request and approve)
 people:            {people}
 
 In a browser on this machine:

@@ -82,6 +82,8 @@ async def test_demo_sign_in_placeholders_grant_and_step_up_in_the_web_ui() -> No
         step_up = _after("5. Step up:", out)
         codec_url = _after("codec server:", out)
         audit = Path(out.split("audit log:")[1].split()[0])
+        policy = Path(out.split("policy:")[1].split()[0])
+        assert "step_up:" in policy.read_text()  # the policy the guide points at
         order_id = re.search(r"\b(order-[0-9a-f]+) \(internal\)", out)
         intake_id = re.search(r"\b(intake-[0-9a-f]+) \(patient data", out)
         assert order_id, out[-4000:]
