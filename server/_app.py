@@ -516,9 +516,7 @@ async def _codec(request: web.Request, state: State, operation: str) -> web.Resp
         )
         if unauthenticated:
             assert state.sign_in is not None
-            result, outcome = _sign_in_notices(
-                payloads, namespace, state.sign_in, request.headers["Origin"], hold
-            )
+            result, outcome = _sign_in_notices(payloads, namespace, state.sign_in, request, hold)
             outcome.reasons.add(unauthenticated)
         elif operation == "decode":
             assert identity is not None
@@ -598,7 +596,11 @@ def _sign_in_url(sign_in: SignIn | None, request: web.Request) -> str:
 
 
 def _sign_in_notices(
-    payloads: Sequence[PayloadLike], namespace: str | None, sign_in: SignIn, origin: str, hold: Hold
+    payloads: Sequence[PayloadLike],
+    namespace: str | None,
+    sign_in: SignIn,
+    request: web.Request,
+    hold: Hold,
 ) -> tuple[list[PayloadLike], Outcome]:
     """One "sign in to read this" placeholder per encrypted payload; the rest unchanged.
 
@@ -611,8 +613,7 @@ def _sign_in_notices(
         reason="sign-in required",
         classification=None,
         remedies=[
-            f"Sign in at {sign_in.login_url}?{urlencode({'return_to': origin})}"
-            " and come back to this page.",
+            f"Sign in at {_sign_in_url(sign_in, request)} and come back to this page.",
             # Without it the UI never sends the cookie, and this notice stays.
             "The UI sends the sign-in only with 'Include cross-origin credentials' on"
             " in its codec settings (the codec icon in the top bar).",

@@ -85,10 +85,8 @@ class GrantRequest:
     duration: float
     justification: str
     requested_at: float = 0.0
-    """When the codec server accepted the request (its clock)."""
-    tag: str = ""
-    """Unused: the request's tag arrives with :meth:`GrantWorkflow.vouch_request`,
-    once the run (which it covers) exists."""
+    """When the codec server accepted the request (its clock). Its tag arrives
+    with :meth:`GrantWorkflow.vouch_request` once the run, which it covers, exists."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -536,14 +536,16 @@ async def test_a_request_planted_in_temporal_is_never_approved(
         "duration": 1e8,  # over the cap
         "justification": "planted",
     }
-    for extra in ({}, {"requested_at": time.time(), "tag": "00" * 32}):
-        record = {**planted, **extra, "id": "grant-" + secrets.token_hex(16)}
-        await temporal.start_workflow(
+    for made_up_tag in ("", "00" * 32):
+        record = {**planted, "requested_at": time.time(), "id": "grant-" + secrets.token_hex(16)}
+        handle = await temporal.start_workflow(
             GrantWorkflow.run,
             GrantRequest(**record),
             id=record["id"],
             task_queue=grants.config.task_queue,
         )
+        if made_up_tag:  # and vouched for with a tag of the planter's own making
+            await handle.execute_update(GrantWorkflow.vouch_request, made_up_tag)
         response = await client.post(f"/grants/{record['id']}/approve", headers=bob)
         assert response.status == 409, await response.text()
         assert (await response.json())["error"] == "not_vouched"
@@ -635,7 +637,6 @@ async def test_a_denied_request_re_presented_as_a_new_run_is_not_approved(
         duration=record["duration"],
         justification=record["justification"],
         requested_at=record["requested_at"],
-        tag=record["request_tag"],
     )
     handle = await temporal.start_workflow(
         GrantWorkflow.run, replayed, id=grant_id, task_queue=grants.config.task_queue
