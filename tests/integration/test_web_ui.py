@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,12 @@ from temporal_shield.server._tls import server_ssl_context
 
 from ..helpers import require
 from ..server.idp import AUDIENCE, ISSUER, Idp
+from .browser import BROWSER_ARGS, CHROMIUM
 from .codec_server import running
 from .workflows import EchoWorkflow, mark
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 POLICY = """
 roles:
   phi-reader: {namespaces: [default], operations: [decode], classifications: [phi]}
@@ -49,15 +48,6 @@ bindings:
   - {role: phi-reader, subjects: [alice]}
   - {role: pci-reader, subjects: [bob]}
 """
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 async def _page_text(
