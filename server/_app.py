@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import ClientPayloadError, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -588,11 +587,8 @@ def _sign_in_url(sign_in: SignIn | None, request: web.Request) -> str:
     """This server's sign-in URL for a notice, leading back to the UI that asked."""
     if sign_in is None:
         return ""
-    origin = request.headers.get("Origin")
-    if origin is not None and origin in sign_in.allowed_origins:
-        # The UI's page is not known here (a cross-origin fetch sends no path): its origin.
-        return f"{sign_in.login_url}?{urlencode({'return_to': origin})}"
-    return sign_in.login_url
+    # The UI's page is not known here (a cross-origin fetch sends no path): its origin.
+    return sign_in.login_links.get(request.headers.get("Origin", ""), sign_in.login_url)
 
 
 def _sign_in_notices(

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import jwt
@@ -134,6 +134,12 @@ class SignIn:
         self.redirect_uri = config.public_url.rstrip("/") + "/auth/callback"
         self.login_url = config.public_url.rstrip("/") + "/auth/login"
         self.allowed_origins = frozenset({*config.cors_origins, self.public_origin})
+        # The sign-in link a notice offers a UI on each allowed origin (built
+        # once: every decode request from a browser carries one).
+        self.login_links = {
+            origin: f"{self.login_url}?{urlencode({'return_to': origin})}"
+            for origin in self.allowed_origins
+        }
         self._provider: _Provider | None = None
         self._fetched = 0.0
         self._lock = asyncio.Lock()
