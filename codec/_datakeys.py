@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -216,7 +217,15 @@ class _Active:
 
 
 @dataclass
-class _Cached:
+class CachedKey:
+    """An unwrapped DEK in the decryption cache, and when it stops counting.
+
+    Readers that keep a reference for their own shortcut (the envelope's header
+    cache) check ``expires`` like the cache itself: it is set to ``-inf`` when
+    the cache evicts the key, so a kept reference lives no longer than its place
+    in the cache.
+    """
+
     key: DataKey
     expires: float
 
@@ -238,7 +247,7 @@ class DataKeyManager:
     stats: KeyStats = field(default_factory=KeyStats)
     """Counters, read by the metrics exporters."""
     _active: OrderedDict[str, _Active] = field(default_factory=OrderedDict, init=False, repr=False)
-    _decrypted: OrderedDict[tuple[str, bytes, str], _Cached] = field(
+    _decrypted: OrderedDict[tuple[str, bytes, str], CachedKey] = field(
         default_factory=OrderedDict, init=False, repr=False
     )
     _failed: OrderedDict[bytes, float] = field(default_factory=OrderedDict, init=False, repr=False)
@@ -282,7 +291,14 @@ class DataKeyManager:
         the DEK's bounds.
         """
         entry = self._active.get(namespace)
-        if entry is None or not self._admits(entry, nbytes):
+        policy = self.policy
+        # _admits, inlined: this runs once per payload.
+        if (
+            entry is None
+            or self.clock() - entry.created >= policy.max_age
+            or entry.messages >= policy.max_messages
+            or entry.nbytes + nbytes > policy.max_bytes
+        ):
             return None
         self._active.move_to_end(namespace)
         entry.messages += 1
@@ -390,6 +406,13 @@ class DataKeyManager:
             return cached.key
         return None
 
+    def cache_entry(self, key_id: str, wrapped: bytes, namespace: str) -> CachedKey | None:
+        """The decryption cache's entry for these arguments, without touching its order.
+
+        For a reader that keeps its own reference (see :class:`CachedKey`).
+        """
+        return self._decrypted.get((key_id, wrapped, namespace))
+
     def needs_unwrap(self, key_id: str, wrapped: bytes, namespace: str) -> bool:
         """Whether :meth:`decryption_key` would call a key provider for these arguments.
 
@@ -429,10 +452,10 @@ class DataKeyManager:
     def _remember(self, cache_key: tuple[str, bytes, str], key: DataKey) -> None:
         if self.policy.decrypt_cache_size == 0:
             return
-        self._decrypted[cache_key] = _Cached(key, self.clock() + self.policy.decrypt_cache_ttl)
+        self._decrypted[cache_key] = CachedKey(key, self.clock() + self.policy.decrypt_cache_ttl)
         self._decrypted.move_to_end(cache_key)
         while len(self._decrypted) > self.policy.decrypt_cache_size:
-            self._decrypted.popitem(last=False)
+            self._decrypted.popitem(last=False)[1].expires = -math.inf
 
     async def check(self) -> None:
         """Readiness: every provider answers (see :meth:`KeyProvider.check`)."""

@@ -9,12 +9,23 @@ from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
-from ._compression import CompressionConfig, compress, decompress
+from ._compression import Compression, CompressionConfig, compress, decompress
 from ._datakeys import DataKey, DataKeyManager
 from ._errors import ConfigError, DecryptionError, PayloadTooLargeError
-from ._format import NONCE_SIZE, Header, HeaderCache, origin_field, pack_fixed, parse
+from ._format import (
+    FIXED_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+    V1_PREFIXES,
+    Header,
+    HeaderCache,
+    origin_field,
+    pack_fixed,
+    parse,
+)
 
 _VIEW_FROM = 32 * 1024
+_NONE = Compression.NONE  # an enum member lookup costs as much as a header field
 _CLASSIFICATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -102,7 +113,8 @@ class Envelope:
         """
         self._check_size(plaintext)
         key = await self.keys.encryption_key(namespace, len(plaintext))
-        return self._seal(key, plaintext, workflow_id, classification, origin)
+        data = self._seal(key, plaintext, workflow_id, classification, origin)
+        return Sealed(key.key_id, classification, data)
 
     def seal_cached(
         self,
@@ -121,11 +133,29 @@ class Envelope:
         Raises:
             PayloadTooLargeError: ``plaintext`` is over ``max_plaintext``.
         """
-        self._check_size(plaintext)
-        key = self.keys.cached_encryption_key(namespace, len(plaintext))
+        found = self.seal_known(plaintext, namespace, workflow_id, classification)
+        return None if found is None else Sealed(found[0].key_id, classification, found[1])
+
+    def seal_known(
+        self, plaintext: bytes, namespace: str, workflow_id: str, classification: str, /
+    ) -> tuple[DataKey, bytes] | None:
+        """:meth:`seal_cached` for the per-payload hot path (positional, a plain tuple).
+
+        Returns:
+            The data key used (its ``key_id`` goes to the metadata) and the
+            sealed bytes, or ``None`` when a new data key is needed (then call
+            :meth:`seal`).
+
+        Raises:
+            PayloadTooLargeError: ``plaintext`` is over ``max_plaintext``.
+        """
+        size = len(plaintext)
+        if size > self.max_plaintext:
+            self._check_size(plaintext)
+        key = self.keys.cached_encryption_key(namespace, size)
         if key is None:
             return None
-        return self._seal(key, plaintext, workflow_id, classification, b"")
+        return key, self._seal(key, plaintext, workflow_id, classification, b"")
 
     def _check_size(self, plaintext: bytes) -> None:
         if len(plaintext) > self.max_plaintext:
@@ -135,17 +165,26 @@ class Envelope:
 
     def _seal(
         self, key: DataKey, plaintext: bytes, workflow_id: str, classification: str, origin: bytes
-    ) -> Sealed:
-        algorithm, body = compress(plaintext, self.compression)
+    ) -> bytes:
+        # Once per payload: the header is joined from prebuilt parts in one go.
+        size = len(plaintext)
+        config = self.compression
+        if config.enabled and size >= config.threshold:
+            algorithm, body = compress(plaintext, config)
+        else:
+            algorithm, body = _NONE, plaintext
         nonce = self._random(NONCE_SIZE)
-        header = (
-            pack_fixed(algorithm, len(plaintext), origin=bool(origin))
-            + key.header_middle(workflow_id, classification)
-            + origin_field(origin)
-            + nonce
-        )
+        if origin:
+            fixed = pack_fixed(algorithm, size, origin=True)
+            middle = key.header_middle(workflow_id, classification) + origin_field(origin)
+        else:
+            fixed = V1_PREFIXES[algorithm] + size.to_bytes(4, "big")
+            middle = (None if workflow_id else key.headers.get(classification)) or (
+                key.header_middle(workflow_id, classification)
+            )
+        header = b"".join((fixed, middle, nonce))
         ciphertext = key.aead.encrypt(nonce, body, header + key.aad_suffix)
-        return Sealed(key.key_id, classification, header + ciphertext)
+        return header + ciphertext
 
     async def open(
         self,
@@ -193,10 +232,12 @@ class Envelope:
         key = self.keys.cached_decryption_key(
             key_id, header.wrapped_dek, header.namespace
         ) or await self.keys.decryption_key(key_id, header.wrapped_dek, header.namespace)
-        plaintext = self._decrypt(
-            key, header.commitment, data, offset, header.compression, header.original_length
-        )
-        self._headers.remember(header, data, offset)
+        if not hmac.compare_digest(key.commitment, header.commitment):
+            raise DecryptionError()
+        plaintext = self._decrypt(key, data, offset, header.compression, header.original_length)
+        entry = self.keys.cache_entry(key_id, header.wrapped_dek, header.namespace)
+        if entry is not None:
+            self._headers.remember(header, data, offset, key_id.encode(), entry)
         return Opened(header, plaintext)
 
     def open_cached(
@@ -210,10 +251,7 @@ class Envelope:
     ) -> bytes | None:
         """:meth:`open` without a coroutine or a header parse, for the per-payload hot path.
 
-        Applies when a payload under the same data key, namespace, workflow id
-        and label opened here before (its header middle is cached) and the data
-        key is still cached; the checks are those of :meth:`open`, and every
-        header byte is still authenticated.
+        :meth:`open_known` with the key id and label as text.
 
         Returns:
             The plaintext, or ``None`` when the shortcut does not apply (then
@@ -222,23 +260,60 @@ class Envelope:
         Raises:
             DecryptionError: as :meth:`open`.
         """
-        found = self._headers.lookup(data)
-        if found is None:
+        label = None if classification is None else classification.encode("ascii", "replace")
+        return self.open_known(data, key_id.encode(), label, namespace, workflow_id)
+
+    def open_known(
+        self,
+        data: bytes,
+        key_id: bytes,
+        label: bytes | None,
+        namespace: str | None,
+        workflow_id: str | None,
+        /,
+    ) -> bytes | None:
+        """:meth:`open` for a payload whose header middle opened here before.
+
+        Applies when a payload with the same header middle (data key, namespace,
+        workflow id, label) and the same key id opened here before and its data
+        key is still cached. The checks are those of :meth:`open`: the binding
+        checks run on every call, the key commitment was checked for this exact
+        middle and data key when it was remembered, and every header byte is
+        still authenticated as associated data. Arguments are the metadata's raw
+        bytes (``label``: the classification metadata, ``None`` to not check it)
+        and positional: this runs once per payload.
+
+        Returns:
+            The plaintext, or ``None`` when the shortcut does not apply (then
+            call :meth:`open`, which also reports malformed input).
+
+        Raises:
+            DecryptionError: as :meth:`open`.
+        """
+        middle = self._headers.last
+        if middle is None or not data.startswith(middle.raw, FIXED_SIZE):
+            middle = self._headers.find(data)
+            if middle is None:
+                return None
+        key = middle.key
+        prefix = data[:5]
+        if (
+            key_id != middle.key_id
+            or key.expires <= self.keys.clock()
+            or (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1])
+            or len(data) < middle.offset + TAG_SIZE
+        ):
             return None
-        compression, original_length, middle, offset = found
-        self._check_binding(
-            middle.namespace,
-            middle.workflow_id,
-            middle.classification,
-            original_length,
-            namespace,
-            workflow_id,
-            classification,
-        )
-        key = self.keys.cached_decryption_key(key_id, middle.wrapped_dek, middle.namespace)
-        if key is None:
-            return None
-        return self._decrypt(key, middle.commitment, data, offset, compression, original_length)
+        original_length = int.from_bytes(data[5:FIXED_SIZE])
+        if (
+            (namespace is not None and middle.namespace != namespace)
+            or (workflow_id is not None and middle.workflow_id not in ("", workflow_id))
+            or (label is not None and middle.label != label)
+            or original_length > self.max_plaintext
+        ):
+            raise DecryptionError()
+        self.keys.stats.decrypt_cache_hits += 1
+        return self._decrypt(key.key, data, middle.offset, prefix[4], original_length)
 
     def _check_binding(
         self,
@@ -260,15 +335,9 @@ class Envelope:
 
     @staticmethod
     def _decrypt(
-        key: DataKey,
-        commitment: bytes,
-        data: bytes,
-        offset: int,
-        compression: int,
-        original_length: int,
+        key: DataKey, data: bytes, offset: int, compression: int, original_length: int
     ) -> bytes:
-        if not hmac.compare_digest(key.commitment, commitment):
-            raise DecryptionError()
+        """Authenticate and decrypt ``data[offset:]`` (the commitment was checked)."""
         # A view instead of a copy of large ciphertexts: copying costs more than the
         # view's setup from tens of KiB, and at 1 MiB (with glibc's default malloc
         # thresholds) more than the decryption itself.

@@ -28,9 +28,12 @@ Writers produce version 1 unless an origin is recorded; readers accept both.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ._errors import DecryptionError
+
+if TYPE_CHECKING:
+    from ._datakeys import CachedKey
 
 MAGIC = b"TS"
 VERSION = 1
@@ -50,6 +53,13 @@ CLASSIFICATION_METADATA = "temporal-shield-classification"
 codec server and the coverage scan can read it without decrypting."""
 
 _FIXED = struct.Struct(">2sBBBI")
+FIXED_SIZE = _FIXED.size
+V1_PREFIXES = (
+    MAGIC + bytes((VERSION, ALG_AES256_GCM_HKDF_COMMIT, 0)),
+    MAGIC + bytes((VERSION, ALG_AES256_GCM_HKDF_COMMIT, 1)),
+)
+"""The first five header bytes of version 1 (magic, version, algorithm,
+compression), by compression id."""
 _U16 = struct.Struct(">H")
 _MAX_U16 = 0xFFFF
 
@@ -158,11 +168,12 @@ def origin_field(origin: bytes) -> bytes:
 
 
 class Middle(NamedTuple):
-    """The fields of a version-1 header between its fixed part and its nonce.
+    """What a reader knows about a version-1 header middle that opened before.
 
-    They are the same for every payload sealed under one data key with one
-    namespace, workflow id and label, so a reader parses them once
-    (:class:`HeaderCache`) instead of once per payload.
+    The fields between a header's fixed part and its nonce are the same for
+    every payload sealed under one data key with one namespace, workflow id and
+    label, so a reader parses them once (:class:`HeaderCache`) instead of once
+    per payload, and keeps the data key they opened with.
     """
 
     raw: bytes
@@ -170,8 +181,16 @@ class Middle(NamedTuple):
     namespace: str
     workflow_id: str
     classification: str
-    wrapped_dek: bytes
-    commitment: bytes
+    label: bytes
+    """``classification`` as the metadata carries it (ASCII bytes)."""
+    key_id: bytes
+    """The ``encryption-key-id`` metadata the payload opened with."""
+    key: CachedKey
+    """The data key it opened with. The middle holds the wrapped key and the
+    commitment, so the commitment check passed for this pair once and for all;
+    ``key.expires`` still bounds the shortcut (see :class:`CachedKey`)."""
+    offset: int
+    """Where the ciphertext starts in a payload with this middle."""
 
 
 class HeaderCache:
@@ -189,62 +208,57 @@ class HeaderCache:
         """Keep at most ``size`` middles (first in, first out)."""
         self._size = size
         self._by_raw: dict[bytes, Middle] = {}
-        self._last: Middle | None = None
+        self.last: Middle | None = None
+        """The middle found last: the common case is that the next payload has it too."""
 
-    def remember(self, header: Header, data: bytes, offset: int) -> None:
-        """Remember the middle of ``parse(data) == (header, offset)`` (version 1 only)."""
+    def remember(
+        self, header: Header, data: bytes, offset: int, key_id: bytes, key: CachedKey
+    ) -> None:
+        """Remember the middle of ``parse(data) == (header, offset)`` (version 1 only).
+
+        Only for a payload that just opened under ``key`` with metadata ``key_id``:
+        the middle then stands for a passed commitment check.
+        """
         if header.origin or self._size == 0:
             return
-        raw = data[_FIXED.size : offset - NONCE_SIZE]
+        raw = data[FIXED_SIZE : offset - NONCE_SIZE]
         if raw in self._by_raw:
-            return
-        if len(self._by_raw) >= self._size:
+            del self._by_raw[raw]  # replaced below: the data key may be a newer entry
+        elif len(self._by_raw) >= self._size:
             del self._by_raw[next(iter(self._by_raw))]
         middle = Middle(
             raw,
             header.namespace,
             header.workflow_id,
             header.classification,
-            header.wrapped_dek,
-            header.commitment,
+            header.classification.encode("ascii"),
+            key_id,
+            key,
+            offset,
         )
-        self._by_raw[raw] = self._last = middle
+        self._by_raw[raw] = self.last = middle
 
-    def lookup(self, data: bytes) -> tuple[int, int, Middle, int] | None:
-        """Parse a version-1 header whose middle is remembered.
+    def find(self, data: bytes) -> Middle | None:
+        """The remembered middle that ``data``'s header continues with, if any.
 
-        Returns:
-            ``(compression, original_length, middle, ciphertext offset)``, or
-            ``None`` for anything else.
-
-        Never raises: whatever is not a remembered well-formed header is left to
-        :func:`parse`, which gives the reasons.
+        Never raises: whatever is not a remembered header is left to
+        :func:`parse`, which gives the reasons. The caller checks the fixed part.
         """
+        middle = self.last
+        if middle is not None and data.startswith(middle.raw, FIXED_SIZE):
+            return middle
         try:
-            magic, version, algorithm, compression, original_length = _FIXED.unpack_from(data, 0)
-        except struct.error:
+            # Walk the four length prefixes to the end of the middle.
+            pos = 11 + (data[9] << 8 | data[10])
+            pos += 2 + (data[pos] << 8 | data[pos + 1])
+            pos += 1 + data[pos]
+            end = pos + 2 + (data[pos] << 8 | data[pos + 1]) + COMMITMENT_SIZE
+        except IndexError:
             return None
-        if magic != MAGIC or version != VERSION or algorithm != ALG_AES256_GCM_HKDF_COMMIT:
-            return None
-        middle = self._last
-        # The common case: the same middle as the payload before.
-        if middle is None or not data.startswith(middle.raw, _FIXED.size):
-            try:
-                # Walk the four length prefixes to the end of the middle.
-                pos = 11 + (data[9] << 8 | data[10])
-                pos += 2 + (data[pos] << 8 | data[pos + 1])
-                pos += 1 + data[pos]
-                end = pos + 2 + (data[pos] << 8 | data[pos + 1]) + COMMITMENT_SIZE
-            except IndexError:
-                return None
-            middle = self._by_raw.get(data[_FIXED.size : end])
-            if middle is None:
-                return None
-            self._last = middle
-        offset = _FIXED.size + len(middle.raw) + NONCE_SIZE
-        if len(data) < offset + TAG_SIZE:
-            return None
-        return compression, original_length, middle, offset
+        middle = self._by_raw.get(data[FIXED_SIZE:end])
+        if middle is not None:
+            self.last = middle
+        return middle
 
 
 def parse(data: bytes) -> tuple[Header, int]:

@@ -179,20 +179,26 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         namespace = self._namespace
         label = self._label
         workflow_id = (self._workflow_id or "") if self._strict else ""
-        seal_cached = self.envelope.seal_cached
+        seal_known = self.envelope.seal_known
+        last: tuple[str, Payload] | None = None  # (key id, template) of the payload before
         out = []
         for payload in payloads:
             plaintext = payload.SerializeToString()
-            sealed = seal_cached(
-                plaintext, namespace=namespace, workflow_id=workflow_id, classification=label
-            ) or await self.envelope.seal(
-                plaintext, namespace=namespace, workflow_id=workflow_id, classification=label
-            )
+            found = seal_known(plaintext, namespace, workflow_id, label)
+            if found is None:
+                sealed = await self.envelope.seal(
+                    plaintext, namespace=namespace, workflow_id=workflow_id, classification=label
+                )
+                key_id, data = sealed.key_id, sealed.data
+            else:
+                key_id, data = found[0].key_id, found[1]
             # Copying a prebuilt message is a third of the cost of building its
             # metadata map anew for every payload.
+            if last is None or last[0] != key_id:
+                last = (key_id, self._template(key_id, label))
             encoded = Payload()
-            encoded.CopyFrom(self._template(sealed.key_id, sealed.classification))
-            encoded.data = sealed.data
+            encoded.CopyFrom(last[1])
+            encoded.data = data
             out.append(encoded)
         return out
 
@@ -213,6 +219,9 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         out = []
         # Whether anything but our envelopes needs a look (else: as it is).
         inspect = self._refuse or self._sample_keys is not None
+        open_known = self.envelope.open_known
+        namespace = self._namespace
+        workflow_id = self._workflow_id
         for payload in payloads:
             # Read once: every access to a protobuf field builds a new wrapper.
             metadata = payload.metadata
@@ -226,12 +235,22 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             ):
                 out.append(self._not_ours(payload, metadata, data))
                 continue
-            decoded = self._open_cached(data, metadata)
-            if decoded is None:
-                decoded = await self.open(
-                    payload, namespace=self._namespace, workflow_id=self._workflow_id
+            key_id = metadata.get(KEY_ID_METADATA)
+            plaintext = (
+                None
+                if key_id is None
+                else open_known(
+                    data,
+                    key_id,
+                    metadata.get(CLASSIFICATION_METADATA, b""),
+                    namespace,
+                    workflow_id,
                 )
-            out.append(decoded)
+            )
+            if plaintext is None:
+                out.append(await self.open(payload, namespace=namespace, workflow_id=workflow_id))
+            else:
+                out.append(_inner(plaintext))
         return out
 
     async def decode_one(self, payload: Payload) -> Payload:
@@ -270,23 +289,6 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             if key_id in sample_keys:
                 return _inner(sample_keys.open(key_id, payload.data if data is None else data))
         return payload
-
-    def _open_cached(self, data: bytes, metadata: Mapping[str, bytes]) -> Payload | None:
-        """:meth:`open` by :meth:`Envelope.open_cached`, or ``None`` where that does not apply."""
-        key_id = metadata.get(KEY_ID_METADATA)
-        if key_id is None:
-            return None
-        try:
-            plaintext = self.envelope.open_cached(
-                data,
-                key_id=key_id.decode(),
-                namespace=self._namespace,
-                workflow_id=self._workflow_id,
-                classification=metadata.get(CLASSIFICATION_METADATA, b"").decode("ascii"),
-            )
-        except UnicodeDecodeError:
-            return None  # refused by open(), with the same error as always
-        return None if plaintext is None else _inner(plaintext)
 
     async def open(
         self,

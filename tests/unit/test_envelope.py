@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -23,6 +24,7 @@ from temporal_shield.codec import (
     parse,
 )
 from temporal_shield.codec._compression import Compression, compress
+from temporal_shield.codec._datakeys import CachedKey, DataKey
 from temporal_shield.codec._format import Header, HeaderCache
 
 from ..helpers import make_keyring
@@ -337,9 +339,28 @@ def test_header_cache_is_bounded() -> None:
     for namespace in ("a", "b", "c"):
         header = Header(0, 1, namespace, "", "", b"w" * 40, b"c" * 32, b"n" * 12)
         data = header.pack() + b"t" * 17
-        cache.remember(header, data, len(data) - 17)
+        key = DataKey(key_id="k", wrapped=b"w" * 40, namespace=namespace, plaintext=bytes(32))
+        cache.remember(header, data, len(data) - 17, b"k", CachedKey(key, math.inf))
         headers.append(data)
-    assert [cache.lookup(d) is not None for d in headers] == [False, True, True]
+    assert [cache.find(d) is not None for d in headers] == [False, True, True]
+
+
+async def test_a_data_key_evicted_from_the_cache_ends_the_shortcut(
+    local_provider: LocalKeyProvider,
+) -> None:
+    keys = DataKeyManager([local_provider], policy=DataKeyPolicy(decrypt_cache_size=1))
+    envelope = Envelope(keys)
+    reader = Envelope(keys)
+    first = await envelope.seal(b"one", namespace="a")
+    await reader.open(first.data, key_id=first.key_id, namespace="a")
+    assert reader.open_cached(first.data, key_id=first.key_id, namespace="a") == b"one"
+    # Another namespace's data key takes the only place in the decryption cache.
+    other = await envelope.seal(b"two", namespace="b")
+    await reader.open(other.data, key_id=other.key_id, namespace="b")
+    assert reader.open_cached(first.data, key_id=first.key_id, namespace="a") is None
+    calls = keys.stats.kms_decrypt_calls
+    assert (await reader.open(first.data, key_id=first.key_id, namespace="a")).plaintext == b"one"
+    assert keys.stats.kms_decrypt_calls == calls + 1
 
 
 async def test_seal_cached_needs_a_cached_data_key(local_provider: LocalKeyProvider) -> None:
