@@ -348,4 +348,8 @@ class Envelope:
             )
         except InvalidTag as exc:
             raise DecryptionError() from exc
+        if compression == _NONE:  # decompress()'s first case, without the call
+            if len(body) != original_length:
+                raise DecryptionError()
+            return body
         return decompress(compression, body, original_length)

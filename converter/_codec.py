@@ -220,6 +220,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         # Whether anything but our envelopes needs a look (else: as it is).
         inspect = self._refuse or self._sample_keys is not None
         open_known = self.envelope.open_known
+        from_string = Payload.FromString
         namespace = self._namespace
         workflow_id = self._workflow_id
         for payload in payloads:
@@ -249,8 +250,11 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
             )
             if plaintext is None:
                 out.append(await self.open(payload, namespace=namespace, workflow_id=workflow_id))
-            else:
-                out.append(_inner(plaintext))
+                continue
+            try:  # _inner(), without the call
+                out.append(from_string(plaintext))
+            except Exception as exc:  # protobuf's DecodeError: a buggy, not hostile, sender
+                raise DecryptionError() from exc
         return out
 
     async def decode_one(self, payload: Payload) -> Payload:
