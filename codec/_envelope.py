@@ -315,6 +315,14 @@ class Envelope:
         self.keys.stats.decrypt_cache_hits += 1
         return self._decrypt(key.key, data, middle.offset, prefix[4], original_length)
 
+    def parse(self, data: bytes) -> tuple[Header, int]:
+        """:func:`~._format.parse`, from the header cache when it can (same result).
+
+        Raises:
+            DecryptionError: as :func:`~._format.parse`.
+        """
+        return self._headers.parse(data) or parse(data)
+
     def _check_binding(
         self,
         sealed_namespace: str,

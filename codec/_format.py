@@ -222,8 +222,12 @@ class HeaderCache:
         if header.origin or self._size == 0:
             return
         raw = data[FIXED_SIZE : offset - NONCE_SIZE]
-        if raw in self._by_raw:
-            del self._by_raw[raw]  # replaced below: the data key may be a newer entry
+        found = self._by_raw.get(raw)
+        if found is not None:
+            if found.key is key and found.key_id == key_id:
+                self.last = found
+                return
+            del self._by_raw[raw]  # replaced below: a newer cache entry of the data key
         elif len(self._by_raw) >= self._size:
             del self._by_raw[next(iter(self._by_raw))]
         middle = Middle(
@@ -259,6 +263,33 @@ class HeaderCache:
         if middle is not None:
             self.last = middle
         return middle
+
+    def parse(self, data: bytes) -> tuple[Header, int] | None:
+        """:func:`parse` for a version-1 header whose middle is remembered, else ``None``.
+
+        The result equals ``parse(data)``: the middle's fields are those its
+        bytes parse to, and its commitment is the one its data key was checked
+        against. Never raises.
+        """
+        middle = self.find(data)
+        if middle is None:
+            return None
+        prefix = data[:5]
+        offset = middle.offset
+        if (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1]) or len(data) < offset + TAG_SIZE:
+            return None
+        key = middle.key.key
+        header = Header(
+            prefix[4],
+            int.from_bytes(data[5:FIXED_SIZE]),
+            middle.namespace,
+            middle.workflow_id,
+            middle.classification,
+            key.wrapped,
+            key.commitment,
+            data[offset - NONCE_SIZE : offset],
+        )
+        return header, offset
 
 
 def parse(data: bytes) -> tuple[Header, int]:

@@ -294,6 +294,23 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
                 return _inner(sample_keys.open(key_id, payload.data if data is None else data))
         return payload
 
+    def open_known(self, payload: PayloadLike, namespace: str, /) -> Payload | None:
+        """:meth:`open` without a coroutine, by :meth:`Envelope.open_known`, or ``None``.
+
+        ``None`` where that shortcut does not apply: then call :meth:`open`.
+
+        Raises:
+            DecryptionError: as :meth:`open`.
+        """
+        metadata = payload.metadata
+        key_id = metadata.get(KEY_ID_METADATA)
+        if key_id is None:
+            return None
+        plaintext = self.envelope.open_known(
+            payload.data, key_id, metadata.get(CLASSIFICATION_METADATA, b""), namespace, None
+        )
+        return None if plaintext is None else _inner(plaintext)
+
     async def open(
         self,
         payload: PayloadLike,

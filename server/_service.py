@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from temporalio.api.common.v1 import Payload
 
-from temporal_shield.codec import KEY_ID_METADATA, DecryptionError, parse
+from temporal_shield.codec import KEY_ID_METADATA, DecryptionError
 from temporal_shield.codec._format import MAGIC
 from temporal_shield.converter import PayloadLike, ShieldCodec, ShieldConfig, is_encrypted
 
@@ -243,6 +243,8 @@ class CodecService:
         out: list[PayloadLike] = []
         allowed = self._allowed
         open_payload = self._codec.open
+        open_known = self._codec.open_known
+        parse_header = self._codec.envelope.parse
         limits = self._limits
         keys = self._keys
         policy = self._policy
@@ -272,7 +274,7 @@ class CodecService:
                 out.append(payload)
                 continue
             try:
-                parsed = parse(data)
+                parsed = parse_header(data)
                 key_id = payload.metadata[KEY_ID_METADATA].decode()
             except (DecryptionError, KeyError, UnicodeDecodeError):
                 outcome.failed += 1
@@ -341,7 +343,9 @@ class CodecService:
                 out.append(payload)
                 continue
             try:
-                decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
+                decoded = open_known(payload, namespace)
+                if decoded is None:
+                    decoded = await open_payload(payload, namespace=namespace, parsed=parsed)
             except DecryptionError:
                 outcome.failed += 1
                 outcome.reasons.add("ciphertext failed authentication")

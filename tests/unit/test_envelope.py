@@ -401,3 +401,26 @@ async def test_large_ciphertexts_round_trip_and_are_authenticated(envelope: Enve
         envelope.open_cached(bytes(tampered), key_id=sealed.key_id, namespace="default")
     with pytest.raises(DecryptionError):
         await envelope.open(bytes(tampered), key_id=sealed.key_id, namespace="default")
+
+
+async def test_parse_from_the_header_cache_equals_parse(envelope: Envelope) -> None:
+    sealed = await envelope.seal(JSONISH, namespace="default", classification="phi")
+    assert envelope.parse(sealed.data) == parse(sealed.data)  # nothing cached yet
+    await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    again = await envelope.seal(b"other", namespace="default", classification="phi")
+    assert envelope._headers.parse(again.data) is not None  # the cached path applies
+    assert envelope.parse(again.data) == parse(again.data)
+    data = bytearray(again.data)
+    for i in range(len(data)):
+        data[i] ^= 0x01
+        tampered = bytes(data)
+        try:
+            expected: object = parse(tampered)
+        except DecryptionError:
+            expected = DecryptionError
+        try:
+            got: object = envelope.parse(tampered)
+        except DecryptionError:
+            got = DecryptionError
+        assert got == expected, i
+        data[i] ^= 0x01
