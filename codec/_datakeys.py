@@ -220,14 +220,17 @@ class _Active:
 class CachedKey:
     """An unwrapped DEK in the decryption cache, and when it stops counting.
 
-    Readers that keep a reference for their own shortcut (the envelope's header
-    cache) check ``expires`` like the cache itself: it is set to ``-inf`` when
-    the cache evicts the key, so a kept reference lives no longer than its place
-    in the cache.
+    Readers that keep their own shortcut to it (the envelope's header cache) hold
+    it by a weak reference only, so it leaves memory when the cache drops it, and
+    check ``expires`` like the cache itself (set to ``-inf`` when the cache drops
+    it, for a reference that is still alive at that moment). A hit through such
+    a shortcut goes through :meth:`DataKeyManager.hit`.
     """
 
     key: DataKey
     expires: float
+    cache_key: tuple[str, bytes, str]
+    """Its key in the decryption cache: (KEK id, wrapped DEK, namespace)."""
 
 
 @dataclass
@@ -409,9 +412,20 @@ class DataKeyManager:
     def cache_entry(self, key_id: str, wrapped: bytes, namespace: str) -> CachedKey | None:
         """The decryption cache's entry for these arguments, without touching its order.
 
-        For a reader that keeps its own reference (see :class:`CachedKey`).
+        For a reader that keeps its own (weak) reference (see :class:`CachedKey`).
         """
         return self._decrypted.get((key_id, wrapped, namespace))
+
+    def hit(self, entry: CachedKey) -> None:
+        """Count a use of ``entry`` through a reader's own reference, as a cache hit.
+
+        Like a hit of :meth:`cached_decryption_key`, it makes ``entry`` the most
+        recently used, so a key in constant use is not evicted (and unwrapped
+        again) in favour of rarely used ones. Only for an entry that has not
+        expired, which is still in the cache.
+        """
+        self._decrypted.move_to_end(entry.cache_key)
+        self.stats.decrypt_cache_hits += 1
 
     def needs_unwrap(self, key_id: str, wrapped: bytes, namespace: str) -> bool:
         """Whether :meth:`decryption_key` would call a key provider for these arguments.
@@ -452,7 +466,11 @@ class DataKeyManager:
     def _remember(self, cache_key: tuple[str, bytes, str], key: DataKey) -> None:
         if self.policy.decrypt_cache_size == 0:
             return
-        self._decrypted[cache_key] = CachedKey(key, self.clock() + self.policy.decrypt_cache_ttl)
+        replaced = self._decrypted.get(cache_key)
+        if replaced is not None:
+            replaced.expires = -math.inf
+        expires = self.clock() + self.policy.decrypt_cache_ttl
+        self._decrypted[cache_key] = CachedKey(key, expires, cache_key)
         self._decrypted.move_to_end(cache_key)
         while len(self._decrypted) > self.policy.decrypt_cache_size:
             self._decrypted.popitem(last=False)[1].expires = -math.inf

@@ -260,7 +260,9 @@ class Envelope:
         Raises:
             DecryptionError: as :meth:`open`.
         """
-        label = None if classification is None else classification.encode("ascii", "replace")
+        # Sealed labels are ASCII: any other text must fail the comparison (as in
+        # open()), never turn into a matching byte string.
+        label = None if classification is None else classification.encode("utf-8", "surrogatepass")
         return self.open_known(data, key_id.encode(), label, namespace, workflow_id)
 
     def open_known(
@@ -295,11 +297,13 @@ class Envelope:
             middle = self._headers.find(data)
             if middle is None:
                 return None
-        key = middle.key
+        keys = self.keys
+        entry = middle.key()
         prefix = data[:5]
         if (
-            key_id != middle.key_id
-            or key.expires <= self.keys.clock()
+            entry is None
+            or key_id != middle.key_id
+            or entry.expires <= keys.clock()
             or (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1])
             or len(data) < middle.offset + TAG_SIZE
         ):
@@ -312,8 +316,8 @@ class Envelope:
             or original_length > self.max_plaintext
         ):
             raise DecryptionError()
-        self.keys.stats.decrypt_cache_hits += 1
-        return self._decrypt(key.key, data, middle.offset, prefix[4], original_length)
+        keys.hit(entry)
+        return self._decrypt(entry.key, data, middle.offset, prefix[4], original_length)
 
     def parse(self, data: bytes) -> tuple[Header, int]:
         """:func:`~._format.parse`, from the header cache when it can (same result).

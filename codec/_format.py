@@ -28,6 +28,7 @@ Writers produce version 1 unless an origin is recorded; readers accept both.
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._errors import DecryptionError
@@ -185,10 +186,12 @@ class Middle(NamedTuple):
     """``classification`` as the metadata carries it (ASCII bytes)."""
     key_id: bytes
     """The ``encryption-key-id`` metadata the payload opened with."""
-    key: CachedKey
-    """The data key it opened with. The middle holds the wrapped key and the
-    commitment, so the commitment check passed for this pair once and for all;
-    ``key.expires`` still bounds the shortcut (see :class:`CachedKey`)."""
+    key: weakref.ref[CachedKey]
+    """The decryption-cache entry of the data key it opened with, held weakly: the
+    header cache never keeps a key in memory that the decryption cache let go.
+    The middle holds the wrapped key and the commitment, so the commitment check
+    passed for this pair once and for all; the entry's ``expires`` still bounds
+    the shortcut (see :class:`CachedKey`)."""
     offset: int
     """Where the ciphertext starts in a payload with this middle."""
 
@@ -224,7 +227,7 @@ class HeaderCache:
         raw = data[FIXED_SIZE : offset - NONCE_SIZE]
         found = self._by_raw.get(raw)
         if found is not None:
-            if found.key is key and found.key_id == key_id:
+            if found.key() is key and found.key_id == key_id:
                 self.last = found
                 return
             del self._by_raw[raw]  # replaced below: a newer cache entry of the data key
@@ -237,7 +240,7 @@ class HeaderCache:
             header.classification,
             header.classification.encode("ascii"),
             key_id,
-            key,
+            weakref.ref(key),
             offset,
         )
         self._by_raw[raw] = self.last = middle
@@ -278,7 +281,10 @@ class HeaderCache:
         offset = middle.offset
         if (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1]) or len(data) < offset + TAG_SIZE:
             return None
-        key = middle.key.key
+        entry = middle.key()
+        if entry is None:
+            return None
+        key = entry.key
         header = Header(
             prefix[4],
             int.from_bytes(data[5:FIXED_SIZE]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import struct
@@ -336,11 +337,14 @@ async def test_open_cached_leaves_expired_keys_to_the_full_path(
 def test_header_cache_is_bounded() -> None:
     cache = HeaderCache(size=2)
     headers = []
+    entries = []
     for namespace in ("a", "b", "c"):
         header = Header(0, 1, namespace, "", "", b"w" * 40, b"c" * 32, b"n" * 12)
         data = header.pack() + b"t" * 17
         key = DataKey(key_id="k", wrapped=b"w" * 40, namespace=namespace, plaintext=bytes(32))
-        cache.remember(header, data, len(data) - 17, b"k", CachedKey(key, math.inf))
+        entry = CachedKey(key, math.inf, ("k", b"w" * 40, namespace))
+        entries.append(entry)  # alive: the cache holds its entries weakly
+        cache.remember(header, data, len(data) - 17, b"k", entry)
         headers.append(data)
     assert [cache.find(d) is not None for d in headers] == [False, True, True]
 
@@ -424,3 +428,46 @@ async def test_parse_from_the_header_cache_equals_parse(envelope: Envelope) -> N
             got = DecryptionError
         assert got == expected, i
         data[i] ^= 0x01
+
+
+async def test_the_header_cache_keeps_no_key_the_decryption_cache_dropped(
+    local_provider: LocalKeyProvider,
+) -> None:
+    writer = Envelope(DataKeyManager([local_provider]))
+    reader = Envelope(DataKeyManager([local_provider], policy=DataKeyPolicy(decrypt_cache_size=1)))
+    for i in range(20):  # twenty data keys, one per namespace
+        sealed = await writer.seal(b"x", namespace=f"ns-{i}")
+        await reader.open(sealed.data, key_id=sealed.key_id, namespace=f"ns-{i}")
+    gc.collect()
+    middles = list(reader._headers._by_raw.values())
+    assert len(middles) == 20  # the middles stay; the keys they opened with do not
+    assert sum(middle.key() is not None for middle in middles) == 1
+
+
+async def test_a_key_in_constant_use_stays_in_the_decryption_cache(
+    local_provider: LocalKeyProvider,
+) -> None:
+    writer = Envelope(DataKeyManager([local_provider]))
+    keys = DataKeyManager([local_provider], policy=DataKeyPolicy(decrypt_cache_size=2))
+    reader = Envelope(keys)
+    hot = await writer.seal(b"hot", namespace="hot")
+    args: dict[str, Any] = {"key_id": hot.key_id, "namespace": "hot"}
+    assert (await reader.open(hot.data, **args)).plaintext == b"hot"
+    for i in range(30):
+        cold = await writer.seal(b"cold", namespace=f"cold-{i}")
+        await reader.open(cold.data, key_id=cold.key_id, namespace=f"cold-{i}")
+        # Used through the shortcut, the hot key is the most recently used each time.
+        assert reader.open_cached(hot.data, **args) == b"hot"
+    assert keys.stats.kms_decrypt_calls == 31  # the hot key was unwrapped once
+
+
+async def test_open_cached_compares_labels_as_text(envelope: Envelope) -> None:
+    sealed = await envelope.seal(b"x", namespace="default", classification="ph?")
+    await envelope.open(sealed.data, key_id=sealed.key_id, namespace="default")
+    args: dict[str, Any] = {"key_id": sealed.key_id, "namespace": "default"}
+    assert envelope.open_cached(sealed.data, **args, classification="ph?") == b"x"
+    for label in ("phé", "ph\udce9"):
+        with pytest.raises(DecryptionError):
+            envelope.open_cached(sealed.data, **args, classification=label)
+        with pytest.raises(DecryptionError):
+            await envelope.open(sealed.data, **args, classification=label)
