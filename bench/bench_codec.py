@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib
 import json
@@ -70,6 +71,7 @@ from temporal_shield.converter import KeysConfig, ShieldCodec, ShieldConfig, bui
 
 SIZES = [256, 4 * 1024, 64 * 1024, 1024 * 1024]
 TEMPORALCODEC = "temporalcodec==0.6.1"
+LZ4 = "lz4==4.4.5"
 
 
 class StaticKeyCodec(PayloadCodec):
@@ -301,22 +303,32 @@ def payload_of(size: int) -> Payload:
 # -- peers ---------------------------------------------------------------------------------
 
 
-def temporalcodec_peer() -> PayloadCodec | None:
-    """``temporalcodec.encryption.EncryptionCodec``, pip-installed here if missing."""
+def import_or_install(module: str, requirement: str) -> Any:
+    """``module``, pip-installed into this interpreter from ``requirement`` if missing.
+
+    Returns ``None`` (after saying why) when pip fails: the contender is left out.
+    """
     try:
-        module = importlib.import_module("temporalcodec.encryption")
+        return importlib.import_module(module)
     except ImportError:
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", TEMPORALCODEC],
+            [sys.executable, "-m", "pip", "install", "-q", requirement],
             capture_output=True,
             text=True,
             check=False,
         )
         if done.returncode != 0:
-            print(f"temporalcodec: pip install failed, peer left out:\n{done.stderr[-500:]}")
+            print(f"{requirement}: pip install failed, left out:\n{done.stderr[-500:]}")
             return None
         importlib.invalidate_caches()
-        module = importlib.import_module("temporalcodec.encryption")
+        return importlib.import_module(module)
+
+
+def temporalcodec_peer() -> PayloadCodec | None:
+    """``temporalcodec.encryption.EncryptionCodec``, pip-installed here if missing."""
+    module = import_or_install("temporalcodec.encryption", TEMPORALCODEC)
+    if module is None:
+        return None
     # Its keys are 32-character strings used as AES-256 keys (``key.encode()``).
     codec: PayloadCodec = module.EncryptionCodec([{"id": "bench", "key": os.urandom(16).hex()}])
     return codec
@@ -483,24 +495,41 @@ def print_goals(results: dict[int, dict[str, list[float]]], smaller: dict[int, f
 
 
 def compression_levels() -> None:
-    """zstd cost and ratio per level on the same data: where the defaults come from."""
-    print("\nzstd on the same data, one reused context: compress + decompress µs, ratio")
+    """zstd cost and ratio per level on the same data: where the defaults come from.
+
+    With an lz4 column (block format, acceleration 1, pip-installed here if
+    missing) for comparison: the fastest common compressor, which shield does
+    not use (see docs/benchmarks.md, "Compression that pays for itself").
+    """
+    print("\nzstd (and lz4) on the same data, one reused context: compress + decompress µs, ratio")
     levels = (-1, 1, 3)
+    lz4_block = import_or_install("lz4.block", LZ4)
+    names = [f"zstd {lv}" for lv in levels] + (["lz4"] if lz4_block is not None else [])
     sizes = [512, 1024, 2048, *SIZES[1:]]
-    print(f"{'size':>7} | " + " | ".join(f"{'level ' + str(lv):>17}" for lv in levels))
+    print(f"{'size':>7} | " + " | ".join(f"{name:>17}" for name in names))
     dctx = zstandard.ZstdDecompressor()
     for size in sizes:
         data = json_like(size)
         n = max(5, 2_000_000 // size)
-        cells = []
+        pairs: list[tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = []
         for lv in levels:
             cctx = zstandard.ZstdCompressor(level=lv, write_content_size=True)
-            packed = cctx.compress(data)
+            pairs.append((cctx.compress, dctx.decompress))
+        if lz4_block is not None:
+            pairs.append(
+                (
+                    functools.partial(lz4_block.compress, store_size=False),
+                    functools.partial(lz4_block.decompress, uncompressed_size=len(data)),
+                )
+            )
+        cells = []
+        for compress, decompress in pairs:
+            packed = compress(data)
             best = float("inf")
             for _ in range(3):
                 t0 = time.process_time()
                 for _ in range(n):
-                    dctx.decompress(cctx.compress(data))
+                    decompress(compress(data))
                 best = min(best, (time.process_time() - t0) / n)
             cells.append(f"{best * 1e6:8.1f} µs {len(data) / len(packed):5.2f}x")
         print(f"{label(size):>7} | " + " | ".join(cells))
