@@ -230,12 +230,6 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
                 out.append(self._not_ours(payload, metadata) if inspect else payload)
                 continue
             data = payload.data
-            # Ours by the bytes: the label is shared with other codecs.
-            if data[:2] != MAGIC or (
-                self._sample_keys is not None and self._sample_ciphertext(metadata, data)
-            ):
-                out.append(self._not_ours(payload, metadata, data))
-                continue
             key_id = metadata.get(KEY_ID_METADATA)
             plaintext = (
                 None
@@ -249,7 +243,17 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
                 )
             )
             if plaintext is None:
-                out.append(await self.open(payload, namespace=namespace, workflow_id=workflow_id))
+                # Ours by the bytes (the label is shared with other codecs). Asked
+                # only here: a payload that opened by the shortcut is ours, its
+                # magic and its remembered header middle authenticated.
+                if data[:2] != MAGIC or (
+                    self._sample_keys is not None and self._sample_ciphertext(metadata, data)
+                ):
+                    out.append(self._not_ours(payload, metadata, data))
+                else:
+                    out.append(
+                        await self.open(payload, namespace=namespace, workflow_id=workflow_id)
+                    )
                 continue
             try:  # _inner(), without the call
                 out.append(from_string(plaintext))

@@ -377,6 +377,9 @@ async def test_sample_payload_starting_with_our_magic_is_still_the_samples(
         data=data,
     )
     assert await codec.decode([payload]) == [inner]
+    # And with the header cache warm (the shortcut is tried first): still the sample's.
+    ours = await codec.encode([_json('"ours"')])
+    assert await codec.decode([*ours, payload, *ours]) == [_json('"ours"'), inner, _json('"ours"')]
 
 
 @pytest.mark.parametrize(
