@@ -18,6 +18,7 @@ default is 5 s), and the ``temporal`` binary found next to this Python
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import socket
 import sys
@@ -38,11 +39,54 @@ class DevServerError(ShieldError, RuntimeError):
     """The dev server binary is missing or did not come up (a usage error: status 2)."""
 
 
+_LOWEST_PORT = 10000
+"""Ports are picked from here up to the kernel's ephemeral range."""
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (0 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that are free right now.
+
+    Picked below the kernel's ephemeral range where the system says where it
+    starts. A port from ``bind(("127.0.0.1", 0))`` is an ephemeral port, which
+    any outgoing connection on the machine may take as its local port between
+    the pick and the bind of the server it was picked for ("address already in
+    use": seen in CI, for the dev server's frontend). Below the range no
+    outgoing connection is given a port; the ports are held together until all
+    are picked, so they are distinct.
+    """
+    low = _ephemeral_low()
+    held: list[socket.socket] = []
+    try:
+        tries = 0
+        while len(held) < count:
+            tries += 1
+            s = socket.socket()
+            try:
+                if low - _LOWEST_PORT >= 1000 and tries <= 1000:
+                    s.bind(("127.0.0.1", secrets.randbelow(low - _LOWEST_PORT) + _LOWEST_PORT))
+                else:  # no usable range (or a crowded one): any ephemeral port
+                    s.bind(("127.0.0.1", 0))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now (see :func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 def temporal_cli() -> str | None:
@@ -72,12 +116,12 @@ class DevServer:
             namespaces: Extra namespaces to create besides ``default``.
             extra_args: Further ``start-dev`` flags.
         """
-        self.port = free_port()
-        self.ui_port = free_port() if ui else None
+        self.port, http_port, metrics_port, ui_port = free_ports(4)
+        self.ui_port = ui_port if ui else None
         self.address = f"127.0.0.1:{self.port}"
         # start_local passes --ip, --port, --namespace default, --log-level,
         # --headless or --ui-port itself; these are the flags it does not know.
-        self._args = ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+        self._args = ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
         if self.ui_port is not None:
             self._args.append("--ui-disable-news-fetch")
         if codec_endpoint:
