@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from temporalio.api.common.v1 import Payload
 
 from bench.bench_codec import json_like
+from temporal_shield._devserver import free_port
 
 ISSUER, AUDIENCE = "urn:bench-idp", "bench-codec"
 POLICY = """
@@ -61,12 +62,6 @@ roles:
 bindings:
   - {role: reader, subjects: [bench-user]}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _body(payloads: list[Payload]) -> bytes:
@@ -210,7 +205,7 @@ def start(kind: str, workdir: Path, workers: int = 1) -> tuple[subprocess.Popen[
     One worker is pinned to CPU 0 (wrk has CPU 1); several share both cores
     with wrk, as they would have to on this machine.
     """
-    port = _free_port()
+    port = free_port()
     log = workdir / f"server-{port}.log"
     if kind.startswith("shield"):
         command, env = _shield_command(kind, port, workdir, workers), _shield_env(kind, workdir)

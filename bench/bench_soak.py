@@ -59,7 +59,8 @@ from temporalio.api.common.v1 import Payload
 from temporalio.converter import WorkflowSerializationContext
 
 from bench.bench_codec import json_like
-from bench.bench_server import AUDIENCE, ISSUER, _body, _free_port
+from bench.bench_server import AUDIENCE, ISSUER, _body
+from temporal_shield._devserver import free_port
 from temporal_shield.codec import Keyring
 from temporal_shield.converter import build_codec, load_config
 from tests.server.forge import forged_payload
@@ -757,7 +758,7 @@ def main() -> int:
         ap.error("--kill-at must fall within --duration")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = Path(tmp)
-        port = _free_port()
+        port = free_port()
         config, public_key, kinds = prepare(workdir, port)
         print(
             f"temporal-shield serve --config {config} on port {port}, {args.clients} + 2 clients, bursts of 20"
