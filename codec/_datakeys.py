@@ -294,14 +294,7 @@ class DataKeyManager:
         the DEK's bounds.
         """
         entry = self._active.get(namespace)
-        policy = self.policy
-        # _admits, inlined: this runs once per payload.
-        if (
-            entry is None
-            or self.clock() - entry.created >= policy.max_age
-            or entry.messages >= policy.max_messages
-            or entry.nbytes + nbytes > policy.max_bytes
-        ):
+        if entry is None or not self._admits(entry, nbytes):
             return None
         self._active.move_to_end(namespace)
         entry.messages += 1

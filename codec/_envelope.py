@@ -15,7 +15,6 @@ from ._errors import ConfigError, DecryptionError, PayloadTooLargeError
 from ._format import (
     FIXED_SIZE,
     NONCE_SIZE,
-    TAG_SIZE,
     V1_PREFIXES,
     Header,
     HeaderCache,
@@ -179,9 +178,7 @@ class Envelope:
             middle = key.header_middle(workflow_id, classification) + origin_field(origin)
         else:
             fixed = V1_PREFIXES[algorithm] + size.to_bytes(4, "big")
-            middle = (None if workflow_id else key.headers.get(classification)) or (
-                key.header_middle(workflow_id, classification)
-            )
+            middle = key.header_middle(workflow_id, classification)
         header = b"".join((fixed, middle, nonce))
         ciphertext = key.aead.encrypt(nonce, body, header + key.aad_suffix)
         return header + ciphertext
@@ -292,21 +289,12 @@ class Envelope:
         Raises:
             DecryptionError: as :meth:`open`.
         """
-        middle = self._headers.last
-        if middle is None or not data.startswith(middle.raw, FIXED_SIZE):
-            middle = self._headers.find(data)
-            if middle is None:
-                return None
+        found = self._headers.known(data)
+        if found is None:
+            return None
+        middle, entry = found
         keys = self.keys
-        entry = middle.key()
-        prefix = data[:5]
-        if (
-            entry is None
-            or key_id != middle.key_id
-            or entry.expires <= keys.clock()
-            or (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1])
-            or len(data) < middle.offset + TAG_SIZE
-        ):
+        if key_id != middle.key_id or entry.expires <= keys.clock():
             return None
         original_length = int.from_bytes(data[5:FIXED_SIZE])
         if (
@@ -317,7 +305,7 @@ class Envelope:
         ):
             raise DecryptionError()
         keys.hit(entry)
-        return self._decrypt(entry.key, data, middle.offset, prefix[4], original_length)
+        return self._decrypt(entry.key, data, middle.offset, data[4], original_length)
 
     def parse(self, data: bytes) -> tuple[Header, int]:
         """:func:`~._format.parse`, from the header cache when it can (same result).
@@ -360,8 +348,4 @@ class Envelope:
             )
         except InvalidTag as exc:
             raise DecryptionError() from exc
-        if compression == _NONE:  # decompress()'s first case, without the call
-            if len(body) != original_length:
-                raise DecryptionError()
-            return body
         return decompress(compression, body, original_length)

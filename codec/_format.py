@@ -211,7 +211,7 @@ class HeaderCache:
         """Keep at most ``size`` middles (first in, first out)."""
         self._size = size
         self._by_raw: dict[bytes, Middle] = {}
-        self.last: Middle | None = None
+        self._last: Middle | None = None
         """The middle found last: the common case is that the next payload has it too."""
 
     def remember(
@@ -228,7 +228,7 @@ class HeaderCache:
         found = self._by_raw.get(raw)
         if found is not None:
             if found.key() is key and found.key_id == key_id:
-                self.last = found
+                self._last = found
                 return
             del self._by_raw[raw]  # replaced below: a newer cache entry of the data key
         elif len(self._by_raw) >= self._size:
@@ -243,7 +243,7 @@ class HeaderCache:
             weakref.ref(key),
             offset,
         )
-        self._by_raw[raw] = self.last = middle
+        self._by_raw[raw] = self._last = middle
 
     def find(self, data: bytes) -> Middle | None:
         """The remembered middle that ``data``'s header continues with, if any.
@@ -251,7 +251,7 @@ class HeaderCache:
         Never raises: whatever is not a remembered header is left to
         :func:`parse`, which gives the reasons. The caller checks the fixed part.
         """
-        middle = self.last
+        middle = self._last
         if middle is not None and data.startswith(middle.raw, FIXED_SIZE):
             return middle
         try:
@@ -264,8 +264,26 @@ class HeaderCache:
             return None
         middle = self._by_raw.get(data[FIXED_SIZE:end])
         if middle is not None:
-            self.last = middle
+            self._last = middle
         return middle
+
+    def known(self, data: bytes) -> tuple[Middle, CachedKey] | None:
+        """The remembered middle of ``data``'s well-formed version-1 header, with its key.
+
+        ``None`` unless the fixed part says version 1 and a known compression,
+        the data is long enough for a tag, and the middle's data key is still in
+        the decryption cache (its expiry is the caller's to check). Never raises.
+        """
+        middle = self.find(data)
+        if middle is None:
+            return None
+        prefix = data[:5]
+        if (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1]) or len(
+            data
+        ) < middle.offset + TAG_SIZE:
+            return None
+        entry = middle.key()
+        return None if entry is None else (middle, entry)
 
     def parse(self, data: bytes) -> tuple[Header, int] | None:
         """:func:`parse` for a version-1 header whose middle is remembered, else ``None``.
@@ -274,25 +292,19 @@ class HeaderCache:
         bytes parse to, and its commitment is the one its data key was checked
         against. Never raises.
         """
-        middle = self.find(data)
-        if middle is None:
+        found = self.known(data)
+        if found is None:
             return None
-        prefix = data[:5]
+        middle, entry = found
         offset = middle.offset
-        if (prefix != V1_PREFIXES[0] and prefix != V1_PREFIXES[1]) or len(data) < offset + TAG_SIZE:
-            return None
-        entry = middle.key()
-        if entry is None:
-            return None
-        key = entry.key
         header = Header(
-            prefix[4],
+            data[4],
             int.from_bytes(data[5:FIXED_SIZE]),
             middle.namespace,
             middle.workflow_id,
             middle.classification,
-            key.wrapped,
-            key.commitment,
+            entry.key.wrapped,
+            entry.key.commitment,
             data[offset - NONCE_SIZE : offset],
         )
         return header, offset

@@ -180,7 +180,6 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         label = self._label
         workflow_id = (self._workflow_id or "") if self._strict else ""
         seal_known = self.envelope.seal_known
-        last: tuple[str, Payload] | None = None  # (key id, template) of the payload before
         out = []
         for payload in payloads:
             plaintext = payload.SerializeToString()
@@ -194,10 +193,8 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
                 key_id, data = found[0].key_id, found[1]
             # Copying a prebuilt message is a third of the cost of building its
             # metadata map anew for every payload.
-            if last is None or last[0] != key_id:
-                last = (key_id, self._template(key_id, label))
             encoded = Payload()
-            encoded.CopyFrom(last[1])
+            encoded.CopyFrom(self._template(key_id, label))
             encoded.data = data
             out.append(encoded)
         return out
@@ -220,7 +217,6 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
         # Whether anything but our envelopes needs a look (else: as it is).
         inspect = self._refuse or self._sample_keys is not None
         open_known = self.envelope.open_known
-        from_string = Payload.FromString
         namespace = self._namespace
         workflow_id = self._workflow_id
         for payload in payloads:
@@ -255,10 +251,7 @@ class ShieldCodec(PayloadCodec, WithSerializationContext):
                         await self.open(payload, namespace=namespace, workflow_id=workflow_id)
                     )
                 continue
-            try:  # _inner(), without the call
-                out.append(from_string(plaintext))
-            except Exception as exc:  # protobuf's DecodeError: a buggy, not hostile, sender
-                raise DecryptionError() from exc
+            out.append(_inner(plaintext))
         return out
 
     async def decode_one(self, payload: Payload) -> Payload:

@@ -471,3 +471,87 @@ async def test_open_cached_compares_labels_as_text(envelope: Envelope) -> None:
             envelope.open_cached(sealed.data, **args, classification=label)
         with pytest.raises(DecryptionError):
             await envelope.open(sealed.data, **args, classification=label)
+
+
+_MUTATIONS = ("none", "flip", "truncate", "version", "compression", "length", "splice")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    mutation=st.sampled_from(_MUTATIONS),
+    at=st.integers(min_value=0, max_value=10_000),
+    key_id_suffix=st.sampled_from(["", "x"]),
+    label=st.sampled_from([None, "phi", "pci", "", "phé"]),
+    namespace=st.sampled_from([None, "default", "payments"]),
+    workflow_id=st.sampled_from([None, "wf-1", "wf-2"]),
+)
+async def test_the_shortcut_and_the_full_path_agree(
+    local_provider: LocalKeyProvider,
+    mutation: str,
+    at: int,
+    key_id_suffix: str,
+    label: str | None,
+    namespace: str | None,
+    workflow_id: str | None,
+) -> None:
+    """Differential: a warm reader (shortcut first) and a cold one (full path only)."""
+    writer = Envelope(DataKeyManager([local_provider]))
+    one = await writer.seal(JSONISH, namespace="default", classification="phi")
+    other = await writer.seal(
+        b"short", namespace="default", workflow_id="wf-1", classification="pci"
+    )
+    warm = Envelope(DataKeyManager([local_provider]), max_plaintext=len(JSONISH) + 100)
+    for sealed in (one, other):  # both header middles remembered
+        await warm.open(sealed.data, key_id=sealed.key_id, namespace=None)
+    data = bytearray(one.data)
+    if mutation == "flip":
+        data[at % len(data)] ^= 1 << (at % 8)
+    elif mutation == "truncate":
+        del data[at % len(data) :]
+    elif mutation == "version":
+        data[2] = 2
+    elif mutation == "compression":
+        data[4] = at % 4
+    elif mutation == "length":
+        data[5:9] = (len(JSONISH) + at % 200 - 100).to_bytes(4, "big")
+    elif mutation == "splice":  # the other payload's header before this ciphertext
+        _, offset = parse(one.data)
+        _, other_offset = parse(other.data)
+        data = bytearray(other.data[:other_offset]) + data[offset:]
+    args: dict[str, Any] = {
+        "key_id": one.key_id + key_id_suffix,
+        "namespace": namespace,
+        "workflow_id": workflow_id,
+        "classification": label,
+    }
+
+    async def outcome(reader: Envelope, shortcut: bool) -> object:
+        try:
+            if shortcut:
+                found = reader.open_cached(bytes(data), **args)
+                if found is not None:
+                    return found
+            return (await reader.open(bytes(data), **args)).plaintext
+        except DecryptionError:
+            return DecryptionError
+
+    if (
+        mutation == "none"
+        and not key_id_suffix
+        and label in (None, "phi")
+        and namespace != "payments"
+    ):
+        assert warm.open_cached(bytes(data), **args) == JSONISH  # the shortcut does apply
+    cold = Envelope(DataKeyManager([local_provider]), max_plaintext=len(JSONISH) + 100)
+    assert await outcome(warm, True) == await outcome(cold, False)
+    try:
+        cached: object = warm.parse(bytes(data))
+    except DecryptionError:
+        cached = DecryptionError
+    try:
+        full: object = parse(bytes(data))
+    except DecryptionError:
+        full = DecryptionError
+    assert cached == full
