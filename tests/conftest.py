@@ -6,12 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import DataKeyManager, Envelope, LocalKeyProvider
 from temporal_shield.converter import ClassificationConfig, KeysConfig, ShieldConfig, build_codec
 
 from .helpers import make_keyring
+
+# Tests never assert on time (performance lives in bench/): Hypothesis's default
+# 200 ms deadline per example would fail a correct test on a loaded machine.
+settings.register_profile("temporal-shield", deadline=None)
+settings.load_profile("temporal-shield")
 
 
 @pytest.fixture

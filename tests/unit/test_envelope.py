@@ -58,7 +58,9 @@ async def test_compression_off_and_threshold(local_provider: LocalKeyProvider) -
     assert parse(sealed.data)[0].compression == Compression.NONE
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     data=st.binary(max_size=5000),
     namespace=st.text(min_size=1, max_size=40),
