@@ -81,6 +81,31 @@ async def test_decode_one_per_input_in_order_with_passthrough(
         assert _datas(await resp.json()) == [b'"a"', b'"already plain"', b'"b"']
 
 
+async def test_a_damaged_envelope_is_answered_unchanged_as_failed(
+    make_client: ClientFactory, idp: Idp, shield_config: ShieldConfig, audit_path: Path
+) -> None:
+    # docs/format.md "Telling formats apart": starting with the magic makes a
+    # payload ours; one that does not parse is failed, not someone else's.
+    client = await make_client()
+    good = await _encrypted(shield_config, "dev-team", b'"a"')
+    damaged = Payload()
+    damaged.CopyFrom(good)
+    damaged.data = b"TS" + bytes(30)
+    foreign = Payload()
+    foreign.CopyFrom(good)
+    foreign.data = b"XX" + good.data[2:]
+    resp = await client.post(
+        "/decode",
+        json=_body(good, damaged, foreign),
+        headers=_headers(idp.token(groups=["engineering"])),
+    )
+    assert resp.status == 200, await resp.text()
+    assert _datas(await resp.json()) == [b'"a"', damaged.data, foreign.data]
+    record = _records(audit_path)[-1]
+    assert (record["decoded"], record["failed"], record["foreign_encryption"]) == (1, 1, 1)
+    assert "malformed ciphertext" in record["reason"]
+
+
 async def test_download_is_not_supported(make_client: ClientFactory, idp: Idp) -> None:
     client = await make_client()
     resp = await client.post("/download", json={}, headers=_headers(idp.token()))

@@ -382,6 +382,29 @@ async def test_sample_payload_starting_with_our_magic_is_still_the_samples(
     assert await codec.decode([*ours, payload, *ours]) == [_json('"ours"'), inner, _json('"ours"')]
 
 
+async def test_without_the_sample_reader_a_ts_prefixed_foreign_payload_fails_closed(
+    keyring_path: Path,
+) -> None:
+    # docs/format.md: starting with the magic makes a payload ours; one that does
+    # not parse is a damaged envelope (the opaque error), never passed through.
+    codec = build_codec(_config(keyring_path))
+    sample = sample_codec()
+    nonce = b"TS" + bytes(10)
+    data = nonce + sample.encryptor.encrypt(nonce, _json('"x"').SerializeToString(), None)
+    payload = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": SAMPLE_KEY_ID.encode()},
+        data=data,
+    )
+    assert not is_envelope(data)
+    with pytest.raises(DecryptionError):
+        await codec.decode([payload])
+    # The same bytes without the magic: someone else's, passed through unchanged.
+    other = Payload()
+    other.CopyFrom(payload)
+    other.data = b"XX" + data[2:]
+    assert await codec.decode([other]) == [other]
+
+
 @pytest.mark.parametrize(
     "case", ["truncated", "short", "wrong key id", "wrong key", "not a payload", "flipped"]
 )
