@@ -10,4 +10,3 @@ def test_the_default_profile_has_no_deadline() -> None:
     # CI machine that is a time assertion on a correct test.
     assert settings.default is not None
     assert settings.default.deadline is None
-
