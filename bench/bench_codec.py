@@ -365,6 +365,20 @@ def codec_round_trip(codec: PayloadCodec, payload: Payload) -> RoundTrip:
     return once
 
 
+def codec_encode(codec: PayloadCodec, payload: Payload) -> RoundTrip:
+    async def once() -> None:
+        await codec.encode([payload])
+
+    return once
+
+
+def codec_decode(codec: PayloadCodec, encoded: list[Payload]) -> RoundTrip:
+    async def once() -> None:
+        await codec.decode(encoded)
+
+    return once
+
+
 def raw_round_trip(raw: RawCodec, payload: Payload) -> RoundTrip:
     async def once() -> None:
         assert raw.round_trip(payload).data == payload.data
@@ -470,7 +484,8 @@ async def main(quick: bool) -> None:
                 f" | {plain:7d} {sealed:8d} {smaller[size]:6.2f}x"
             )
         print_goals(results, smaller)
-        compression_levels()
+        await encode_and_decode(no_zstd, sample, rounds, round_seconds)
+        compression_levels(3 if rounds < 9 else 9)
         await kms_and_overhead(ring)
 
 
@@ -494,23 +509,60 @@ def print_goals(results: dict[int, dict[str, list[float]]], smaller: dict[int, f
     line("2. 1 MiB shield / raw zstd + AES-GCM", ratio(results[SIZES[-1]], "shield", "raw"), 0.9)
 
 
-def compression_levels() -> None:
+async def encode_and_decode(
+    no_zstd: PayloadCodec, sample: PayloadCodec, rounds: int, round_seconds: float
+) -> None:
+    """Goal 1's round trip taken apart: encode and decode each, against the sample."""
+    print(
+        "\nencode and decode apart, compression not applied: µs per call (median),"
+        " and no-zstd ÷ sample in time (median of per-round ratios; < 1 is faster)"
+    )
+    print(
+        f"{'size':>7} | {'no-zstd':>8} {'sample':>8} {'ratio':>6} (encode) |"
+        f" {'no-zstd':>8} {'sample':>8} {'ratio':>6} (decode)"
+    )
+    for size in SIZES[:2]:
+        payload = payload_of(size)
+        contenders = {}
+        for name, codec in (("no-zstd", no_zstd), ("sample", sample)):
+            contenders[f"{name} encode"] = codec_encode(codec, payload)
+            contenders[f"{name} decode"] = codec_decode(codec, await codec.encode([payload]))
+        rates = await interleaved(contenders, rounds, round_seconds)
+        cells = []
+        for op in ("encode", "decode"):
+            ours, theirs = rates[f"no-zstd {op}"], rates[f"sample {op}"]
+            cells.append(
+                f"{1e6 / statistics.median(ours):8.2f} {1e6 / statistics.median(theirs):8.2f}"
+                f" {fmt(ratio(rates, f'sample {op}', f'no-zstd {op}')):>6}"
+            )
+        print(f"{label(size):>7} | {cells[0]} (encode) | {cells[1]} (decode)")
+
+
+def compression_levels(rounds: int = 9) -> None:
     """zstd cost and ratio per level on the same data: where the defaults come from.
 
     With an lz4 column (block format, acceleration 1, pip-installed here if
     missing) for comparison: the fastest common compressor, which shield does
     not use (see docs/benchmarks.md, "Compression that pays for itself").
+    Interleaved like the round trips (the order rotates every round), so load
+    from other processes hits every column alike; each cell also gives the
+    median per-round time relative to zstd level 1, shield's default.
     """
-    print("\nzstd (and lz4) on the same data, one reused context: compress + decompress µs, ratio")
+    print(
+        "\nzstd (and lz4) on the same data, one reused context, "
+        f"{rounds} interleaved rounds: compress + decompress µs, size ratio, "
+        "time ÷ zstd 1 (median of per-round ratios)"
+    )
     levels = (-1, 1, 3)
     lz4_block = import_or_install("lz4.block", LZ4)
     names = [f"zstd {lv}" for lv in levels] + (["lz4"] if lz4_block is not None else [])
     sizes = [512, 1024, 2048, *SIZES[1:]]
-    print(f"{'size':>7} | " + " | ".join(f"{name:>17}" for name in names))
+    print(f"{'size':>7} | " + " | ".join(f"{name:>24}" for name in names))
     dctx = zstandard.ZstdDecompressor()
+    default = levels.index(1)
     for size in sizes:
         data = json_like(size)
-        n = max(5, 2_000_000 // size)
+        n = max(3, 300_000 // size)
         pairs: list[tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = []
         for lv in levels:
             cctx = zstandard.ZstdCompressor(level=lv, write_content_size=True)
@@ -522,16 +574,21 @@ def compression_levels() -> None:
                     functools.partial(lz4_block.decompress, uncompressed_size=len(data)),
                 )
             )
-        cells = []
-        for compress, decompress in pairs:
-            packed = compress(data)
-            best = float("inf")
-            for _ in range(3):
+        times: list[list[float]] = [[] for _ in pairs]
+        for r in range(rounds):
+            for i in (*range(r % len(pairs), len(pairs)), *range(r % len(pairs))):
+                compress, decompress = pairs[i]
                 t0 = time.process_time()
                 for _ in range(n):
                     decompress(compress(data))
-                best = min(best, (time.process_time() - t0) / n)
-            cells.append(f"{best * 1e6:8.1f} µs {len(data) / len(packed):5.2f}x")
+                times[i].append((time.process_time() - t0) / n)
+        cells = []
+        for (compress, _), spent in zip(pairs, times, strict=True):
+            relative = statistics.median(t / d for t, d in zip(spent, times[default], strict=True))
+            cells.append(
+                f"{statistics.median(spent) * 1e6:8.1f} µs {len(data) / len(compress(data)):5.2f}x"
+                f" {relative:4.2f}"
+            )
         print(f"{label(size):>7} | " + " | ".join(cells))
 
 
