@@ -79,7 +79,7 @@ class Envelope:
 
         Args:
             keys: Data-key source.
-            compression: Compression settings (default: zstd above 512 bytes).
+            compression: Compression settings (default: zstd level 1 from 1 KiB).
             max_plaintext: Largest inner payload accepted on either side; also the
                 ceiling for decompression.
             random: Nonce source (injectable for test vectors only).
