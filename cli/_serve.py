@@ -32,6 +32,7 @@ from temporal_shield.server._workers import (
     LineLockedStdout,
     Supervisor,
     check_workers,
+    lock_stderr_logging,
     reserve_port,
     stdout_lock,
     worker_config,
@@ -85,7 +86,10 @@ def serve(config_path: str | None, overrides: Mapping[str, Any], worker: str | N
         os.environ["OTEL_RESOURCE_ATTRIBUTES"] = ",".join(
             filter(None, [resource, f"temporal_shield.worker={spec.index}"])
         )
-        stdout = LineLockedStdout(spec.stdout_lock) if spec.stdout_lock >= 0 else None
+        stdout = None
+        if spec.stdout_lock >= 0:
+            stdout = LineLockedStdout(spec.stdout_lock)
+            lock_stderr_logging(spec.stdout_lock)
         app = create_app(
             server, shield, audit_stdout=stdout, metric_labels={"worker": str(spec.index)}
         )
@@ -111,6 +115,8 @@ def _supervise(
         port = int(held.getsockname()[1])
         audit = server.audit
         lock = stdout_lock() if audit.stdout or audit.checkpoint_stdout else -1
+        if lock >= 0:
+            lock_stderr_logging(lock)  # the supervisor's restart messages too
         settings = {**overrides, "port": port, "workers": count}
 
         def command(index: int, control: int) -> list[str]:

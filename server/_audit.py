@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -116,6 +117,44 @@ def line_problem(line: bytes, record: dict[str, Any]) -> str:
     return ""
 
 
+_LOCK_POLL = 0.1
+
+
+def _lock(fd: int, path: Path, wait: float) -> None:
+    """Take the exclusive ``flock`` that makes this process the file's only writer.
+
+    Two processes appending to one file (a second server started with the same
+    settings, or a new instance started while the old one still drains) would
+    each continue the chain from the record it saw last, forking it. The lock
+    is advisory: it binds temporal-shield processes, which is what a forked
+    chain needs; the kernel releases it when the holder exits, however it exits.
+
+    Raises:
+        AuditError: another process still holds the file after ``wait`` seconds.
+    """
+    deadline = time.monotonic() + wait
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise AuditError(
+                    f"audit log {path} is being written by another process (another "
+                    "temporal-shield serve with the same audit.file?); refusing to start: "
+                    "two writers would fork its hash chain"
+                ) from None
+            if not waiting:
+                waiting = True
+                log.warning(
+                    "audit log %s is held by another process; waiting up to %.0f s for it",
+                    path,
+                    wait,
+                )
+            time.sleep(_LOCK_POLL)
+
+
 @dataclass
 class _Batch:
     """Records chained in one event-loop turn, waiting for their write."""
@@ -188,17 +227,27 @@ class AuditLog:
         if config.file:
             path = Path(config.file)
             try:
-                # The record count only numbers checkpoints: without a signer
-                # it is not needed, and counting means reading the whole file.
-                tail = _recover(path, config.replica_id, count=bool(signer or config.signing_key))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 # Unbuffered: every record is one write() straight to the kernel
                 # before the response that it records is sent.
                 self._file = os.fdopen(fd, "ab", buffering=0)
-                self._size = os.fstat(fd).st_size
             except OSError as exc:
                 raise AuditError(f"cannot open audit log {path}: {exc.strerror}") from None
+            try:
+                # Held for the log's life, and taken before the tail is read: the
+                # previous writer's last record is then final.
+                _lock(fd, path, config.lock_wait)
+                # The record count only numbers checkpoints: without a signer
+                # it is not needed, and counting means reading the whole file.
+                tail = _recover(path, config.replica_id, count=bool(signer or config.signing_key))
+                self._size = os.fstat(fd).st_size
+            except OSError as exc:
+                self._file.close()
+                raise AuditError(f"cannot open audit log {path}: {exc.strerror}") from None
+            except BaseException:
+                self._file.close()
+                raise
             self._prev, self._seq, self._checkpoint_line, self._covered, dropped = tail
         self._signer = signer
         if signer is None and config.signing_key:

@@ -124,6 +124,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+MAX_WORKERS = 256
+"""Most ``server.workers``: one per CPU is the useful most, and this is far past it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """Where audit records go. At least one sink is required unless insecure_dev."""
@@ -134,6 +138,10 @@ class AuditConfig:
     """Also write each record to standard output."""
     fsync: bool = False
     """fsync after every record (slower; survives a host crash, not just a process crash)."""
+    lock_wait: float = 15.0
+    """Seconds a starting server waits for another process that holds ``file`` (an
+    instance still draining its last requests) before refusing to start. Only one
+    process at a time writes a chain: two writers would fork it."""
     replica_id: str = field(default_factory=socket.gethostname)
     """This replica's id in checkpoints (default: the host name, which a StatefulSet
     pod keeps across restarts). Each replica writes its own file; letters, digits,
@@ -174,6 +182,8 @@ class AuditConfig:
             raise ConfigError("audit.checkpoint_every and checkpoint_interval must be positive")
         if self.s3_retention_days < 0:
             raise ConfigError("audit.s3_retention_days must not be negative")
+        if not 0 <= self.lock_wait <= 3600:
+            raise ConfigError("audit.lock_wait must be between 0 and 3600 seconds")
         if self.signing_key and not self.file:
             raise ConfigError("audit.signing_key needs audit.file (checkpoints count its records)")
         if (self.s3_bucket or self.checkpoint_stdout) and not self.signing_key:
@@ -415,8 +425,11 @@ class ServerConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError("server.port must be a port number (0 = any free port)")
-        if self.workers < 0:
-            raise ConfigError("server.workers must be 0 (one per CPU) or positive")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                f"server.workers must be 0 (one per CPU) or 1-{MAX_WORKERS} "
+                "(more would be processes without a core to run on)"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("server.metrics_port must be a port number (0 = off)")
         if (

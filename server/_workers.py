@@ -42,7 +42,7 @@ from pathlib import Path
 
 from temporal_shield.codec import ConfigError
 
-from ._config import ServerConfig
+from ._config import MAX_WORKERS, ServerConfig
 
 log = logging.getLogger("temporal_shield.server.workers")
 
@@ -68,7 +68,7 @@ def worker_count(configured: int) -> int:
     """
     if configured > 0:
         return configured
-    return len(os.sched_getaffinity(0)) or 1
+    return min(MAX_WORKERS, len(os.sched_getaffinity(0)) or 1)
 
 
 def worker_audit_file(path: str, index: int) -> str:
@@ -84,10 +84,12 @@ def worker_config(config: ServerConfig, index: int, count: int) -> ServerConfig:
     stay). With several, each gets its own audit file and replica id (the
     same for the same index on every start, so each chain continues), and the
     budgets that protect the pod as a whole are divided between them: a
-    caller's KMS unwraps per minute and burst, and the decoded bytes in
-    flight. A worker cannot see its siblings' spending, so an undivided budget
-    would be ``count`` times the configured one per pod. Bursts are rounded
-    down but kept at 1 or more when configured non-zero.
+    caller's KMS unwraps per minute and burst, the decoded bytes in flight,
+    the open connections and a person's grant requests per hour. A worker
+    cannot see its siblings' spending, so an undivided budget would be
+    ``count`` times the configured one per pod. Bursts are rounded down but
+    kept at 1 or more when configured non-zero, and the bytes in flight never
+    fall below twice ``max_body_bytes`` (what the largest request holds).
 
     Raises:
         ConfigError: the derived replica id is invalid (too long).
@@ -101,14 +103,22 @@ def worker_config(config: ServerConfig, index: int, count: int) -> ServerConfig:
         replica_id=f"{audit.replica_id}-w{index}",
     )
     burst = config.principal_unwrap_burst
+    # Every worker must be able to hold the largest request it accepts (its
+    # body twice: see SMALL_HOLD in the app), or such a request would be
+    # refused as busy on an idle server; that floor can lift the pod's total.
+    largest = 2 * config.max_body_bytes
     return dataclasses.replace(
         config,
         audit=audit,
         principal_unwraps_per_minute=config.principal_unwraps_per_minute / count,
         principal_unwrap_burst=max(1, burst // count) if burst else 0,
-        max_decoded_bytes_in_flight=max(1, config.max_decoded_bytes_in_flight // count),
+        max_decoded_bytes_in_flight=max(largest, config.max_decoded_bytes_in_flight // count),
         max_decoded_bytes_in_flight_per_caller=max(
-            1, config.max_decoded_bytes_in_flight_per_caller // count
+            largest, config.max_decoded_bytes_in_flight_per_caller // count
+        ),
+        max_connections=max(1, config.max_connections // count),
+        grants=dataclasses.replace(
+            config.grants, requests_per_hour=config.grants.requests_per_hour / count
         ),
     )
 
@@ -117,8 +127,9 @@ def check_workers(config: ServerConfig, count: int) -> None:
     """Refuse settings that several workers cannot honour (before starting any).
 
     Raises:
-        ConfigError: no ``SO_REUSEPORT``, stdout as the only audit sink, or a
-            derived replica id that is invalid.
+        ConfigError: no ``SO_REUSEPORT``, stdout as the only audit sink, an
+            audit file that is a directory, metrics ports past 65535 or over
+            the main port, or a derived replica id that is invalid.
     """
     if count == 1:
         return
@@ -132,12 +143,31 @@ def check_workers(config: ServerConfig, count: int) -> None:
             "audit.stdout as the only audit sink cannot be used with server.workers > 1: "
             "set audit.file (each worker writes its own file) or run one worker"
         )
+    if config.audit.file and (
+        config.audit.file.endswith(("/", os.sep)) or Path(config.audit.file).is_dir()
+    ):
+        # With one worker opening it fails; with several the per-worker names
+        # (DIR-w0, ...) would land next to the directory, outside a mounted volume.
+        raise ConfigError(f"audit.file {config.audit.file} is a directory: name a file in it")
+    metrics = config.metrics_port
+    if metrics and metrics + count - 1 > 65535:
+        raise ConfigError(
+            f"server.metrics_port {metrics} + {count - 1} (one port per worker) is over 65535"
+        )
+    if metrics and config.port and metrics <= config.port < metrics + count:
+        raise ConfigError(
+            f"server.port {config.port} is one of the workers' metrics ports "
+            f"({metrics}-{metrics + count - 1})"
+        )
     for index in range(count):
         worker_config(config, index, count)
 
 
 class LineLockedStdout(io.TextIOBase):
     """Standard output shared by workers: every flush is whole lines, never mixed.
+
+    (Their standard error too, through :func:`lock_stderr_logging`: it may be
+    the same stream.)
 
     A pipe takes writes of up to ``PIPE_BUF`` (4 KiB) in one piece, but audit
     batches and checkpoints can be longer, and a terminal or file takes no
@@ -197,6 +227,18 @@ class LineLockedStdout(io.TextIOBase):
         super().close()
 
 
+def lock_stderr_logging(lock_fd: int) -> None:
+    """Send the log lines this process writes to stderr through the stdout line lock.
+
+    With ``2>&1`` (a shell, systemd, ``| logger``) standard error is the same
+    stream as the audit copy on standard output: an unlocked log line could land
+    in the middle of a locked audit batch longer than ``PIPE_BUF``.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            handler.setStream(LineLockedStdout(lock_fd, 2))
+
+
 def stdout_lock() -> int:
     """A lock file for :class:`LineLockedStdout`: anonymous, inherited by the workers."""
     fd = os.memfd_create("temporal-shield-stdout-lock")
@@ -234,6 +276,10 @@ class _Slot:
     index: int
     failures: int = 0
     process: asyncio.subprocess.Process | None = None
+    ever_ready: bool = False
+    """Whether a worker in this slot ever served: then a failed restart is a crash
+    to retry (a port taken meanwhile, a file briefly held), not a configuration
+    error."""
 
 
 class Supervisor:
@@ -241,13 +287,15 @@ class Supervisor:
 
     Each worker gets one end of a socket pair (its *control* descriptor): it
     writes ``ready`` once it listens, and it shuts down gracefully when the
-    other end closes, so workers never outlive a parent that was killed.
+    other end closes, so the workers of a killed parent stop accepting and exit
+    once their in-flight requests are done.
 
     Exit status of :meth:`run`: 0 after a requested stop in which every
-    worker exited cleanly; 2 when a worker fails before it is ever ready with
-    status 2 (a configuration error: restarting cannot help), or when a worker
-    dies :data:`MAX_FAILURES` times in a row; 1 when a worker did not exit
-    cleanly on stop.
+    worker exited cleanly; 2 when the first worker of a slot fails before it
+    is ready with status 2 (a configuration error: restarting cannot help), or
+    when a worker dies :data:`MAX_FAILURES` times in a row (a restart that
+    fails to start counts as a death); 1 when a worker did not exit cleanly
+    on stop.
     """
 
     def __init__(
@@ -304,7 +352,8 @@ class Supervisor:
                 clean = status in (0, 130, -signal.SIGTERM, -signal.SIGINT)
                 self._unclean = self._unclean or not clean
                 return
-            if not ready and status == 2:
+            slot.ever_ready = slot.ever_ready or ready
+            if not slot.ever_ready and status == 2:
                 self._give_up(f"worker {slot.index} could not start (see its message above)")
                 return
             if ready and time.monotonic() - started >= STABLE_AFTER:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,45 @@ async def test_group_commit_writes_one_chain_in_call_order(tmp_path: Path) -> No
     result = verify(path)
     assert result.ok
     assert result.records == 52
+
+
+def test_a_second_writer_of_the_same_file_is_refused(tmp_path: Path) -> None:
+    # Two writers would each continue the chain from the record they saw last:
+    # a forked chain that no verifier accepts (found with two `serve --workers 2`).
+    path = tmp_path / "audit.jsonl"
+    first = AuditLog(AuditConfig(file=str(path)))
+    first.record({"n": 0})
+    with pytest.raises(AuditError, match="being written by another process"):
+        AuditLog(AuditConfig(file=str(path), lock_wait=0))
+    first.record({"n": 1})  # the refused writer took nothing from the first
+    first.close()
+    second = AuditLog(AuditConfig(file=str(path), lock_wait=0))
+    second.record({"n": 2})
+    second.close()
+    assert [r["n"] for r in _lines(path)] == [0, 1, 2]
+    assert verify(path).ok
+
+
+def test_a_starting_writer_waits_for_one_that_is_still_draining(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    old = AuditLog(AuditConfig(file=str(path)))
+    old.record({"n": 0})
+
+    def drain() -> None:
+        time.sleep(0.3)
+        old.record({"n": 1})  # the old instance's last request, written while waited for
+        old.close()
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    new = AuditLog(AuditConfig(file=str(path), lock_wait=30))
+    thread.join()
+    new.record({"n": 2})
+    new.close()
+    written = _lines(path)
+    assert [r["n"] for r in written] == [0, 1, 2]
+    assert written[2]["prev"] == written[1]["hash"]  # the tail was read after the wait
+    assert verify(path).ok
 
 
 class _FlakyStream(io.StringIO):

@@ -51,7 +51,21 @@ def test_each_worker_gets_its_own_file_replica_and_share_of_the_budgets() -> Non
     assert second.audit.replica_id == "pod-0-w1"
     assert second.principal_unwraps_per_minute == 60.0
     assert second.principal_unwrap_burst == 1
-    assert second.max_decoded_bytes_in_flight == 500
+    # Never below what the largest request holds (its body twice).
+    assert second.max_decoded_bytes_in_flight == 2 * config.max_body_bytes
+    per_caller = config.max_decoded_bytes_in_flight_per_caller
+    assert second.max_decoded_bytes_in_flight_per_caller == max(
+        2 * config.max_body_bytes, per_caller // 2
+    )
+    tight = replace(config, max_decoded_bytes_in_flight_per_caller=config.max_body_bytes)
+    assert (
+        worker_config(tight, 0, 8).max_decoded_bytes_in_flight_per_caller
+        == 2 * config.max_body_bytes
+    )
+    assert second.max_connections == config.max_connections // 2
+    assert second.grants.requests_per_hour == config.grants.requests_per_hour / 2
+    roomy = replace(config, max_decoded_bytes_in_flight=1 << 30, max_body_bytes=1 << 20)
+    assert worker_config(roomy, 0, 4).max_decoded_bytes_in_flight == 1 << 28
     assert worker_config(config, 1, 2) == second  # the same slot, the same file, every start
     no_burst = replace(config, principal_unwrap_burst=0)
     assert worker_config(no_burst, 0, 4).principal_unwrap_burst == 0
@@ -68,6 +82,24 @@ def test_settings_several_workers_cannot_honour_are_refused() -> None:
         check_workers(long_id, 2)
     assert worker_count(0) == len(os.sched_getaffinity(0))
     assert worker_count(3) == 3
+
+
+def test_worker_counts_and_ports_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        ServerConfig(insecure_dev=True, workers=257)
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        ServerConfig(insecure_dev=True, workers=-1)
+    high = replace(DEV, metrics_port=65535)
+    check_workers(high, 1)
+    with pytest.raises(ConfigError, match="over 65535"):
+        check_workers(high, 2)
+    overlap = replace(DEV, port=9091, metrics_port=9090)
+    with pytest.raises(ConfigError, match="metrics ports"):
+        check_workers(overlap, 2)
+    check_workers(replace(DEV, port=9092, metrics_port=9090), 2)
+    for directory in (str(tmp_path), f"{tmp_path}/logs/"):
+        with pytest.raises(ConfigError, match="is a directory"):
+            check_workers(replace(DEV, audit=AuditConfig(file=directory)), 2)
 
 
 _WRITER = """
@@ -272,6 +304,51 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_a_second_server_on_the_same_audit_files_is_refused(tmp_path: Path) -> None:
+    # SO_REUSEPORT lets a second `serve` of the same user join the port; with the
+    # same audit.file its workers would fork both chains (an outside review did).
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    logs = tmp_path / "logs"
+    port = free_port()
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(logs / "audit.jsonl"),
+        "TEMPORAL_SHIELD_SERVER_AUDIT_LOCK_WAIT": "0",
+        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
+    }
+    metrics = _free_pair(avoid=port)
+    argv = [*SERVE, "--insecure-dev", "--port", str(port)]
+    log = (tmp_path / "first.log").open("wb")
+    first = subprocess.Popen(
+        [*argv, "--metrics-port", str(metrics)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        for k in (0, 1):
+            _wait_ready(metrics + k, first, tmp_path / "first.log")
+        _prefixes_until(port, 2)
+        second = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+        assert second.returncode == 2
+        assert "being written by another process" in second.stderr
+        _prefixes_until(port, 2)  # the first server still serves, on both workers
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(90) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        log.close()
+    files = sorted(str(path) for path in logs.iterdir())
+    assert [Path(f).name for f in files] == ["audit-w0.jsonl", "audit-w1.jsonl"]
+    verify = subprocess.run(
+        [*CLI, "audit", "verify", *files], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def _serve_two_workers(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
@@ -299,8 +376,75 @@ def test_stdout_as_the_only_audit_sink_is_refused_with_workers(tmp_path: Path) -
     assert "only audit sink" in out.stderr
 
 
+_LOGGER = """
+import logging, sys, time
+from temporal_shield.server._workers import LineLockedStdout, lock_stderr_logging
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+lock = int(sys.argv[1])
+lock_stderr_logging(lock)
+out = LineLockedStdout(lock)
+tag = sys.argv[2]
+for i in range(40):
+    if tag == "log":  # a worker that only logs (refused connections, say), throughout
+        for j in range(50):
+            logging.warning("log line %s %d %s", tag, i * 50 + j, "x" * 200)
+            time.sleep(0.0005)
+    else:
+        out.write('{"w": "%s", "i": %d, "pad": "%s"}\\n' % (tag, i, tag * 70000))
+        out.flush()
+"""
+
+
+def test_log_lines_on_stderr_never_tear_audit_lines_on_a_shared_stream() -> None:
+    """``2>&1``: the workers' log lines and the stdout audit copy share one pipe."""
+    lock = stdout_lock()
+    try:
+        read_end, write_end = os.pipe()
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _LOGGER, str(lock), tag],
+                stdout=write_end,
+                stderr=write_end,
+                pass_fds=(lock,),
+            )
+            for tag in ("a", "b", "log")
+        ]
+        os.close(write_end)
+        chunks = []
+        # A slow reader (a log shipper): writers block mid-line on a full pipe,
+        # which is when another process's line can land inside one.
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+            time.sleep(0.0002)
+        os.close(read_end)
+        lines = b"".join(chunks).splitlines()
+        assert [w.wait(60) for w in writers] == [0, 0, 0]
+    finally:
+        os.close(lock)
+    logs = [line for line in lines if line.startswith(b"WARNING log line ")]
+    records = [json.loads(line) for line in lines if not line.startswith(b"WARNING")]
+    assert len(logs) == 2000
+    assert all(line.endswith(b"x" * 200) for line in logs)
+    assert sorted((r["w"], r["i"]) for r in records) == [(t, i) for t in "ab" for i in range(40)]
+
+
+_READY_THEN_CRASH = (
+    "import socket; socket.socket(fileno={control}).send(b'ready'); raise SystemExit(3)"
+)
+
+
+@pytest.mark.parametrize(
+    "restart",
+    [
+        # Says it is ready, then crashes: a restart is worth trying, up to a point.
+        _READY_THEN_CRASH,
+        # Served once, then fails to start (its metrics port taken while it was
+        # down, say): retried like a crash, not taken for a configuration error.
+        "raise SystemExit(2)",
+    ],
+)
 def test_workers_that_keep_dying_make_the_supervisor_give_up(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    restart: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from temporal_shield.server import _workers
 
@@ -309,10 +453,11 @@ def test_workers_that_keep_dying_make_the_supervisor_give_up(
 
     def command(index: int, control: int) -> list[str]:
         started.append(index)
-        # Says it is ready, then crashes: a restart is worth trying, up to a point.
-        code = f"import socket; socket.socket(fileno={control}).send(b'ready'); raise SystemExit(3)"
-        return [sys.executable, "-c", code]
+        code = _READY_THEN_CRASH if len(started) == 1 else restart
+        return [sys.executable, "-c", code.format(control=control)]
 
     assert _workers.Supervisor(command, 1).run() == 2
     assert len(started) == _workers.MAX_FAILURES
-    assert "died 6 times in a row" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "could not start" not in err
+    assert "died 6 times in a row" in err
