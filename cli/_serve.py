@@ -156,8 +156,10 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     runner = ShieldRunner(app, config, shutdown_timeout=SHUTDOWN_TIMEOUT)
     side: ShieldRunner | None = None
-    await runner.setup()
     try:
+        # Inside: a startup that fails (sign-in discovery, say) still runs the
+        # cleanup of what started, closing the audit log and releasing its lock.
+        await runner.setup()
         site = web.TCPSite(
             runner,
             config.host,

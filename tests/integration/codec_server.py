@@ -15,12 +15,12 @@ async def running(
 ) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 (``port`` 0 = any); yields its base URL; stops it on exit."""
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    scheme = "https" if ssl_context else "http"
     try:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        scheme = "https" if ssl_context else "http"
         yield f"{scheme}://127.0.0.1:{bound}"
     finally:
         await runner.cleanup()

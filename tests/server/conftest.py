@@ -134,6 +134,12 @@ async def make_client(
     async def factory(**kw: Any) -> TestClient[Any, Any]:
         stdout = kw.pop("audit_stdout", io.StringIO())
         providers = kw.pop("providers", None)
+        running = [c for c in clients if not c.server.closed]
+        if running and "audit" not in kw and "config" not in kw:
+            # One writer per audit file (the log locks it): a second server
+            # running alongside writes a chain of its own, next to ``audit.jsonl``
+            # (a server started after the first stopped continues its chain).
+            kw["audit"] = AuditConfig(file=str(tmp_path / f"audit-{len(clients) + 1}.jsonl"))
         config = kw.pop("config", None) or server_config(idp, policy_file, tmp_path, **kw)
         app = create_app(config, shield_config, audit_stdout=stdout, providers=providers)
         client = TestClient(ShieldTestServer(app, config))

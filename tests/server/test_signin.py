@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,9 +21,10 @@ import pytest
 from aiohttp import web
 
 from temporal_shield._devserver import free_port
+from temporal_shield._serve import _run as serve_app
 from temporal_shield.codec import ConfigError
 from temporal_shield.converter import ShieldConfig, build_codec
-from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app
+from temporal_shield.server import AuditConfig, AuditLog, AuthConfig, ServerConfig, create_app
 from temporal_shield.server._config import OidcConfig
 from temporal_shield.server._secrets import ServerSecret, create_secret_file
 from temporal_shield.server._signin import LOGIN_COOKIE, SESSION_COOKIE
@@ -446,6 +447,11 @@ async def test_the_demo_identity_provider_is_refused_outside_the_demo(
         with pytest.raises(ConfigError, match="development identity provider"):
             async with running(create_app(config, shield_config)):
                 pass
+        # `serve` itself: the refused start closes the audit log (and its lock),
+        # so a corrected start in the same process opens the file at once.
+        with pytest.raises(ConfigError, match="development identity provider"):
+            await serve_app(create_app(config, shield_config), config, None)
+        AuditLog(replace(config.audit, lock_wait=0)).close()
         async with running(create_app(config, shield_config, allow_development_idp=True)):
             pass
 
