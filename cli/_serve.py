@@ -115,8 +115,6 @@ def _supervise(
         port = int(held.getsockname()[1])
         audit = server.audit
         lock = stdout_lock() if audit.stdout or audit.checkpoint_stdout else -1
-        if lock >= 0:
-            lock_stderr_logging(lock)  # the supervisor's restart messages too
         settings = {**overrides, "port": port, "workers": count}
 
         def command(index: int, control: int) -> list[str]:

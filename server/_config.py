@@ -138,10 +138,11 @@ class AuditConfig:
     """Also write each record to standard output."""
     fsync: bool = False
     """fsync after every record (slower; survives a host crash, not just a process crash)."""
-    lock_wait: float = 15.0
+    lock_wait: float = 60.0
     """Seconds a starting server waits for another process that holds ``file`` (an
-    instance still draining its last requests) before refusing to start. Only one
-    process at a time writes a chain: two writers would fork it."""
+    instance still finishing its last requests and its final checkpoint) before
+    refusing to start. Only one process at a time writes a chain: two writers
+    would fork it."""
     replica_id: str = field(default_factory=socket.gethostname)
     """This replica's id in checkpoints (default: the host name, which a StatefulSet
     pod keeps across restarts). Each replica writes its own file; letters, digits,

@@ -182,15 +182,27 @@ class LineLockedStdout(io.TextIOBase):
     sink both do).
     """
 
-    def __init__(self, lock_fd: int, fd: int = 1) -> None:
+    def __init__(
+        self, lock_fd: int, fd: int = 1, *, errors: str = "strict", line_buffered: bool = False
+    ) -> None:
         """Open the lock (inherited ``lock_fd``) as a description of our own.
 
         ``flock`` excludes other *open file descriptions*; the inherited
         descriptor is shared with the siblings, so it is reopened.
+
+        Args:
+            lock_fd: The inherited lock file.
+            fd: The descriptor written to.
+            errors: How text that is not UTF-8 (lone surrogates) is encoded.
+            line_buffered: Flush on every write that ends a line (for
+                writers that never flush, like ``print``), not only on
+                :meth:`flush`.
         """
         super().__init__()
         self._lock = os.open(f"/proc/self/fd/{lock_fd}", os.O_RDWR | os.O_CLOEXEC)
         self._fd = fd
+        self._errors = errors
+        self._line_buffered = line_buffered
         self._pending: list[bytes] = []
 
     def writable(self) -> bool:
@@ -198,8 +210,10 @@ class LineLockedStdout(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        """Buffer ``text`` until :meth:`flush`."""
-        self._pending.append(text.encode())
+        """Buffer ``text`` until :meth:`flush` (or the end of a line, if line buffered)."""
+        self._pending.append(text.encode("utf-8", self._errors))
+        if self._line_buffered and text.endswith("\n"):
+            self.flush()
         return len(text)
 
     def flush(self) -> None:
@@ -228,15 +242,23 @@ class LineLockedStdout(io.TextIOBase):
 
 
 def lock_stderr_logging(lock_fd: int) -> None:
-    """Send the log lines this process writes to stderr through the stdout line lock.
+    """Send what this worker writes to stderr through the stdout line lock.
 
     With ``2>&1`` (a shell, systemd, ``| logger``) standard error is the same
-    stream as the audit copy on standard output: an unlocked log line could land
-    in the middle of a locked audit batch longer than ``PIPE_BUF``.
+    stream as the audit copy on standard output: an unlocked line (a log line,
+    an error message, a traceback) could land in the middle of a locked audit
+    batch longer than ``PIPE_BUF``. Replaces ``sys.stderr`` and the log
+    handlers' stream with one that writes each complete line under the lock.
+
+    Workers only: the supervisor never takes the lock, so that a worker stuck
+    on a full stdout pipe while holding it cannot stop the supervisor from
+    killing it.
     """
+    locked = LineLockedStdout(lock_fd, 2, errors="backslashreplace", line_buffered=True)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
-            handler.setStream(LineLockedStdout(lock_fd, 2))
+            handler.setStream(locked)
+    sys.stderr = locked
 
 
 def stdout_lock() -> int:

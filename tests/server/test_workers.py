@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -349,6 +350,54 @@ def test_a_second_server_on_the_same_audit_files_is_refused(tmp_path: Path) -> N
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_the_supervisor_never_waits_for_the_stdout_lock(tmp_path: Path) -> None:
+    # A worker blocked on a full stdout pipe holds the lock; the supervisor must
+    # still log, restart and kill (its log lines once waited on that lock).
+    ring = tmp_path / "keyring.json"
+    Keyring.new().save(ring)
+    port = free_port()
+    metrics = _free_pair(avoid=port)
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
+        "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "1",
+        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [*SERVE, "--insecure-dev", "--port", str(port), "--metrics-port", str(metrics)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+    )
+    try:
+        for k in (0, 1):
+            _wait_ready(metrics + k, proc, tmp_path / "serve.log")
+        fds = Path(f"/proc/{proc.pid}/fd")
+        lock_fd = next(f for f in fds.iterdir() if "stdout-lock" in os.readlink(f))
+        held = os.open(lock_fd, os.O_RDWR)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)  # as a worker stuck mid-write would
+            first = _worker_pids(proc.pid)
+            os.kill(first[1], signal.SIGKILL)
+            for _ in range(300):
+                if _worker_pids(proc.pid).get(1) not in (None, first[1]):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the supervisor did not restart worker 1")
+        finally:
+            os.close(held)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 def _serve_two_workers(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
@@ -388,7 +437,10 @@ for i in range(40):
     if tag == "log":  # a worker that only logs (refused connections, say), throughout
         for j in range(50):
             logging.warning("log line %s %d %s", tag, i * 50 + j, "x" * 200)
+            # An error message or a traceback: written to sys.stderr, not logged.
+            print("print line %d %s" % (i * 50 + j, "y" * 200), file=sys.stderr)
             time.sleep(0.0005)
+        logging.warning("a file name that is not UTF-8: %s", "/etc/tls-\\udcff")
     else:
         out.write('{"w": "%s", "i": %d, "pad": "%s"}\\n' % (tag, i, tag * 70000))
         out.flush()
@@ -422,9 +474,14 @@ def test_log_lines_on_stderr_never_tear_audit_lines_on_a_shared_stream() -> None
     finally:
         os.close(lock)
     logs = [line for line in lines if line.startswith(b"WARNING log line ")]
-    records = [json.loads(line) for line in lines if not line.startswith(b"WARNING")]
+    prints = [line for line in lines if line.startswith(b"print line ")]
+    records = [json.loads(line) for line in lines if line.startswith(b"{")]
     assert len(logs) == 2000
     assert all(line.endswith(b"x" * 200) for line in logs)
+    assert len(prints) == 2000
+    assert all(line.endswith(b"y" * 200) for line in prints)
+    assert lines.count(b"WARNING a file name that is not UTF-8: /etc/tls-\\udcff") == 40
+    assert len(lines) == len(logs) + len(prints) + len(records) + 40
     assert sorted((r["w"], r["i"]) for r in records) == [(t, i) for t in "ab" for i in range(40)]
 
 
