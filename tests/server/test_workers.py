@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -12,7 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -233,9 +235,63 @@ def _worker_pids(supervisor: int) -> dict[int, int]:
     return found
 
 
-def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Path) -> None:
+@dataclass
+class _Served:
+    """A running ``serve --insecure-dev --workers 2`` (see :func:`_two_workers`)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics: int
+    argv: list[str]
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def _two_workers(
+    tmp_path: Path, settings: dict[str, str], *, stdout: int | None = None
+) -> Iterator[_Served]:
+    """Both workers ready (on their metrics ports), then stopped whatever happens.
+
+    ``settings``: ``TEMPORAL_SHIELD_*`` variables besides a fresh keyring and
+    two workers. The serve log (stderr, and stdout unless ``stdout`` is given)
+    is ``tmp_path / "serve.log"``.
+    """
     ring = tmp_path / "keyring.json"
     Keyring.new().save(ring)
+    port = free_port()
+    metrics = _free_pair(avoid=port)
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
+        **settings,
+    }
+    argv = [*SERVE, "--insecure-dev", "--port", str(port)]
+    path = tmp_path / "serve.log"
+    with path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*argv, "--metrics-port", str(metrics)],
+            stdout=log if stdout is None else stdout,
+            stderr=log,
+            env=env,
+        )
+        try:
+            for k in (0, 1):
+                _wait_ready(metrics + k, proc, path)
+            yield _Served(proc, port, metrics, argv, env)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: every worker finishes and the supervisor exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(90) == 0
+
+
+def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Path) -> None:
     keys = tmp_path / "signing"
     subprocess.run(
         [*CLI, "audit", "keygen", "--out", str(keys)],
@@ -244,26 +300,13 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
     )
     private, public = keys / "audit-signing.key", keys / "audit-signing.pub"
     logs = tmp_path / "logs"
-    port = free_port()
-    metrics = _free_pair(avoid=port)
-    env = {
-        **os.environ,
-        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+    settings = {
         "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(logs / "audit.jsonl"),
         "TEMPORAL_SHIELD_SERVER_AUDIT_REPLICA_ID": "pod-0",
         "TEMPORAL_SHIELD_SERVER_AUDIT_SIGNING_KEY": f"ed25519://{private}",
-        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
     }
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [*SERVE, "--insecure-dev", "--port", str(port), "--metrics-port", str(metrics)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        for k in (0, 1):
-            _wait_ready(metrics + k, proc, tmp_path / "serve.log")
+    with _two_workers(tmp_path, settings) as served:
+        proc, port, metrics = served.proc, served.port, served.metrics
         before = _prefixes_until(port, 2)  # both workers answer on the one port
         for k in (0, 1):
             status, body, _ = _get(metrics + k, "/metrics")
@@ -281,14 +324,7 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
             time.sleep(0.1)
         _wait_ready(metrics + 1, proc)
         _prefixes_until(port, 3, set(before))  # the new worker 1 serves too
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc)
     assert sorted(p.name for p in logs.iterdir()) == ["audit-w0.jsonl", "audit-w1.jsonl"]
     second = [json.loads(line) for line in (logs / "audit-w1.jsonl").read_text().splitlines()]
     # Worker 1's chain spans both of its processes and ends with a signed checkpoint.
@@ -308,40 +344,20 @@ def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Pat
 def test_a_second_server_on_the_same_audit_files_is_refused(tmp_path: Path) -> None:
     # SO_REUSEPORT lets a second `serve` of the same user join the port; with the
     # same audit.file its workers would fork both chains (an outside review did).
-    ring = tmp_path / "keyring.json"
-    Keyring.new().save(ring)
     logs = tmp_path / "logs"
-    port = free_port()
-    env = {
-        **os.environ,
-        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+    settings = {
         "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(logs / "audit.jsonl"),
         "TEMPORAL_SHIELD_SERVER_AUDIT_LOCK_WAIT": "0",
-        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
     }
-    metrics = _free_pair(avoid=port)
-    argv = [*SERVE, "--insecure-dev", "--port", str(port)]
-    log = (tmp_path / "first.log").open("wb")
-    first = subprocess.Popen(
-        [*argv, "--metrics-port", str(metrics)], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    try:
-        for k in (0, 1):
-            _wait_ready(metrics + k, first, tmp_path / "first.log")
-        _prefixes_until(port, 2)
+    with _two_workers(tmp_path, settings) as first:
+        _prefixes_until(first.port, 2)
         second = subprocess.run(
-            argv, capture_output=True, text=True, env=env, timeout=120, check=False
+            first.argv, capture_output=True, text=True, env=first.env, timeout=120, check=False
         )
         assert second.returncode == 2
         assert "being written by another process" in second.stderr
-        _prefixes_until(port, 2)  # the first server still serves, on both workers
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(90) == 0
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        log.close()
+        _prefixes_until(first.port, 2)  # the first server still serves, on both workers
+        _stop(first.proc)
     files = sorted(str(path) for path in logs.iterdir())
     assert [Path(f).name for f in files] == ["audit-w0.jsonl", "audit-w1.jsonl"]
     verify = subprocess.run(
@@ -353,27 +369,12 @@ def test_a_second_server_on_the_same_audit_files_is_refused(tmp_path: Path) -> N
 def test_the_supervisor_never_waits_for_the_stdout_lock(tmp_path: Path) -> None:
     # A worker blocked on a full stdout pipe holds the lock; the supervisor must
     # still log, restart and kill (its log lines once waited on that lock).
-    ring = tmp_path / "keyring.json"
-    Keyring.new().save(ring)
-    port = free_port()
-    metrics = _free_pair(avoid=port)
-    env = {
-        **os.environ,
-        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+    settings = {
         "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
         "TEMPORAL_SHIELD_SERVER_AUDIT_STDOUT": "1",
-        "TEMPORAL_SHIELD_SERVER_WORKERS": "2",
     }
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [*SERVE, "--insecure-dev", "--port", str(port), "--metrics-port", str(metrics)],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        env=env,
-    )
-    try:
-        for k in (0, 1):
-            _wait_ready(metrics + k, proc, tmp_path / "serve.log")
+    with _two_workers(tmp_path, settings, stdout=subprocess.DEVNULL) as served:
+        proc = served.proc
         fds = Path(f"/proc/{proc.pid}/fd")
         lock_fd = next(f for f in fds.iterdir() if "stdout-lock" in os.readlink(f))
         held = os.open(lock_fd, os.O_RDWR)
@@ -389,13 +390,7 @@ def test_the_supervisor_never_waits_for_the_stdout_lock(tmp_path: Path) -> None:
                 raise AssertionError("the supervisor did not restart worker 1")
         finally:
             os.close(held)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc)
 
 
 def _serve_two_workers(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
