@@ -32,6 +32,7 @@ from temporal_shield.server._workers import (
     LineLockedStdout,
     Supervisor,
     check_workers,
+    heartbeat_interval,
     lock_stderr_logging,
     reserve_port,
     stdout_lock,
@@ -132,7 +133,12 @@ def _supervise(
             count,
             os.getpid(),
         )
-        return Supervisor(command, count, pass_fds=(lock,) if lock >= 0 else ()).run()
+        return Supervisor(
+            command,
+            count,
+            pass_fds=(lock,) if lock >= 0 else (),
+            worker_timeout=server.worker_timeout,
+        ).run()
 
 
 async def _run(
@@ -179,7 +185,9 @@ async def _run(
         if metrics_port:
             log.info("%s metrics on %s://%s:%d", name, scheme, host, metrics_port)
         if worker is not None:
-            _report_to_supervisor(loop, worker.control, stop)
+            _report_to_supervisor(
+                loop, worker.control, stop, heartbeat_interval(config.worker_timeout)
+            )
         await stop.wait()
         log.info("%s shutting down", name)
     finally:
@@ -188,8 +196,15 @@ async def _run(
         await runner.cleanup()
 
 
-def _report_to_supervisor(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
-    """Say ``ready``; stop gracefully when the supervisor's end closes (it died)."""
+def _report_to_supervisor(
+    loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event, interval: float
+) -> None:
+    """Say ``ready`` and beat every ``interval`` s; stop when the supervisor is gone.
+
+    The beats come from the event loop: a loop that is stuck stops beating, and
+    the supervisor kills the worker. Stops gracefully when the supervisor's end
+    closes (it died).
+    """
     control = socket.socket(fileno=fd)
     control.setblocking(False)
 
@@ -208,9 +223,21 @@ def _report_to_supervisor(loop: asyncio.AbstractEventLoop, fd: int, stop: asynci
             pass
         gone()
 
+    def beat() -> None:
+        if stop.is_set():
+            return
+        try:
+            control.send(b"alive\n")
+        except BlockingIOError:
+            pass  # the supervisor is behind on reading: the beat is not needed
+        except OSError:
+            return  # gone: readable() notices
+        loop.call_later(interval, beat)
+
     try:
         control.send(b"ready\n")
     except OSError:
         stop.set()
         return
     loop.add_reader(control.fileno(), readable)
+    loop.call_later(interval, beat)

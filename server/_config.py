@@ -126,6 +126,8 @@ def _is_loopback(host: str) -> bool:
 
 MAX_WORKERS = 256
 """Most ``server.workers``: one per CPU is the useful most, and this is far past it."""
+WORKER_TIMEOUT = 30.0
+"""Default of ``server.worker_timeout``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -372,6 +374,10 @@ class ServerConfig:
     """Processes serving ``port`` (``0``: one per CPU this process may run on). With
     more than one, a supervisor starts them and restarts any that dies; each keeps
     its own audit chain, caches and budgets (see ``docs/server.md``, "Workers")."""
+    worker_timeout: float = WORKER_TIMEOUT
+    """With ``workers`` > 1: seconds a worker may go without its heartbeat (sent
+    from its event loop several times per timeout) before the supervisor kills
+    and restarts it, as a worker whose event loop is stuck."""
     metrics_port: int = 0
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (and nothing else) also on
     ``metrics_port + k`` for worker ``k``, so that Prometheus scrapes every worker;
@@ -431,6 +437,8 @@ class ServerConfig:
                 f"server.workers must be 0 (one per CPU) or 1-{MAX_WORKERS} "
                 "(more would be processes without a core to run on)"
             )
+        if not 1 <= self.worker_timeout <= 3600:
+            raise ConfigError("server.worker_timeout must be between 1 and 3600 seconds")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("server.metrics_port must be a port number (0 = off)")
         if (

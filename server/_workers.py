@@ -42,7 +42,7 @@ from pathlib import Path
 
 from temporal_shield.codec import ConfigError
 
-from ._config import MAX_WORKERS, ServerConfig
+from ._config import MAX_WORKERS, WORKER_TIMEOUT, ServerConfig
 
 log = logging.getLogger("temporal_shield.server.workers")
 
@@ -57,6 +57,11 @@ MAX_FAILURES = 6
 """Restarts in a row (each worker) after which the supervisor gives up."""
 STABLE_AFTER = 30.0
 """Seconds a worker must have served for its next death to count as the first."""
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    """How often a worker tells the supervisor it is alive: several beats per timeout."""
+    return min(5.0, worker_timeout / 6)
 
 
 def worker_count(configured: int) -> int:
@@ -327,6 +332,7 @@ class Supervisor:
         *,
         pass_fds: Sequence[int] = (),
         stop_timeout: float = STOP_TIMEOUT,
+        worker_timeout: float = WORKER_TIMEOUT,
     ) -> None:
         """Prepare ``count`` slots; nothing starts before :meth:`run`.
 
@@ -335,11 +341,14 @@ class Supervisor:
             count: Number of workers.
             pass_fds: Descriptors every worker inherits (besides its control socket).
             stop_timeout: Seconds between SIGTERM and SIGKILL on stop.
+            worker_timeout: Seconds a ready worker may go without a heartbeat
+                (see :func:`heartbeat_interval`) before it is killed.
         """
         self._command = command
         self._pass_fds = tuple(pass_fds)
         self._slots = [_Slot(k) for k in range(count)]
         self._stop_timeout = stop_timeout
+        self._worker_timeout = worker_timeout
         self._stop = asyncio.Event()
         self._fatal = ""
         self._unclean = False
@@ -417,22 +426,56 @@ class Supervisor:
         ready = loop.create_task(loop.sock_recv(ours, 64))
         exited = loop.create_task(process.wait())
         stop = loop.create_task(self._stop.wait())
+        watch: asyncio.Task[None] | None = None
         said_ready = False
         try:
             done, _ = await asyncio.wait({ready, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
             if ready in done and not ready.exception() and ready.result().startswith(b"ready"):
                 said_ready = True
                 log.info("worker %d (pid %d) ready", slot.index, process.pid)
+                watch = loop.create_task(self._watch(slot.index, ours, process))
             if not exited.done() and not self._stop.is_set():
                 await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if watch is not None:
+                watch.cancel()  # stopping (however long it takes) is not hanging
             if not exited.done():
                 await self._terminate(slot.index, process, exited)
             return said_ready, exited.result()
         finally:
-            for task in (ready, stop):
-                task.cancel()
+            for task in (ready, stop, watch):
+                if task is not None:
+                    task.cancel()
             ours.close()
             slot.process = None
+
+    async def _watch(
+        self, index: int, ours: socket.socket, process: asyncio.subprocess.Process
+    ) -> None:
+        """Kill a ready worker whose heartbeats stop: its event loop is stuck.
+
+        The kernel keeps giving a stuck worker its share of new connections,
+        and its health endpoints answer no one; an exit is all the supervisor
+        would otherwise see. Killed, it is restarted like any worker that died.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                beat = await asyncio.wait_for(loop.sock_recv(ours, 64), self._worker_timeout)
+            except TimeoutError:
+                log.error(
+                    "worker %d (pid %d) sent no heartbeat for %.0f s (its event loop is "
+                    "stuck); killing it",
+                    index,
+                    process.pid,
+                    self._worker_timeout,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                return
+            except OSError:
+                return
+            if not beat:
+                return  # its end closed: it is exiting
 
     async def _terminate(
         self, index: int, process: asyncio.subprocess.Process, exited: asyncio.Task[int]

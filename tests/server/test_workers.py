@@ -393,6 +393,78 @@ def test_the_supervisor_never_waits_for_the_stdout_lock(tmp_path: Path) -> None:
         _stop(proc)
 
 
+def test_a_worker_whose_event_loop_is_stuck_is_killed_and_restarted(tmp_path: Path) -> None:
+    settings = {
+        "TEMPORAL_SHIELD_SERVER_AUDIT_FILE": str(tmp_path / "audit.jsonl"),
+        "TEMPORAL_SHIELD_SERVER_WORKER_TIMEOUT": "2",
+    }
+    with _two_workers(tmp_path, settings) as served:
+        proc = served.proc
+        first = _worker_pids(proc.pid)
+        time.sleep(3)  # longer than the timeout: healthy workers beat and stay
+        assert _worker_pids(proc.pid) == first
+        os.kill(first[1], signal.SIGSTOP)  # stuck: no beat, no request answered
+        for _ in range(300):
+            if _worker_pids(proc.pid).get(1) not in (None, first[1]):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the stuck worker was not replaced")
+        _wait_ready(served.metrics + 1, proc)
+        assert _worker_pids(proc.pid)[0] == first[0]  # the other worker is untouched
+        _prefixes_until(served.port, 2)
+        _stop(proc)
+    said = (tmp_path / "serve.log").read_text()
+    assert f"worker 1 (pid {first[1]}) sent no heartbeat for 2 s" in said
+
+
+_BEATING = """
+import socket, sys, time
+control = socket.socket(fileno={control})
+control.send(b"ready")
+for _ in range(15):
+    time.sleep(0.1)
+    control.send(b"alive")
+raise SystemExit(3)
+"""
+_SILENT = """
+import socket, time
+control = socket.socket(fileno={control})
+control.send(b"ready")
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("beats", [True, False])
+def test_heartbeats_keep_a_worker_alive_and_their_absence_gets_it_killed(
+    beats: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from temporal_shield.server import _workers
+
+    monkeypatch.setattr(_workers, "BACKOFF_FIRST", 0.01)
+
+    def command(index: int, control: int) -> list[str]:
+        return [sys.executable, "-c", (_BEATING if beats else _SILENT).format(control=control)]
+
+    started = time.monotonic()
+    assert _workers.Supervisor(command, 1, worker_timeout=0.5).run() == 2
+    err = capsys.readouterr().err
+    assert "died 6 times in a row" in err
+    logged = caplog.text
+    assert logged.count("restarting in") == _workers.MAX_FAILURES - 1
+    if beats:
+        # Beating every 0.1 s for 1.5 s, then exiting 3: never taken for stuck.
+        assert "sent no heartbeat" not in logged
+        assert "last status 3" in err
+    else:
+        assert logged.count("sent no heartbeat for 0 s") == _workers.MAX_FAILURES
+        assert "last status -9" in err
+        assert time.monotonic() - started < 60  # killed, not waited for
+
+
 def _serve_two_workers(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SERVE, "--insecure-dev", "--workers", "2", "--port", str(free_port())],
