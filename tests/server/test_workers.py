@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -116,26 +116,40 @@ for i in range(40):
 """
 
 
-def test_stdout_lines_of_several_processes_never_mix(tmp_path: Path) -> None:
-    """Lines far over PIPE_BUF, from three processes into one pipe, each stays whole."""
+def _into_one_pipe(script: str, tags: Sequence[str], *, stderr: bool = False) -> list[bytes]:
+    """Lines that processes running ``script`` (one per tag, sharing one stdout
+    lock) wrote into one pipe (their stderr too, if ``stderr``), read slowly.
+
+    A slow reader (a log shipper) makes writers block mid-line on a full pipe,
+    which is when another process's line can land inside one.
+    """
     lock = stdout_lock()
     try:
         read_end, write_end = os.pipe()
         writers = [
             subprocess.Popen(
-                [sys.executable, "-c", _WRITER, str(lock), tag],
+                [sys.executable, "-c", script, str(lock), tag],
                 stdout=write_end,
+                stderr=write_end if stderr else None,
                 pass_fds=(lock,),
             )
-            for tag in "abc"
+            for tag in tags
         ]
         os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            lines = pipe.read().splitlines()
-        assert [w.wait(30) for w in writers] == [0, 0, 0]
+        chunks = []
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+            time.sleep(0.0002)
+        os.close(read_end)
+        assert [w.wait(60) for w in writers] == [0] * len(tags)
     finally:
         os.close(lock)
-    records = [json.loads(line) for line in lines]
+    return b"".join(chunks).splitlines()
+
+
+def test_stdout_lines_of_several_processes_never_mix(tmp_path: Path) -> None:
+    """Lines far over PIPE_BUF, from three processes into one pipe, each stays whole."""
+    records = [json.loads(line) for line in _into_one_pipe(_WRITER, "abc")]
     assert sorted((r["w"], r["i"]) for r in records) == [(t, i) for t in "abc" for i in range(40)]
 
 
@@ -519,30 +533,7 @@ for i in range(40):
 
 def test_log_lines_on_stderr_never_tear_audit_lines_on_a_shared_stream() -> None:
     """``2>&1``: the workers' log lines and the stdout audit copy share one pipe."""
-    lock = stdout_lock()
-    try:
-        read_end, write_end = os.pipe()
-        writers = [
-            subprocess.Popen(
-                [sys.executable, "-c", _LOGGER, str(lock), tag],
-                stdout=write_end,
-                stderr=write_end,
-                pass_fds=(lock,),
-            )
-            for tag in ("a", "b", "log")
-        ]
-        os.close(write_end)
-        chunks = []
-        # A slow reader (a log shipper): writers block mid-line on a full pipe,
-        # which is when another process's line can land inside one.
-        while chunk := os.read(read_end, 4096):
-            chunks.append(chunk)
-            time.sleep(0.0002)
-        os.close(read_end)
-        lines = b"".join(chunks).splitlines()
-        assert [w.wait(60) for w in writers] == [0, 0, 0]
-    finally:
-        os.close(lock)
+    lines = _into_one_pipe(_LOGGER, ("a", "b", "log"), stderr=True)
     logs = [line for line in lines if line.startswith(b"WARNING log line ")]
     prints = [line for line in lines if line.startswith(b"print line ")]
     records = [json.loads(line) for line in lines if line.startswith(b"{")]
