@@ -788,80 +788,72 @@ def create_app(
         if config.auth.enabled and not config.insecure_dev
         else None
     )
-    audit = (
-        AuditLog(config.audit, stdout=audit_stdout)
-        if (config.audit.file or config.audit.stdout)
-        else None
+    telemetry = Telemetry(
+        codec.envelope.keys.stats, span_processor=span_processor, labels=metric_labels
     )
-    try:
-        telemetry = Telemetry(
-            codec.envelope.keys.stats, span_processor=span_processor, labels=metric_labels
-        )
-        keys = codec.envelope.keys
-        keys.providers = [telemetry.traced(p) for p in keys.providers]
-        app = web.Application(client_max_size=config.max_body_bytes)
-        app[STATE] = state = State(
-            config=config,
-            shield=shield,
-            codec=codec,
-            service=CodecService(codec, shield, policy, config),
-            authenticator=authenticator,
-            audit=audit,
-            telemetry=telemetry,
-            readiness=_Readiness(codec.envelope.keys.check),
-            claims=(
-                policy.groups_claim if policy else "groups",
-                policy.permissions_claim if policy else "permissions",
-            ),
-            temporal_env=temporal_env,
-        )
+    keys = codec.envelope.keys
+    keys.providers = [telemetry.traced(p) for p in keys.providers]
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[STATE] = state = State(
+        config=config,
+        shield=shield,
+        codec=codec,
+        service=CodecService(codec, shield, policy, config),
+        authenticator=authenticator,
+        audit=None,  # opened last, below
+        telemetry=telemetry,
+        readiness=_Readiness(codec.envelope.keys.check),
+        claims=(
+            policy.groups_claim if policy else "groups",
+            policy.permissions_claim if policy else "permissions",
+        ),
+        temporal_env=temporal_env,
+    )
 
-        async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            if config.insecure_dev:
-                log.warning(
-                    "INSECURE DEV MODE: the codec server decrypts for anyone who can reach it. "
-                    "Never use --insecure-dev outside local development."
-                )
-            # Everything loaded so far (modules, config, keys) lives as long as the
-            # process: keep it out of the cyclic collector's full passes, which would
-            # otherwise walk ~100k objects (~40 ms) now and then under load.
-            gc.collect()
-            gc.freeze()
-            # A served request leaves no reference cycles (gc.collect() finds none
-            # after thousands), so collecting the youngest generation only walks
-            # the requests still in flight: every 700 allocations (the default)
-            # that cost about 3 µs of CPU per request under load. Ten thousand
-            # bounds what cycles there are (an exception's traceback) all the same.
-            thresholds = gc.get_threshold()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
-            if audit is not None:
-                await audit.start()  # periodic checkpoints and sink probes
-            yield
-            gc.set_threshold(*thresholds)
-            if audit is not None:
-                await audit.aclose()  # signs the final head off the event loop
-            # Exporters flush over blocking HTTP: keep the event loop free meanwhile.
-            await asyncio.to_thread(telemetry.shutdown)
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if config.insecure_dev:
+            log.warning(
+                "INSECURE DEV MODE: the codec server decrypts for anyone who can reach it. "
+                "Never use --insecure-dev outside local development."
+            )
+        # Everything loaded so far (modules, config, keys) lives as long as the
+        # process: keep it out of the cyclic collector's full passes, which would
+        # otherwise walk ~100k objects (~40 ms) now and then under load.
+        gc.collect()
+        gc.freeze()
+        # A served request leaves no reference cycles (gc.collect() finds none
+        # after thousands), so collecting the youngest generation only walks
+        # the requests still in flight: every 700 allocations (the default)
+        # that cost about 3 µs of CPU per request under load. Ten thousand
+        # bounds what cycles there are (an exception's traceback) all the same.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+        if state.audit is not None:
+            await state.audit.start()  # periodic checkpoints and sink probes
+        yield
+        gc.set_threshold(*thresholds)
+        if state.audit is not None:
+            await state.audit.aclose()  # signs the final head off the event loop
+        # Exporters flush over blocking HTTP: keep the event loop free meanwhile.
+        await asyncio.to_thread(telemetry.shutdown)
 
-        app.cleanup_ctx.append(lifecycle)
-        _add_health_routes(app, state)
-        install_sign_in(app, state, allow_development_idp=allow_development_idp)
-        state.service.grants = install_grants(app, state)
-        # The common paths first: static routes are a dictionary lookup, the
-        # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
-        codec_route = _edge(codec_handler, state)
-        app.router.add_post("/decode", codec_route, expect_handler=_expect)
-        app.router.add_post("/encode", codec_route, expect_handler=_expect)
-        app[DIRECT_ROUTES] = {"/decode": codec_route, "/encode": codec_route}
-        app.router.add_post("/{tail:.*}", codec_route, expect_handler=_expect)
-        # Preflights and everything else: answered by us, with CORS and JSON.
-        app.router.add_route("*", "/{tail:.*}", _edge(fallback, state), expect_handler=_expect)
-        return app
-    except BaseException:
-        if audit is not None:
-            # Its lock with it: a corrected retry in this process can open the file.
-            audit.close()
-        raise
+    app.cleanup_ctx.append(lifecycle)
+    _add_health_routes(app, state)
+    install_sign_in(app, state, allow_development_idp=allow_development_idp)
+    state.service.grants = install_grants(app, state)
+    # The common paths first: static routes are a dictionary lookup, the
+    # catch-all (any prefix, /{namespace}/decode, ...) a regular expression.
+    codec_route = _edge(codec_handler, state)
+    app.router.add_post("/decode", codec_route, expect_handler=_expect)
+    app.router.add_post("/encode", codec_route, expect_handler=_expect)
+    app[DIRECT_ROUTES] = {"/decode": codec_route, "/encode": codec_route}
+    app.router.add_post("/{tail:.*}", codec_route, expect_handler=_expect)
+    # Preflights and everything else: answered by us, with CORS and JSON.
+    app.router.add_route("*", "/{tail:.*}", _edge(fallback, state), expect_handler=_expect)
+    # Last: nothing after it can fail and leave the file open (and locked).
+    if config.audit.file or config.audit.stdout:
+        state.audit = AuditLog(config.audit, stdout=audit_stdout)
+    return app
 
 
 def _add_health_routes(app: web.Application, state: State) -> None:

@@ -242,11 +242,10 @@ class AuditLog:
                 # it is not needed, and counting means reading the whole file.
                 tail = _recover(path, config.replica_id, count=bool(signer or config.signing_key))
                 self._size = os.fstat(fd).st_size
-            except OSError as exc:
-                self._file.close()
-                raise AuditError(f"cannot open audit log {path}: {exc.strerror}") from None
-            except BaseException:
-                self._file.close()
+            except BaseException as exc:
+                self._file.close()  # and the lock with it
+                if isinstance(exc, OSError):
+                    raise AuditError(f"cannot open audit log {path}: {exc.strerror}") from None
                 raise
             self._prev, self._seq, self._checkpoint_line, self._covered, dropped = tail
         self._signer = signer
