@@ -94,7 +94,8 @@ def worker_config(config: ServerConfig, index: int, count: int) -> ServerConfig:
     cannot see its siblings' spending, so an undivided budget would be
     ``count`` times the configured one per pod. Bursts are rounded down but
     kept at 1 or more when configured non-zero, and the bytes in flight never
-    fall below twice ``max_body_bytes`` (what the largest request holds).
+    fall below twice ``max_body_bytes`` (what the largest request body holds;
+    decoded bytes past a worker's share come back withheld).
 
     Raises:
         ConfigError: the derived replica id is invalid (too long).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,20 @@ def test_a_second_writer_of_the_same_file_is_refused(tmp_path: Path) -> None:
     second.close()
     assert [r["n"] for r in _lines(path)] == [0, 1, 2]
     assert verify(path).ok
+
+
+def test_another_name_for_the_file_does_not_get_around_the_lock(tmp_path: Path) -> None:
+    # docs/server.md: the lock is on the file itself, not on its name.
+    path = tmp_path / "audit.jsonl"
+    first = AuditLog(AuditConfig(file=str(path)))
+    (tmp_path / "symlink.jsonl").symlink_to(path)
+    os.link(path, tmp_path / "hardlink.jsonl")
+    try:
+        for other in ("symlink.jsonl", "hardlink.jsonl"):
+            with pytest.raises(AuditError, match="being written by another process"):
+                AuditLog(AuditConfig(file=str(tmp_path / other), lock_wait=0))
+    finally:
+        first.close()
 
 
 def test_a_starting_writer_waits_for_one_that_is_still_draining(tmp_path: Path) -> None:
