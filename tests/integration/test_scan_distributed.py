@@ -94,6 +94,15 @@ async def _worker(address: str, ring: Path, queue: str) -> asyncio.subprocess.Pr
     )
 
 
+async def _page_running(handle: Any) -> bool:
+    """Whether a page activity (scan or rewrap) is started and not yet completed."""
+    return any(
+        a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        and a.activity_type.name in (SCAN_ACTIVITY, REWRAP_ACTIVITY)
+        for a in (await handle.describe()).raw_description.pending_activities
+    )
+
+
 async def _wait_for_pages(handle: Any, pages: int) -> dict[str, Any]:
     """Progress once ``pages`` pages are folded and a page activity is running.
 
@@ -104,14 +113,9 @@ async def _wait_for_pages(handle: Any, pages: int) -> dict[str, Any]:
     for _ in range(1200):
         try:
             progress = await handle.query(PROGRESS_QUERY)
-            running = [
-                a
-                for a in (await handle.describe()).raw_description.pending_activities
-                if a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-                and a.activity_type.name in (SCAN_ACTIVITY, REWRAP_ACTIVITY)
-            ]
+            running = await _page_running(handle)
         except (RPCError, WorkflowQueryFailedError):  # not started yet, or between runs
-            progress, running = {}, []
+            progress, running = {}, False
         if progress.get("pages", 0) >= pages and running:
             return progress
         await asyncio.sleep(0.02)
@@ -134,7 +138,19 @@ async def _kill_mid_run(
     second: asyncio.subprocess.Process | None = None
     try:
         client = await Client.connect(address, plugins=[ShieldPlugin(config)])
-        progress = await _wait_for_pages(client.get_workflow_handle(workflow_id), pages)
+        handle = client.get_workflow_handle(workflow_id)
+        for _ in range(50):
+            progress = await _wait_for_pages(handle, pages)
+            # Frozen, the worker cannot finish the page between the look and the
+            # kill (it did once, and no page was retried); a completion already
+            # on its way lands first.
+            first.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.2)
+            if await _page_running(handle):
+                break
+            first.send_signal(signal.SIGCONT)
+        else:
+            raise AssertionError("never caught the first worker in the middle of a page")
         assert progress[counted] < total  # mid-run
         first.send_signal(signal.SIGKILL)
         await first.wait()
