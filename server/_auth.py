@@ -184,6 +184,11 @@ class Authenticator:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:  # also a non-string kid or a bad crit list
             raise AuthError("malformed token") from None
+        if "crit" in header:
+            # Identity providers issue plain JWTs; a token that makes an extension
+            # critical asks for processing we have not reviewed (PyJWT would
+            # accept "b64", RFC 7797): refused, whatever it lists.
+            raise AuthError("malformed token")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._config.algorithms:
             raise AuthError("token algorithm not allowed")

@@ -124,7 +124,9 @@ class Ed25519Signer(CheckpointSigner):
                 key file that the group or others may access.
         """
         path = path.expanduser()
-        if log_file is not None and path.resolve().parent == log_file.resolve().parent:
+        if log_file is not None and log_file.resolve().parent in path.resolve().parents:
+            # Anywhere under the log's folder, not only in it: whoever can write
+            # the log can usually reach its subfolders too.
             raise ConfigError(
                 f"audit signing key {path} is in the audit log's directory: "
                 "keep it where the log's writers cannot reach it"

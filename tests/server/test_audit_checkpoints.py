@@ -320,6 +320,12 @@ def test_signing_key_must_be_kept_apart_and_private(
     beside.chmod(0o600)
     with pytest.raises(ConfigError, match="audit log's directory"):
         AuditLog(_config(tmp_path, beside))
+    below = tmp_path / "log" / "keys" / "audit-signing.key"
+    below.parent.mkdir()
+    below.write_bytes(keys[0].read_bytes())
+    below.chmod(0o600)
+    with pytest.raises(ConfigError, match="audit log's directory"):
+        AuditLog(_config(tmp_path, below))
     keys[0].chmod(0o640)
     with pytest.raises(ConfigError, match="group or others"):
         AuditLog(_config(tmp_path, keys[0]))

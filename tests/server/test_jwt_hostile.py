@@ -66,6 +66,8 @@ CASES: dict[str, Case] = {
     "crit exp": lambda i: _signed(i, {**HEADER, "crit": ["exp"]}, i.claims()),
     "crit string": lambda i: _signed(i, {**HEADER, "crit": "b64"}, i.claims()),
     "crit empty": lambda i: _signed(i, {**HEADER, "crit": []}, i.claims()),
+    # An extension PyJWT itself understands (RFC 7797): still not ours to accept.
+    "crit b64": lambda i: _signed(i, {**HEADER, "crit": ["b64"], "b64": True}, i.claims()),
     "alg list": lambda i: _signed(i, {**HEADER, "alg": ["RS256"]}, i.claims()),
     "alg null": lambda i: _signed(i, {**HEADER, "alg": None}, i.claims()),
     "alg missing": lambda i: _signed(i, {"kid": "rsa-1"}, i.claims()),
