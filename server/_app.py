@@ -380,10 +380,13 @@ def _grant_list(grants: dict[str, str] | None) -> list[dict[str, str]]:
     """The grants that opened payloads, with their justifications (bounded like any list)."""
     if not grants:
         return []
-    return [
+    listed = [
         {"id": _text(grant_id), "justification": _text(grants[grant_id])}
         for grant_id in sorted(grants)[:AUDIT_LIST_LIMIT]
     ]
+    if len(grants) > AUDIT_LIST_LIMIT:
+        listed.append({"id": f"...(+{len(grants) - AUDIT_LIST_LIMIT} more)", "justification": ""})
+    return listed
 
 
 @functools.lru_cache(maxsize=1)
@@ -442,10 +445,28 @@ def _audit_event(
 async def codec_handler(request: web.Request, state: State) -> web.StreamResponse:
     """``POST .../decode`` and ``POST .../encode`` (matched on the last path segment)."""
     operation = request.path.rstrip("/").rsplit("/", 1)[-1]
-    if operation == "download":
-        return _error(404, "not_supported", "download is not supported", request)
     if operation not in ("decode", "encode"):
-        return _error(404, "not_found", "no such endpoint", request)
+        # Refused unread and unauthenticated, but recorded like every request
+        # that reaches a handler (a fixed operation name: never the raw path).
+        code, message = (
+            ("not_supported", "download is not supported")
+            if operation == "download"
+            else ("not_found", "no such endpoint")
+        )
+        if state.audit is not None:
+            await state.audit.commit(
+                _audit_event(
+                    request,
+                    operation="download" if operation == "download" else "unknown",
+                    namespace=_namespace(request),
+                    identity=None,
+                    outcome=None,
+                    decision="deny",
+                    reason=message,
+                    status=404,
+                )
+            )
+        return _error(404, code, message, request)
     telemetry = state.telemetry
     if not telemetry.tracing:
         # No span to build; the audit record still gets a trace id.

@@ -366,6 +366,9 @@ class ServerConfig:
     header_timeout: float = 10.0
     """Seconds a request head (request line and headers) may take to arrive
     once it has started; a slower one is answered 408 and the connection closed."""
+    keepalive_timeout: float = 75.0
+    """Seconds an idle keep-alive connection stays open between requests (nginx's
+    default; each one counts against ``max_connections``)."""
     max_header_bytes: int = 65536
     """Largest request line and header field (IdP tokens with many groups exceed
     aiohttp's 8 KiB default); larger ones get 431 JSON. A whole request head
@@ -421,6 +424,7 @@ class ServerConfig:
             self.send_timeout,
             self.max_connections,
             self.header_timeout,
+            self.keepalive_timeout,
             self.max_header_bytes,
         )
         if any(value <= 0 for value in limits):

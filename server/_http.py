@@ -46,9 +46,9 @@ def runner_kwargs(config: ServerConfig) -> dict[str, Any]:
         "max_line_size": config.max_header_bytes,
         "max_field_size": config.max_header_bytes,
         "max_headers": 64,  # browsers and the CLI send ~15; proxies add a few
-        # Idle keep-alive connections are closed after 75 s (nginx's default),
+        # Idle keep-alive connections are closed after 75 s by default (nginx's),
         # not aiohttp's hour: each one counts against max_connections.
-        "keepalive_timeout": 75.0,
+        "keepalive_timeout": config.keepalive_timeout,
         "access_log": None,  # every decision is in the audit log; no URLs with tokens
         # A client that goes away must not cancel its handler: the handler still
         # writes the request's audit record (a 400 for a body cut short).

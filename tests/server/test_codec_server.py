@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from temporalio.api.common.v1 import Payload
 
 from temporal_shield.codec import ConfigError
 from temporal_shield.converter import ShieldConfig, build_codec
-from temporal_shield.server import AuthConfig, ServerConfig, verify
+from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, verify
 
 from .conftest import ORIGIN, ClientFactory
 from .conftest import wire_body as _body
@@ -106,11 +106,22 @@ async def test_a_damaged_envelope_is_answered_unchanged_as_failed(
     assert "malformed ciphertext" in record["reason"]
 
 
-async def test_download_is_not_supported(make_client: ClientFactory, idp: Idp) -> None:
+async def test_download_is_not_supported(
+    make_client: ClientFactory, idp: Idp, audit_path: Path
+) -> None:
     client = await make_client()
     resp = await client.post("/download", json={}, headers=_headers(idp.token()))
     assert resp.status == 404
     assert (await resp.json())["error"] == "not_supported"
+    # Like every request that reaches a handler, recorded (with a fixed operation name).
+    resp = await client.post("/codec/other", json={}, headers=_headers(None))
+    assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
+    records = _records(audit_path)[-2:]
+    assert [(r["operation"], r["decision"], r["status"]) for r in records] == [
+        ("download", "deny", 404),
+        ("unknown", "deny", 404),
+    ]
+    assert records[1]["reason"] == "no such endpoint"
 
 
 async def test_encode_round_trips_through_decode(make_client: ClientFactory, idp: Idp) -> None:
@@ -326,6 +337,43 @@ def test_refuses_to_start_without_authenticator(policy_file: Path) -> None:
     assert ServerConfig(insecure_dev=True).insecure_dev
 
 
+def _complete(policy_file: Path, tmp_path: Path) -> dict[str, Any]:
+    """Every setting a server needs outside --insecure-dev (static key, file sink)."""
+    key = tmp_path / "idp.pem"
+    key.write_text("not read by the settings check")
+    return {
+        "policy_file": str(policy_file),
+        "auth": AuthConfig(issuer=ISSUER, audience=(AUDIENCE,), public_key_files=(str(key),)),
+        "audit": AuditConfig(file=str(tmp_path / "audit.jsonl")),
+    }
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ({"auth": {"issuer": ""}}, "issuer and server.auth.audience are required"),
+        ({"auth": {"audience": ()}}, "issuer and server.auth.audience are required"),
+        ({"policy_file": ""}, "policy_file is required"),
+        ({"audit": {"file": ""}}, "an audit sink is required"),
+    ],
+    ids=["issuer", "audience", "policy", "audit sink"],
+)
+def test_refuses_to_start_without_each_required_setting(
+    policy_file: Path, tmp_path: Path, missing: dict[str, Any], message: str
+) -> None:
+    """Without one of them the server would decode for anyone, or record nothing."""
+    complete = _complete(policy_file, tmp_path)
+    assert not ServerConfig(**complete).insecure_dev  # the complete set starts
+    settings = dict(complete)
+    for name, value in missing.items():
+        settings[name] = (
+            dataclasses.replace(complete[name], **value) if isinstance(value, dict) else value
+        )
+    with pytest.raises(ConfigError, match=message):
+        ServerConfig(**settings)
+    assert ServerConfig(**settings, insecure_dev=True).insecure_dev
+
+
 async def test_insecure_dev_mode_needs_no_token(
     make_client: ClientFactory, shield_config: ShieldConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -434,7 +482,12 @@ async def test_namespace_mismatch_is_denial_not_decryption(
         resp = await client.post(
             "/decode", json=_body(enc), headers=_headers(idp.token(groups=["engineering"]), ns)
         )
-        assert _withheld(_datas(await resp.json())[0])
+        assert _withheld(_datas(await resp.json())[0])  # a browser: a placeholder
+        assert _records(audit_path)[-1]["reason"] == "namespace unknown"
+        headers = _headers(idp.token(groups=["engineering"]), ns)
+        del headers["Origin"]
+        resp = await client.post("/decode", json=_body(enc), headers=headers)
+        assert _datas(await resp.json()) == [enc.data]  # the CLI: unchanged
 
 
 async def test_tampered_ciphertext_comes_back_unchanged(
@@ -586,15 +639,6 @@ def test_audit_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     path.write_text("\n".join(lines) + "\n")
     assert main(["audit", "verify", str(path)]) == 1
     assert "line 2" in capsys.readouterr().out
-
-
-def test_jwt_header_alg_is_never_trusted() -> None:
-    # Documentation of intent at the PyJWT level: HS256 with an RSA public key is refused.
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    with pytest.raises(jwt.exceptions.PyJWTError):
-        jwt.decode("e30.e30.sig", key=key, algorithms=["RS256"])
 
 
 async def test_verified_token_cache_never_outlives_exp(idp: Idp) -> None:

@@ -11,6 +11,8 @@ import asyncio
 import gzip
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +273,31 @@ def test_log_redaction_scrubs_tokens_from_any_record(idp: Idp) -> None:
     assert "[redacted]" in text
 
 
+_SERVE_THEN_LOG = """
+import logging, sys
+from temporal_shield._serve import serve
+from temporal_shield.codec import ConfigError
+try:
+    serve(None, {"port": "not a port"})  # logging is set up before the settings load
+except ConfigError:
+    pass
+else:
+    sys.exit("the settings were expected to be refused")
+logging.getLogger("aiohttp.server").error("Invalid header: Authorization: Bearer %s", sys.argv[1])
+"""
+
+
+def test_serve_scrubs_tokens_that_a_library_logs(idp: Idp) -> None:
+    """The filter is installed by ``serve`` itself, on the handler its logs go to."""
+    token = idp.token()
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_THEN_LOG, token], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Invalid header: Authorization: Bearer [redacted]" in done.stderr
+    assert token.split(".")[1] not in done.stderr
+
+
 async def test_a_trickled_request_head_times_out_with_json(make_client: ClientFactory) -> None:
     client = await make_client(header_timeout=0.5)
     answer = await _raw(client, b"POST /decode HTTP/1.1\r\nHost: x\r\nX-Slow: a")  # never ends
@@ -299,6 +326,24 @@ async def test_connections_over_the_cap_are_closed(make_client: ClientFactory) -
         w.close()
     await asyncio.sleep(0.1)
     assert (await client.get("/healthz")).status == 200  # room again
+
+
+async def test_idle_keep_alive_connections_are_closed(make_client: ClientFactory) -> None:
+    """Each idle connection counts against max_connections: they do not stay for long."""
+    from temporal_shield.server import ServerConfig
+
+    assert ServerConfig(insecure_dev=True).keepalive_timeout == 75.0  # nginx's default
+    client = await make_client(keepalive_timeout=0.5)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive (HTTP/1.1)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"close" not in head.lower()
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    # Then idle: the server closes it (a read returns end of stream).
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
 
 
 @pytest.mark.parametrize("request_line", [b"OPTIONS * HTTP/1.1", b"CONNECT 127.0.0.1:443 HTTP/1.1"])

@@ -339,6 +339,16 @@ async def test_forged_labels_never_reach_a_record_or_a_decision(
     assert record["classifications"][-1] == "...(+84 more)"
 
 
+def test_the_grants_list_of_a_record_is_bounded_like_the_others() -> None:
+    from temporal_shield.server._app import AUDIT_LIST_LIMIT, _grant_list
+
+    grants = {f"grant-{i:03}": "INC-1" for i in range(AUDIT_LIST_LIMIT + 5)}
+    listed = _grant_list(grants)
+    assert len(listed) == AUDIT_LIST_LIMIT + 1
+    assert listed[-1] == {"id": "...(+5 more)", "justification": ""}
+    assert len(_grant_list(dict(list(grants.items())[:AUDIT_LIST_LIMIT]))) == AUDIT_LIST_LIMIT
+
+
 async def test_echoed_answers_count_and_time_out_like_decoded_ones(
     make_client: ClientFactory, idp: Idp, audit_path: Path
 ) -> None:

@@ -77,9 +77,15 @@ async def test_https_and_mutual_tls(tmp_path: Path, shield_config: object) -> No
     )
     app = create_app(config, shield_config)  # type: ignore[arg-type]
     ctx = server_ssl_context(config.tls, app)
+    # TLS 1.2 or later, whatever the platform's OpenSSL defaults would allow (a
+    # TLS 1.1 client cannot show it here: this OpenSSL refuses to offer 1.1).
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     async with running(app, ctx) as url:
         assert url.startswith("https://")
         assert await _get(url, _client_context(ca_file, tmp_path / "good")) == 200
+        tls12 = _client_context(ca_file, tmp_path / "good")
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        assert await _get(url, tls12) == 200
         for bad in (None, tmp_path / "expired", tmp_path / "other-ca"):
             with pytest.raises((aiohttp.ClientError, ssl.SSLError, OSError)):
                 await _get(url, _client_context(ca_file, bad))

@@ -160,6 +160,34 @@ async def test_key_commitment_is_checked(envelope: Envelope) -> None:
         await envelope.open(forged_header + one.data[off1:], key_id=one.key_id, namespace=None)
 
 
+async def test_a_wrong_commitment_is_refused_even_where_aes_gcm_would_accept(
+    envelope: Envelope,
+) -> None:
+    """The commitment check on its own (a swapped data key also fails AES-GCM).
+
+    The payload is re-sealed under its own data key with a header that carries
+    another commitment, authenticated as AAD like any header: AES-GCM accepts it,
+    so only the commitment check can refuse it (the "invisible salamanders"
+    attack needs exactly such a payload, under two keys).
+    """
+    sealed = await envelope.seal(b"one", namespace="default")
+    header, offset = parse(sealed.data)
+    key = await envelope.keys.decryption_key(sealed.key_id, header.wrapped_dek, header.namespace)
+    body = key.aead.decrypt(
+        header.nonce, sealed.data[offset:], sealed.data[:offset] + key.aad_suffix
+    )
+
+    def resealed(commitment: bytes) -> bytes:
+        head = header._replace(commitment=commitment).pack()
+        return head + key.aead.encrypt(header.nonce, body, head + key.aad_suffix)
+
+    # The construction is sound: with the true commitment it opens.
+    opened = await envelope.open(resealed(header.commitment), key_id=sealed.key_id, namespace=None)
+    assert opened.plaintext == b"one"
+    with pytest.raises(DecryptionError):
+        await envelope.open(resealed(bytes(32)), key_id=sealed.key_id, namespace=None)
+
+
 async def test_oversize_plaintext_is_refused(local_provider: LocalKeyProvider) -> None:
     env = Envelope(DataKeyManager([local_provider]), max_plaintext=1000)
     with pytest.raises(PayloadTooLargeError):

@@ -45,10 +45,14 @@ def test_keys_cli_init_list_rotate_retire(
     assert main(["keys", "retire", ring.primary, "--keyring", str(path)]) == 2
 
 
-def test_keyring_readable_by_others_is_refused(keyring_path: Path) -> None:
-    os.chmod(keyring_path, 0o644)
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o620, 0o610, 0o604, 0o602, 0o601, 0o660])
+def test_keyring_readable_by_others_is_refused(keyring_path: Path, mode: int) -> None:
+    """Any access for group or others, not only reading by everyone."""
+    os.chmod(keyring_path, mode)
     with pytest.raises(ConfigError, match="chmod 600"):
         Keyring.load(keyring_path)
+    os.chmod(keyring_path, 0o600)
+    Keyring.load(keyring_path)
 
 
 @pytest.mark.parametrize(
