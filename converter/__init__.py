@@ -30,6 +30,7 @@ from ._install import (
     build_codec,
     data_converter,
     key_providers,
+    pass_through_sandbox,
     shield_codec,
 )
 from ._rewrap import RewrapReport, rewrap, rewrap_progress
@@ -67,6 +68,7 @@ __all__ = [
     "iter_payloads",
     "key_providers",
     "load_config",
+    "pass_through_sandbox",
     "read_toml",
     "rewrap",
     "rewrap_progress",

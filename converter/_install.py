@@ -40,7 +40,8 @@ from temporalio.converter import (
     WithSerializationContext,
 )
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import ReplayerConfig
+from temporalio.worker import ReplayerConfig, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from temporal_shield.codec import (
     ConfigError,
@@ -294,6 +295,27 @@ def _is_ours(storage: ExternalStorage) -> bool:
     return bool(storage.drivers) and all(isinstance(d, ShieldS3Driver) for d in storage.drivers)
 
 
+def pass_through_sandbox(runner: WorkflowRunner | None = None) -> WorkflowRunner:
+    """The worker's workflow sandbox with ``temporal_shield`` passed through to it.
+
+    The sandbox re-imports, per workflow run, every module it does not pass
+    through. A workflow file that imports ``temporal_shield`` (for a type, a
+    setting, the plugin itself) would have the codec, zstd and cryptography
+    re-imported into the sandbox, where module-level state such as a
+    ``threading.local`` cannot be created: the worker fails to start with
+    "Failed validating workflow". Nothing of ours runs inside a workflow, so
+    passing the package through is safe; the worker's own restrictions are
+    kept, and an unsandboxed or custom runner is left as it is. ``None`` stands
+    for the SDK's default sandbox.
+    """
+    if runner is None:
+        runner = SandboxedWorkflowRunner()
+    if isinstance(runner, SandboxedWorkflowRunner):
+        restrictions = runner.restrictions.with_passthrough_modules("temporal_shield")
+        return dataclasses.replace(runner, restrictions=restrictions)
+    return runner
+
+
 class ShieldPlugin(SimplePlugin):
     """Temporal plugin installing temporal-shield on a client and its workers.
 
@@ -340,7 +362,7 @@ class ShieldPlugin(SimplePlugin):
         """The default converter with temporal-shield added (for use without a client)."""
         # Converters are composed in configure_client/configure_replayer, which
         # know the namespace; SimplePlugin's callable would not.
-        super().__init__(PLUGIN_NAME)
+        super().__init__(PLUGIN_NAME, workflow_runner=pass_through_sandbox)
 
     def compose(
         self, existing: DataConverter | None, *, namespace: str | None = None

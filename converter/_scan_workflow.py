@@ -44,8 +44,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WorkflowExecution
     from temporalio.service import RPCError, RPCStatusCode
     from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+    from ._install import pass_through_sandbox
     from ._scan import ScanReport, scan_in_order
 
 if TYPE_CHECKING:
@@ -442,12 +442,11 @@ def scan_worker(
         activities += [rewrap.list_pages, rewrap.rewrap_page]
     # The workflow's module lives in a package the sandbox would re-import
     # (with the codec and boto3 behind it): pass the package through instead.
-    restrictions = SandboxRestrictions.default.with_passthrough_modules("temporal_shield")
     return Worker(
         client,
         task_queue=task_queue,
         workflows=workflows,
         activities=activities,
         max_concurrent_activities=max_concurrent_activities,
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        workflow_runner=pass_through_sandbox(),
     )

@@ -33,10 +33,9 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from temporal_shield.codec import ConfigError, ShieldError
-from temporal_shield.converter import client_connect_config, data_converter
+from temporal_shield.converter import client_connect_config, data_converter, pass_through_sandbox
 
 from ._auth import AuthError
 from ._authn import identify
@@ -225,11 +224,7 @@ class Grants:
                     workflows=[GrantWorkflow],
                     # The workflow module needs only temporalio; our package is
                     # passed through rather than re-imported in the sandbox.
-                    workflow_runner=SandboxedWorkflowRunner(
-                        restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                            "temporal_shield"
-                        )
-                    ),
+                    workflow_runner=pass_through_sandbox(),
                 )
                 await worker.run()
             except asyncio.CancelledError:

@@ -337,6 +337,32 @@ async def test_applying_the_plugin_twice_encrypts_once(
     assert failed.replay_failure is not None
 
 
+# -- the workflow sandbox ------------------------------------------------------------
+
+
+async def test_a_workflow_file_that_imports_temporal_shield_runs_under_the_plugin(
+    dev_server: DevServer, keyring_path: Path
+) -> None:
+    from .shielded_workflows import ConfiguredWorkflow
+
+    plugin = ShieldPlugin(_config(keyring_path))
+    client = await Client.connect(dev_server.address, plugins=[plugin])
+    queue = f"sandbox-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=[ConfiguredWorkflow]):
+        result = await client.execute_workflow(
+            ConfiguredWorkflow.run, "ok", id=queue, task_queue=queue
+        )
+    assert result == "ok:True"
+    history = await client.get_workflow_handle(queue).fetch_history()
+    replayer = Replayer(workflows=[ConfiguredWorkflow], namespace="default", plugins=[plugin])
+    replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None
+    # What the plugin saves its users from: the same file under the SDK's default sandbox.
+    plain = await Client.connect(dev_server.address)
+    with pytest.raises(RuntimeError, match="Failed validating workflow"):
+        Worker(plain, task_queue=queue, workflows=[ConfiguredWorkflow])
+
+
 # -- a custom key provider -----------------------------------------------------------
 
 
