@@ -459,6 +459,16 @@ class ServerConfig:
                 "(create one with: temporal-shield secret init PATH)"
             )
         if self.oidc.enabled:
+            if self.auth.enabled and self.auth.issuer != self.oidc.issuer:
+                # A person is known by `sub`, which is unique only within its
+                # issuer: with two, one IdP's "alice" would get the other's
+                # bindings and grants (and the audit trail could not tell).
+                raise ConfigError(
+                    "server.auth.issuer must be server.oidc.issuer: bearer tokens and "
+                    "sign-in must come from the same identity provider (a subject is "
+                    f"only unique within its issuer; got {self.auth.issuer!r} and "
+                    f"{self.oidc.issuer!r})"
+                )
             if not self.public_url:
                 raise ConfigError("server.oidc needs server.public_url (where sign-in comes back)")
             _check_public_url(self.public_url)

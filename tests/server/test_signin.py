@@ -31,7 +31,7 @@ from temporal_shield.server._signin import LOGIN_COOKIE, SESSION_COOKIE
 
 from ..integration.codec_server import running
 from .conftest import ORIGIN
-from .idp import AUDIENCE, ISSUER, Idp
+from .idp import AUDIENCE, Idp
 from .oidc import CLIENT_ID, OidcProvider, authorize, callback, idp_login, sign_in
 
 SECRET = b'"SIGNED-IN-SECRET"'
@@ -96,7 +96,9 @@ async def _serve(
             acr_values=("urn:example:mfa",),
         ),
         auth=(
-            AuthConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_url=bearer.url)
+            # The same issuer as sign-in (the server refuses two): the test IdP's
+            # keys stand in for the provider's own bearer tokens.
+            AuthConfig(issuer=provider.issuer, audience=(AUDIENCE,), jwks_url=bearer.url)
             if bearer is not None
             else AuthConfig()
         ),
@@ -197,7 +199,7 @@ async def test_whoami_answers_for_the_session_only(setup: Setup) -> None:
 
 async def test_bearer_and_session_are_one_identity_and_the_record_says_which(setup: Setup) -> None:
     signed = await sign_in(setup.url, "alice")
-    token = setup.idp.token(sub="alice", groups=["engineering"])
+    token = setup.idp.token(sub="alice", groups=["engineering"], iss=setup.provider.issuer)
     async with aiohttp.ClientSession() as http:
         resp = await http.post(
             f"{setup.url}/decode",
@@ -470,6 +472,25 @@ def test_sign_in_settings_are_validated(tmp_path: Path) -> None:
             oidc=OidcConfig(issuer="https://idp.example", client_id="c"),
             **base,
         )
+    with pytest.raises(ConfigError, match="same identity provider"):
+        ServerConfig(
+            public_url="https://codec.example",
+            oidc=OidcConfig(issuer="https://idp.example", client_id="c"),
+            auth=AuthConfig(
+                issuer="https://other-idp.example",
+                audience=("codec",),
+                jwks_url="https://other-idp.example/jwks",
+            ),
+            **base,
+        )
+    assert ServerConfig(
+        public_url="https://codec.example",
+        oidc=OidcConfig(issuer="https://idp.example", client_id="c"),
+        auth=AuthConfig(
+            issuer="https://idp.example", audience=("codec",), jwks_url="https://idp.example/jwks"
+        ),
+        **base,
+    ).auth.enabled
     with pytest.raises(ConfigError, match="issuer must be https"):
         OidcConfig(issuer="http://idp.example", client_id="c")
     with pytest.raises(ConfigError, match="client_id"):
