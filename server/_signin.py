@@ -406,6 +406,11 @@ class SignIn:
         azp = claims.get("azp")
         if azp is not None and azp != self._oidc.client_id:
             raise SignInError("ID token was issued to another client")
+        audience = claims["aud"]
+        if isinstance(audience, list) and len(audience) > 1 and azp is None:
+            # OIDC Core 3.1.3.7: a token also meant for other clients must say
+            # which one it was issued to; we trust no other audience.
+            raise SignInError("ID token has several audiences and no azp")
         return claims
 
     def _session(self, claims: Mapping[str, Any]) -> tuple[Identity, str, float]:

@@ -511,3 +511,44 @@ def test_sign_in_settings_are_validated(tmp_path: Path) -> None:
             policy_file="p",
             audit=AuditConfig(stdout=True),
         )
+
+
+async def test_id_token_audiences_and_authorized_party(tmp_path: Path, idp: Idp) -> None:
+    """OIDC Core 3.1.3.7: with several audiences the token must name us as its azp."""
+    import jwt as pyjwt
+
+    from temporal_shield.server._signin import SignIn, SignInError, _Provider
+
+    from .idp import ISSUER
+
+    config = ServerConfig(
+        public_url="https://codec.example",
+        secret_file=str(create_secret_file(tmp_path / "s")),
+        policy_file="p",
+        audit=AuditConfig(stdout=True),
+        oidc=OidcConfig(issuer=ISSUER, client_id=CLIENT_ID),
+    )
+    sign_in_ = SignIn(config, ServerSecret.load(Path(config.secret_file)))
+    sign_in_._jwks = pyjwt.PyJWKClient(idp.url)
+    provider = _Provider(ISSUER, "", "", idp.url, ("RS256",), "")
+
+    async def verify(**claims: Any) -> dict[str, Any]:
+        token = idp.token(nonce="n-1", **{"aud": CLIENT_ID, **claims})
+        return await sign_in_._verify_id_token(token, provider, "n-1")
+
+    assert (await verify(sub="alice"))["sub"] == "alice"
+    assert (await verify(aud=[CLIENT_ID, "other"], azp=CLIENT_ID))["sub"] == "user-1"
+    refused = {
+        "another client's azp": {"azp": "other"},
+        "several audiences, no azp": {"aud": [CLIENT_ID, "other"]},
+        "several audiences, another azp": {"aud": [CLIENT_ID, "other"], "azp": "other"},
+        "not for us": {"aud": "other"},
+    }
+    accepted = []
+    for name, claims in refused.items():
+        try:
+            await verify(**claims)
+        except SignInError:
+            continue
+        accepted.append(name)
+    assert accepted == []
