@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,8 @@ log = logging.getLogger("temporal_shield.server")
 
 MAX_TOKEN_CHARS = 64 * 1024
 """Longest token verified at all (real IdP tokens with many groups stay far below)."""
+MAX_SUBJECT_CHARS = 255
+"""The longest ``sub`` claim accepted (OpenID Connect Core 1.0, section 2)."""
 _MAX_NUMERIC_DATE = 253402300799
 """9999-12-31T23:59:59Z: a NumericDate beyond it is not a date (and overflows floats
 or datetimes further on)."""
@@ -271,6 +274,11 @@ def identity_from_claims(
         # An empty (or invisible: zero-width, BOM) subject would read as
         # "no identity" in audit records, and share one budget with others.
         raise AuthError("token has an empty sub claim")
+    if len(subject) > MAX_SUBJECT_CHARS or any(unicodedata.category(ch) == "Cc" for ch in subject):
+        # OIDC Core: at most 255 characters. A control character has no place in
+        # a name a person reads in a record or a policy (and NUL separates the
+        # fields of a grant's tag).
+        raise AuthError("token sub claim is too long or holds control characters")
     return Identity(
         subject=subject,
         email=_optional_string(claims, "email"),

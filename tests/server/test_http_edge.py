@@ -392,7 +392,12 @@ def test_audit_text_escapes_are_unambiguous() -> None:
     assert _text("ok😀") == "ok😀"
 
 
-@pytest.mark.parametrize("sub", ["", " ", "\u200b", "\ufeff"])
+@pytest.mark.parametrize(
+    "sub",
+    # Invisible; with a control character (grant tags join fields with NUL, and a
+    # record would show an escape); longer than OIDC's 255 characters.
+    ["", " ", "\u200b", "\ufeff", "alice\x00bob", "alice\n", "\x1balice", "a" * 256],
+)
 async def test_an_invisible_subject_is_not_an_identity(
     make_client: ClientFactory, idp: Idp, sub: str
 ) -> None:
