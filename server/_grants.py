@@ -68,6 +68,9 @@ MAX_BODY = 8192
 MAX_RECORDS = 10_000
 """Most running grant workflows a refresh reads; more, and the refresh fails
 (every grant stops being honoured after ``stale_after``) rather than drop some."""
+VISIBILITY_LAG = 60.0
+"""Seconds a request this process started counts as open until a listing shows it
+(Temporal's visibility store lists a new workflow only after a delay)."""
 CONNECT_WAIT = 5.0
 """Seconds a grant call waits for the first connection to Temporal before 503."""
 MAX_JUSTIFICATION = 1024
@@ -188,6 +191,9 @@ class Grants:
         )
         # Pending or approved grants per requester, as the last refresh read them.
         self.open_requests: collections.Counter[str] = collections.Counter()
+        # Requests started here that a listing may not show yet: id -> (subject,
+        # when started). A refresh counts them on top of what it lists.
+        self._started: dict[str, tuple[str, float]] = {}
         self.client: Client | None = None
         self._connected = asyncio.Event()
         # Read now, so that bad connection settings fail the start (ConfigError).
@@ -282,9 +288,18 @@ class Grants:
             return
         now = time.time()
         records = await self.records("ExecutionStatus='Running'")
-        self.open_requests = collections.Counter(
+        open_requests = collections.Counter(
             str(r.get("subject")) for r, _ in records if r.get("state") in (PENDING, APPROVED)
         )
+        listed = {r.get("id") for r, _ in records}
+        horizon = time.monotonic() - VISIBILITY_LAG
+        for grant_id, (subject, started) in list(self._started.items()):
+            if grant_id in listed or started < horizon:
+                del self._started[grant_id]
+            else:
+                # Started while the listing ran, or not visible yet: still open.
+                open_requests[subject] += 1
+        self.open_requests = open_requests
         grants = [
             g for r, run_id in records if (g := self.registry.honoured(r, run_id, now)) is not None
         ]
@@ -421,8 +436,15 @@ class Grants:
                     "rate_limited",
                     f"at most {self.config.requests_per_hour:g} grant requests per hour",
                 )
-            self.open_requests[identity.subject] += 1  # until the next refresh counts it
-            await self._start(identity, record)
+            # Counted from now on: by this counter until the next refresh, and
+            # by _started until a listing shows it (or VISIBILITY_LAG passes).
+            self.open_requests[identity.subject] += 1
+            self._started[record["id"]] = (identity.subject, time.monotonic())
+            try:
+                await self._start(identity, record)
+            except BaseException:
+                self._started.pop(record["id"], None)
+                raise
             return 201, {"id": record["id"], "state": PENDING}, record
         grant_id = record["id"]
         if not _ID.match(grant_id):
@@ -459,6 +481,10 @@ class Grants:
             )
         update = operation.removeprefix("grant.")
         record = await self._update(grant_id, run_id, update, decision)
+        if update in ("deny", "revoke"):
+            # Ended here: no longer open, whatever a listing shows (one that ends
+            # elsewhere before any listing shows it counts until VISIBILITY_LAG).
+            self._started.pop(grant_id, None)
         return 200, _public(record), record
 
     def _check_approvable(self, grant_id: str, run_id: str, record: dict[str, Any]) -> None:

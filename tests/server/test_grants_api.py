@@ -709,6 +709,18 @@ async def test_open_requests_per_person_are_capped(
     assert refused.status == 429
     assert int(refused.headers["Retry-After"]) > 0
     assert "pending or approved" in (await refused.json())["message"]
+    # A refresh whose listing does not show the requests yet (visibility lags,
+    # or they were filed while it ran) still counts them.
+    real_records = grants.records
+
+    async def lagging(query: str) -> list[tuple[dict[str, Any], str]]:
+        return []
+
+    grants.records = lagging
+    await grants.refresh()
+    grants.records = real_records
+    assert grants.open_requests["alice"] == 2
+    assert (await client.post("/grants", json=body, headers=alice)).status == 429
     # A decision frees a place once a refresh has counted it.
     await client.post(f"/grants/{first}/deny", json={"reason": "no"}, headers=bob)
     for _ in range(50):
