@@ -538,7 +538,7 @@ async def test_id_token_audiences_and_authorized_party(tmp_path: Path, idp: Idp)
 
     assert (await verify(sub="alice"))["sub"] == "alice"
     assert (await verify(aud=[CLIENT_ID, "other"], azp=CLIENT_ID))["sub"] == "user-1"
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "another client's azp": {"azp": "other"},
         "several audiences, no azp": {"aud": [CLIENT_ID, "other"]},
         "several audiences, another azp": {"aud": [CLIENT_ID, "other"], "azp": "other"},
