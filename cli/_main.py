@@ -303,7 +303,9 @@ def _add_serve(sub: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument(
         "--insecure-dev",
         action="store_true",
-        help="no authentication: every caller may decrypt (local development only)",
+        help="no authentication: every caller is the identity 'insecure-dev' "
+        "(allowed everything, or what a configured policy grants it); "
+        "loopback only, for local development",
     )
     serve.add_argument(
         "--workers",

@@ -321,7 +321,9 @@ class ServerConfig:
     port: int = 8081
     """Listen port (0 = any free port)."""
     insecure_dev: bool = False
-    """Run without authentication (every request is the identity ``dev``). Never in production."""
+    """Run without authentication (every request is the identity ``insecure-dev``,
+    allowed everything unless a policy is configured), on a loopback host only.
+    Never in production."""
     cors_origins: tuple[str, ...] = ()
     """Exact origins allowed to call from a browser (the Web UI's URL)."""
     cors_credentials: bool = False
@@ -478,6 +480,13 @@ class ServerConfig:
                 raise ConfigError(
                     "server.oidc with server.cors_origins needs server.cors_credentials = true"
                 )
+        if self.insecure_dev and not _is_loopback(self.host):
+            # Without authentication anyone who reaches the port decrypts as the
+            # identity `dev`: only processes on this machine may reach it.
+            raise ConfigError(
+                f"--insecure-dev listens on loopback only (server.host {self.host!r}): "
+                "use 127.0.0.1, ::1 or localhost, or configure authentication"
+            )
         if not self.insecure_dev:
             if not (self.auth.enabled or self.oidc.enabled):
                 raise ConfigError(

@@ -337,6 +337,15 @@ def test_refuses_to_start_without_authenticator(policy_file: Path) -> None:
     assert ServerConfig(insecure_dev=True).insecure_dev
 
 
+def test_insecure_dev_listens_on_loopback_only() -> None:
+    """No authentication: only this machine may reach the port."""
+    for host in ("0.0.0.0", "::", "192.0.2.10", "codec.example.com"):  # noqa: S104
+        with pytest.raises(ConfigError, match="loopback only"):
+            ServerConfig(insecure_dev=True, host=host)
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert ServerConfig(insecure_dev=True, host=host).host == host
+
+
 def _complete(policy_file: Path, tmp_path: Path) -> dict[str, Any]:
     """Every setting a server needs outside --insecure-dev (static key, file sink)."""
     key = tmp_path / "idp.pem"

@@ -168,6 +168,11 @@ def test_every_setting_is_reachable_from_the_environment() -> None:
     expected[("server", "placeholders")] = "always"
     env["TEMPORAL_SHIELD_SERVER_GRANTS_STALE_AFTER"] = "60"
     expected[("server", "grants", "stale_after")] = 60.0
+    # insecure_dev listens on loopback only; bearer tokens and sign-in share an issuer.
+    env["TEMPORAL_SHIELD_SERVER_HOST"] = "127.0.0.2"
+    expected[("server", "host")] = "127.0.0.2"
+    env["TEMPORAL_SHIELD_SERVER_AUTH_ISSUER"] = env["TEMPORAL_SHIELD_SERVER_OIDC_ISSUER"]
+    expected[("server", "auth", "issuer")] = expected[("server", "oidc", "issuer")]
     server, shield = load_server_config(env=env)
     for path, value in expected.items():
         obj: Any = server if path[0] == "server" else shield
