@@ -14,7 +14,12 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from temporal_shield.converter._net import is_loopback_url
+from temporal_shield.converter._settings import GRANTS_CLI_ENV
+
 from ._scan_cli import CommandFailed
+
+SERVER_URL_ENV, TOKEN_ENV = GRANTS_CLI_ENV
 
 TIMEOUT = 30.0
 MAX_ANSWER = 4 * 1024 * 1024
@@ -34,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
         )
         parser.add_argument(
             "--server",
-            default=os.environ.get("TEMPORAL_SHIELD_SERVER_URL", ""),
+            default=os.environ.get(SERVER_URL_ENV, ""),
             metavar="URL",
             help="codec server URL (default: TEMPORAL_SHIELD_SERVER_URL)",
         )
@@ -116,9 +121,17 @@ def _line(grant: dict[str, Any]) -> str:
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any) -> dict[str, Any]:
     server = (args.server or "").rstrip("/")
+    if not server:
+        raise CommandFailed("no codec server: pass --server or set TEMPORAL_SHIELD_SERVER_URL")
     if not server.startswith(("http://", "https://")):
         raise CommandFailed("--server (or TEMPORAL_SHIELD_SERVER_URL) must be an http(s) URL")
-    token = args.token if args.token is not None else os.environ.get("TEMPORAL_SHIELD_TOKEN", "")
+    if server.startswith("http://") and not is_loopback_url(server):
+        # The request carries a bearer token: in clear only to this machine.
+        raise CommandFailed(
+            "--server must be https:// (plain http:// only to 127.0.0.1, ::1 or localhost): "
+            "the request carries your token"
+        )
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
     if not token:
         raise CommandFailed("no token: pass --token or set TEMPORAL_SHIELD_TOKEN")
     data = None if body is None else json.dumps(body).encode()

@@ -40,8 +40,12 @@ log = logging.getLogger("temporal_shield.config")
 ENV_PREFIX = "TEMPORAL_SHIELD_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 """Environment variable naming the TOML file to read."""
-NON_SETTING_ENV = frozenset({CONFIG_ENV})
-"""``TEMPORAL_SHIELD_*`` variables that are not settings (and so not errors)."""
+GRANTS_CLI_ENV = (ENV_PREFIX + "SERVER_URL", ENV_PREFIX + "TOKEN")
+"""The ``grants`` command's codec server URL and bearer token (see ``docs/grants.md``)."""
+NON_SETTING_ENV = frozenset({CONFIG_ENV, *GRANTS_CLI_ENV})
+"""``TEMPORAL_SHIELD_*`` variables that are not settings (and so not errors): an
+approver who exports the grants command's variables can still run a worker or
+``serve`` from the same shell."""
 SERVER_SECTION = "server"
 """The codec server's table in the shared file; workers leave it to the server."""
 SERVER_SHARED_NAMES = frozenset({"tls", "max_payload_bytes"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import socket
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit
 
 from temporal_shield.codec import ConfigError
 from temporal_shield.converter import ShieldConfig, build
+from temporal_shield.converter._net import is_loopback_host
 from temporal_shield.converter._settings import (
     DEPRECATED_ENV,
     ENV_VARS,
@@ -92,7 +92,7 @@ def _check_jwks_url(url: str, *, insecure_ok: bool) -> None:
     # urllib, which fetches the JWKS, also opens file:// and ftp://: never those.
     if parts.scheme != "http" or not host:
         raise ConfigError("server.auth.jwks_url must be an https:// URL")
-    if insecure_ok or _is_loopback(host):
+    if insecure_ok or is_loopback_host(host):
         return
     raise ConfigError(
         "server.auth.jwks_url uses plain http to a non-loopback host: use https "
@@ -104,24 +104,10 @@ def _check_public_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.query or parts.fragment or not parts.hostname:
         raise ConfigError("server.public_url must be a plain URL (https://host[:port][/prefix])")
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname)):
         return
     # Session cookies are Secure: a browser never sends them over plain HTTP.
     raise ConfigError("server.public_url must be https:// (http:// only on loopback)")
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url``'s host is a loopback address (or ``localhost``)."""
-    return _is_loopback(urlsplit(url).hostname or "")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8 and ::1
-    except ValueError:
-        return False
 
 
 MAX_WORKERS = 256
@@ -251,7 +237,8 @@ class OidcConfig:
         if not parts.hostname or parts.query or parts.fragment:
             raise ConfigError("server.oidc.issuer must be the provider's issuer URL")
         if parts.scheme != "https" and not (
-            parts.scheme == "http" and (self.allow_insecure_issuer or _is_loopback(parts.hostname))
+            parts.scheme == "http"
+            and (self.allow_insecure_issuer or is_loopback_host(parts.hostname))
         ):
             raise ConfigError(
                 "server.oidc.issuer must be https:// (http:// only on loopback, or with "
@@ -480,7 +467,7 @@ class ServerConfig:
                 raise ConfigError(
                     "server.oidc with server.cors_origins needs server.cors_credentials = true"
                 )
-        if self.insecure_dev and not _is_loopback(self.host):
+        if self.insecure_dev and not is_loopback_host(self.host):
             # Without authentication anyone who reaches the port decrypts as the
             # identity `dev`: only processes on this machine may reach it.
             raise ConfigError(

@@ -44,9 +44,10 @@ import jwt
 from aiohttp import web
 
 from temporal_shield.codec import ConfigError, ShieldError
+from temporal_shield.converter._net import is_loopback_url
 
 from ._auth import DEVELOPMENT_MARKER, AuthError, identity_from_claims
-from ._config import ALGORITHMS, ServerConfig, is_loopback_url
+from ._config import ALGORITHMS, ServerConfig
 from ._identity import AUTH_SESSION, Identity
 from ._secrets import SealError, ServerSecret
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import types
 import typing
 from pathlib import Path
@@ -179,6 +180,42 @@ def test_every_setting_is_reachable_from_the_environment() -> None:
         for part in path[1:] if path[0] == "server" else path:
             obj = getattr(obj, part)
         assert obj == value, path
+
+
+def test_the_grants_commands_variables_are_not_unknown_settings() -> None:
+    """An approver's shell exports them; a worker or serve started there must not fail."""
+    env = {"TEMPORAL_SHIELD_SERVER_URL": "https://codec.example", "TEMPORAL_SHIELD_TOKEN": "t"}
+    assert load_config(env=env).keys.uri == ShieldConfig().keys.uri
+    assert load_server_config(env={**env, "TEMPORAL_SHIELD_SERVER_INSECURE_DEV": "true"})
+    with pytest.raises(ConfigError, match="TEMPORAL_SHIELD_TOKENS"):
+        load_config(env={"TEMPORAL_SHIELD_TOKENS": "t"})
+
+
+# Variables that are not settings: the config file's path, and the grants CLI's.
+_OTHER_VARIABLES = {"TEMPORAL_SHIELD_CONFIG", "TEMPORAL_SHIELD_TOKEN", "TEMPORAL_SHIELD_SERVER_URL"}
+
+
+def test_the_docs_name_only_current_variables() -> None:
+    """Old names appear only in the renamed-variables table (following a doc must not warn)."""
+    root = DOCS.parents[1]
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    files += [p for p in sorted((root / "deploy").rglob("*")) if p.is_file()]
+    current = {*ENV_VARS, *SERVER_ENV, *_OTHER_VARIABLES}
+    stale = []
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if re.match(r"\| `TEMPORAL_SHIELD_\w+` \| `TEMPORAL_SHIELD_\w+` \|", line):
+                continue  # configuration.md's table of renamed variables
+            for name in re.findall(r"TEMPORAL_SHIELD_[A-Z0-9_]*[A-Z0-9]\b", line):
+                if name not in current and name not in ("TEMPORAL_SHIELD_SERVER",):
+                    stale.append(f"{path.relative_to(root)}:{number}: {name}")
+    # server.md lists the server's variables by suffix.
+    server_md = (root / "docs" / "server.md").read_text()
+    overrides = server_md.split("Environment overrides:")[1].split("(all prefixed")[0]
+    for suffix in re.findall(r"`(_[A-Z0-9_]+)`", overrides):
+        if f"TEMPORAL_SHIELD_SERVER{suffix}" not in SERVER_ENV:
+            stale.append(f"docs/server.md: TEMPORAL_SHIELD_SERVER{suffix}")
+    assert stale == []
 
 
 def test_unknown_shield_variables_are_errors_with_a_suggestion() -> None:
