@@ -131,16 +131,24 @@ def aws_client(service: str, settings: AwsSettings, *, feature: str) -> Any:
 
     Raises:
         ImportError: boto3 is not installed (the message names the extra).
+        ConfigError: botocore cannot make the client from this configuration
+            (no region anywhere, an unknown profile, an invalid region name).
     """
     require_aws(feature)
     import boto3
+    from botocore.exceptions import BotoCoreError
 
-    return boto3.client(  # type: ignore[call-overload]
-        service,
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        config=aws_client_config(settings),
-    )
+    try:
+        return boto3.client(  # type: ignore[call-overload]
+            service,
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            config=aws_client_config(settings),
+        )
+    except BotoCoreError as exc:
+        # Nothing is sent while a client is made: this is the configuration
+        # (botocore's messages name the setting, never a credential).
+        raise ConfigError(f"AWS {service} client for {feature}: {exc}") from None
 
 
 CONTEXT_NAMESPACE = "temporal-shield:namespace"

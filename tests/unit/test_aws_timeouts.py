@@ -27,6 +27,7 @@ from temporal_shield.converter import (
     Boto3S3Client,
     KeysConfig,
     ShieldConfig,
+    ShieldPlugin,
     StorageConfig,
     external_storage,
     load_config,
@@ -199,3 +200,29 @@ def test_an_invalid_endpoint_url_is_a_config_error_not_an_internal_error(url: st
 def test_valid_endpoint_urls_are_kept() -> None:
     for url in ("http://127.0.0.1:5000", "https://kms.eu-west-1.amazonaws.com", "http://[::1]:9"):
         assert AwsSettings(endpoint_url=url).endpoint_url == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("AWS_DEFAULT_REGION", None, "region"),  # no region anywhere
+        ("AWS_PROFILE", "no-such-profile", "no-such-profile"),
+    ],
+    ids=["no region", "unknown profile"],
+)
+def test_an_aws_configuration_problem_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    variable: str,
+    value: str | None,
+    message: str,
+) -> None:
+    """What the docs promise callers who catch ConfigError (botocore raised its own)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    if value is not None:
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        ShieldPlugin(ShieldConfig(keys=KeysConfig(uri="aws-kms://alias/payloads")))
