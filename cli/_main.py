@@ -112,7 +112,7 @@ def _rewrap(args: argparse.Namespace) -> int:
             f"{report.scanned} objects: {verb} {report.rewrapped}, already current "
             f"{report.current}, not ours {report.foreign}, failed {len(report.failed)}"
         ]
-        lines += [f"  failed: {key}" for key in report.failed]
+        lines += [f"  failed: {key}: {report.reasons.get(key, '')}" for key in report.failed]
         # No "resume" hint: a re-run skips objects already current, and the
         # JSON output carries last_key for scripts that page by hand.
         return lines
@@ -127,6 +127,7 @@ def _rewrap(args: argparse.Namespace) -> int:
             "current": report.current,
             "foreign": report.foreign,
             "failed": report.failed,
+            "reasons": report.reasons,
             "last_key": report.last_key,
         },
         text,

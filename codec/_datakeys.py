@@ -436,6 +436,10 @@ class DataKeyManager:
             _failure_key(cache_key)
         )
 
+    def can_decrypt(self, key_id: str) -> bool:
+        """Whether a configured provider may unwrap data keys under ``key_id`` (no KMS call)."""
+        return self._provider_for(key_id) is not None
+
     def _provider_for(self, key_id: str) -> KeyProvider | None:
         return next((p for p in self.providers if p.can_decrypt(key_id)), None)
 

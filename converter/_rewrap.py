@@ -47,6 +47,8 @@ class RewrapReport:
     """Not temporal-shield ciphertext (left alone)."""
     failed: list[str] = field(default_factory=list)
     """Objects that could not be decrypted (e.g. a retired or unknown key)."""
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Why each failed object failed (object key -> reason; never contents)."""
     last_key: str = ""
     """The last object key processed: pass it as ``start_after`` to resume."""
 
@@ -57,6 +59,7 @@ class RewrapReport:
         self.current += other.current
         self.foreign += other.foreign
         self.failed += other.failed
+        self.reasons.update(other.reasons)
         self.last_key = other.last_key or self.last_key
 
     def as_json(self) -> dict[str, Any]:
@@ -67,6 +70,7 @@ class RewrapReport:
             "current": self.current,
             "foreign": self.foreign,
             "failed": list(self.failed),
+            "reasons": dict(self.reasons),
             "last_key": self.last_key,
         }
 
@@ -79,6 +83,7 @@ class RewrapReport:
             current=int(data["current"]),
             foreign=int(data["foreign"]),
             failed=[str(key) for key in data["failed"]],
+            reasons={str(k): str(v) for k, v in data.get("reasons", {}).items()},
             last_key=str(data["last_key"]),
         )
 
@@ -124,6 +129,11 @@ async def rewrap(
     return report
 
 
+def _failed(report: RewrapReport, key: str, reason: str) -> None:
+    report.failed.append(key)
+    report.reasons[key] = reason
+
+
 def _read(s3: Any, bucket: str, key: str) -> bytes:
     return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
@@ -154,13 +164,19 @@ async def _one(
     if key_id == primary:
         report.current += 1
         return
+    if not envelope.keys.can_decrypt(key_id):
+        # Known without a KMS call, so a dry run predicts it too.
+        _failed(
+            report, key, f"no configured key may decrypt {key_id} (add it to keys.decrypt_uris)"
+        )
+        return
     if dry_run:
         report.rewrapped += 1
         return
     try:
         opened = await envelope.open(payload.data, key_id=key_id, namespace=header.namespace)
     except DecryptionError:
-        report.failed.append(key)
+        _failed(report, key, f"does not decrypt under {key_id} (damaged, or not what it claims)")
         return
     sealed = await envelope.seal(
         opened.plaintext,

@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 from temporal_shield._devserver import DevServer
 from temporal_shield.codec import DecryptionError, Keyring, parse
 from temporal_shield.converter import (
+    RewrapReport,
     ShieldPlugin,
     build_codec,
     rewrap,
@@ -116,6 +117,16 @@ async def test_rotate_rewrap_retire_keeps_every_object_readable(
     codec = build_codec(config)
     with pytest.raises(DecryptionError):
         await codec.decode([Payload.FromString(next(iter(originals.values())))])
+    # An object still under it is a failure a dry run predicts, with the reason.
+    stale_key = next(iter(originals))
+    s3.put_object(Bucket=bucket, Key=stale_key, Body=originals[stale_key])
+    for dry_run in (True, False):
+        failed = await rewrap(s3, bucket, codec.envelope, dry_run=dry_run)
+        assert failed.failed == [stale_key]
+        assert "add it to keys.decrypt_uris" in failed.reasons[stale_key]
+        assert old_key in failed.reasons[stale_key]
+    assert RewrapReport.from_json(failed.as_json()) == failed
+    s3.put_object(Bucket=bucket, Key=stale_key, Body=rewrapped[stale_key])
 
     # An object whose origin does not match its reference is refused on read.
     key, data = next(iter(rewrapped.items()))
