@@ -5,17 +5,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from temporal_shield._devserver import DevServer, temporal_cli
+from temporal_shield.certs import SERVER_AUTH, issue, make_ca, write_secret
 from temporal_shield.codec import Keyring
 from temporal_shield.converter import KeysConfig, ShieldConfig, ShieldPlugin
-from temporal_shield.server import AuditConfig, AuthConfig, ServerConfig, create_app, verify
+from temporal_shield.server import (
+    AuditConfig,
+    AuthConfig,
+    ServerConfig,
+    TlsConfig,
+    create_app,
+    verify,
+)
+from temporal_shield.server._tls import server_ssl_context
 
 from ..server.conftest import POLICY
 from ..server.idp import AUDIENCE, ISSUER, Idp
@@ -46,7 +57,9 @@ def _payload_texts(out: str) -> str:
     return "\n".join(found) + out
 
 
-async def _show(dev: DevServer, workflow_id: str, endpoint: str, *extra: str) -> tuple[int, str]:
+async def _show(
+    dev: DevServer, workflow_id: str, endpoint: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     cli = temporal_cli()
     assert cli is not None
     proc = await asyncio.create_subprocess_exec(
@@ -66,12 +79,14 @@ async def _show(dev: DevServer, workflow_id: str, endpoint: str, *extra: str) ->
         *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-async def test_temporal_cli_with_codec_auth(dev_server: DevServer, tmp_path: Path) -> None:
+async def _echoed(dev_server: DevServer, tmp_path: Path) -> tuple[str, ShieldConfig]:
+    """A workflow run through a shielded worker (its id), and the converter settings."""
     ring = tmp_path / "keyring.json"
     Keyring.new().save(ring)
     shield = ShieldConfig(keys=KeysConfig(uri=f"local://{ring}"))
@@ -81,16 +96,26 @@ async def test_temporal_cli_with_codec_auth(dev_server: DevServer, tmp_path: Pat
         await client.execute_workflow(
             EchoWorkflow.run, mark("cli-input"), id=workflow_id, task_queue=workflow_id
         )
+    return workflow_id, shield
+
+
+def _server_config(tmp_path: Path, idp: Idp, **extra: Any) -> ServerConfig:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
+    return ServerConfig(
+        policy_file=str(policy),
+        auth=AuthConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_url=idp.url),
+        audit=AuditConfig(file=str(tmp_path / "audit.jsonl")),
+        **extra,
+    )
+
+
+async def test_temporal_cli_with_codec_auth(dev_server: DevServer, tmp_path: Path) -> None:
+    workflow_id, shield = await _echoed(dev_server, tmp_path)
     idp = Idp()
     await idp.start()
     audit = tmp_path / "audit.jsonl"
-    config = ServerConfig(
-        policy_file=str(policy),
-        auth=AuthConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_url=idp.url),
-        audit=AuditConfig(file=str(audit)),
-    )
+    config = _server_config(tmp_path, idp)
     try:
         async with running(create_app(config, shield)) as url:
             reader = idp.token(permissions=["default:read"])
@@ -116,3 +141,34 @@ async def test_temporal_cli_with_codec_auth(dev_server: DevServer, tmp_path: Pat
     assert {r["decision"] for r in records} >= {"allow", "deny"}
     assert any(r["decoded"] > 0 and r["namespace"] == "default" for r in records)
     assert verify(audit).ok
+
+
+async def test_temporal_cli_trusts_a_private_ca_given_in_ssl_cert_file(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    """As docs/server.md says: the CLI reads the codec server's CA from SSL_CERT_FILE."""
+    workflow_id, shield = await _echoed(dev_server, tmp_path)
+    ca = make_ca()
+    pki = tmp_path / "codec"
+    write_secret(pki, issue(ca, dns_names=["localhost"], usages=[SERVER_AUTH]), ca.cert)
+    idp = Idp()
+    await idp.start()
+    config = _server_config(tmp_path, idp, tls=TlsConfig(dir=str(pki)))
+    app = create_app(config, shield)
+    try:
+        async with running(app, server_ssl_context(config.tls, app)) as url:
+            endpoint = url.replace("127.0.0.1", "localhost")  # the certificate's name
+            token = f"Bearer {idp.token(permissions=['default:read'])}"
+            env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}
+            code, out = await _show(
+                dev_server, workflow_id, endpoint, "--codec-auth", token, env=env
+            )
+            assert mark("cli-input") not in _payload_texts(out)  # the CA is not trusted
+            trusted = {**env, "SSL_CERT_FILE": str(pki / "ca.crt")}
+            code, out = await _show(
+                dev_server, workflow_id, endpoint, "--codec-auth", token, env=trusted
+            )
+            assert code == 0, out
+            assert mark("cli-input") in _payload_texts(out)
+    finally:
+        await idp.stop()
