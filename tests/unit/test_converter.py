@@ -223,8 +223,9 @@ whatever = 1
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("nmespace = 'x'", "unknown setting"),
-        ("[keys]\nurl = 'x'", "unknown setting"),
+        ("nmespace = 'x'", r"unknown setting.*nmespace \(did you mean namespace\?\)"),
+        ("[keys]\nurl = 'x'", r"unknown setting.*keys: url \(did you mean uri\?\)"),
+        ("[compresion]\nlevel = 1", r"compresion \(did you mean compression\?\)"),
         ("[compression]\nthreshold = 'big'", "must be a number"),
         ("[compression]\nlevel = 99", "level"),
         ("[data_keys]\nmax_messages = 10000000000", "max_messages"),

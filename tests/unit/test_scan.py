@@ -372,6 +372,14 @@ def test_json_round_trip_is_exact(encrypted: Payload) -> None:
     assert ScanReport.from_json(empty.as_json()) == empty
 
 
+def test_the_documented_json_output_has_the_reports_fields() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "scan.md").read_text()
+    example = json.loads(doc.split("## JSON output\n\n```json\n")[1].split("```")[0])
+    assert list(example) == list(ScanReport(namespace="x").as_json())
+
+
 def test_merge_adds_counts_and_keeps_first_examples(encrypted: Payload) -> None:
     one = _full_report(encrypted)
     other = ScanReport(namespace="ns")
