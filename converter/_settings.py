@@ -321,12 +321,12 @@ def build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     names = set(hints)
     unknown = sorted(set(data) - names)
     if unknown:
-        hints = [
+        named = [
             f"{name} (did you mean {close[0]}?)" if close else name
             for name in unknown
             for close in [difflib.get_close_matches(str(name), sorted(names), n=1)]
         ]
-        raise ConfigError(f"unknown setting(s) in {where or 'config'}: {', '.join(hints)}")
+        raise ConfigError(f"unknown setting(s) in {where or 'config'}: {', '.join(named)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         label = f"{where}.{key}" if where else key
