@@ -142,9 +142,16 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any) -> dict[s
         request.add_header("Content-Type", "application/json")
     context = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else None
     try:
-        opener = urllib.request.build_opener(
-            _NoRedirect(), urllib.request.HTTPSHandler(context=context)
-        )
+        handlers: list[urllib.request.BaseHandler] = [
+            _NoRedirect(),
+            urllib.request.HTTPSHandler(context=context),
+        ]
+        if server.startswith("http://"):
+            # A proxy from http_proxy would see the token in clear (and lift a
+            # loopback URL off this machine): plain http goes direct. https
+            # through a proxy stays end-to-end encrypted (CONNECT).
+            handlers.append(urllib.request.ProxyHandler({}))
+        opener = urllib.request.build_opener(*handlers)
         with opener.open(request, timeout=TIMEOUT) as response:
             raw = response.read(MAX_ANSWER)
     except urllib.error.HTTPError as exc:

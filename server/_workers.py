@@ -124,7 +124,11 @@ def worker_config(config: ServerConfig, index: int, count: int) -> ServerConfig:
         ),
         max_connections=max(1, config.max_connections // count),
         grants=dataclasses.replace(
-            config.grants, requests_per_hour=config.grants.requests_per_hour / count
+            config.grants,
+            requests_per_hour=config.grants.requests_per_hour / count,
+            # Each worker counts what it started until a refresh lists it: a
+            # share each keeps the pod's total at the setting between refreshes.
+            max_open_requests=max(1, config.grants.max_open_requests // count),
         ),
     )
 

@@ -436,6 +436,35 @@ def test_cli_without_token_or_server_fails_cleanly(arguments: list[str], message
     assert "SECRET-TOKEN" not in out.stderr + out.stdout
 
 
+def test_cli_never_sends_plain_http_through_a_proxy() -> None:
+    """http_proxy would get the token in clear (and a loopback URL off the machine)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as proxy, socket.socket() as closed:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(4)
+        proxy.settimeout(0.5)
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_SHIELD_")}
+        env.pop("no_proxy", None)
+        env.pop("NO_PROXY", None)
+        env["http_proxy"] = env["HTTP_PROXY"] = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        server = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        out = subprocess.run(
+            [sys.executable, "-m", "temporal_shield", "grants", "list", "--server", server],
+            capture_output=True,
+            text=True,
+            env={**env, "TEMPORAL_SHIELD_TOKEN": "SECRET-TOKEN"},
+            check=False,
+        )
+        assert out.returncode == 2
+        assert "cannot reach" in out.stderr  # it went to the server itself
+        with pytest.raises(TimeoutError):
+            proxy.accept()  # and never to the proxy
+
+
 def test_cli_never_follows_a_redirect() -> None:
     import subprocess
     import sys

@@ -67,6 +67,8 @@ def test_each_worker_gets_its_own_file_replica_and_share_of_the_budgets() -> Non
     )
     assert second.max_connections == config.max_connections // 2
     assert second.grants.requests_per_hour == config.grants.requests_per_hour / 2
+    assert second.grants.max_open_requests == config.grants.max_open_requests // 2
+    assert worker_config(config, 0, 8).grants.max_open_requests == 1  # at least one
     roomy = replace(config, max_decoded_bytes_in_flight=1 << 30, max_body_bytes=1 << 20)
     assert worker_config(roomy, 0, 4).max_decoded_bytes_in_flight == 1 << 28
     assert worker_config(config, 1, 2) == second  # the same slot, the same file, every start
