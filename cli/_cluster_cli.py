@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._scan_cli import CommandFailed, _positive, exit_status
+from ._scan_cli import CommandFailed, _positive, exit_status, print_report
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -130,7 +130,6 @@ async def _follow(
 def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
     """Start (or attach to) the scan workflow, follow it, print its report."""
     import asyncio
-    import json
 
     from temporal_shield.converter import ScanReport, load_config
     from temporal_shield.converter._scan_workflow import (
@@ -152,7 +151,7 @@ def scan_distributed(args: argparse.Namespace, query: str | None) -> int:
     )
     answer = asyncio.run(_follow(args, config, SCAN_WORKFLOW, ScanInput(options)))
     report = ScanReport.from_json(answer)
-    print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
+    print_report(report, as_json=args.json)
     return exit_status(report, allow_foreign=args.allow_foreign_encryption)
 
 

@@ -51,12 +51,27 @@ def add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[], Sequence[str]]) -> None:
-    """Print ``data`` as JSON with ``--output json``, else the lines ``text()`` gives."""
+    """Print ``data`` as JSON with ``--output json``, else the lines ``text()`` gives.
+
+    Text lines are made safe for a terminal: they quote what others wrote (object
+    keys, key ids, subjects, justifications), and an escape sequence in one could
+    rewrite what the reader sees (erase a "failed 1" line, fake a summary).
+    """
     if args.output == "json":
         print(json.dumps(data, indent=2))
     else:
         for line in text():
-            print(line)
+            print(terminal_safe(line))
+
+
+def terminal_safe(line: str) -> str:
+    r"""``line`` with every unprintable character but a tab escaped (````, ``‮``)."""
+    if line.isprintable():
+        return line
+    return "".join(
+        ch if ch.isprintable() or ch == "\t" else ch.encode("unicode_escape").decode("ascii")
+        for ch in line
+    )
 
 
 def _keyring_path(args: argparse.Namespace) -> Path:

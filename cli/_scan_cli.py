@@ -37,7 +37,6 @@ def exit_status(report: Any, *, allow_foreign: bool = False) -> int:
 
 def _scan(args: argparse.Namespace) -> int:
     import asyncio
-    import json
 
     from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode
@@ -83,7 +82,7 @@ def _scan(args: argparse.Namespace) -> int:
         finally:
             if tty:
                 sys.stderr.write("\n")
-        print(json.dumps(report.as_json(), indent=2) if args.json else report.as_table())
+        print_report(report, as_json=args.json)
         return exit_status(report, allow_foreign=args.allow_foreign_encryption)
 
     return asyncio.run(run())
@@ -130,3 +129,16 @@ def add_parser(sub: Any) -> None:
 
     add_distributed_arguments(scan)
     scan.set_defaults(func=_scan)
+
+
+def print_report(report: Any, *, as_json: bool) -> None:
+    """A :class:`ScanReport` on stdout, as JSON or as the table."""
+    import json
+
+    from ._main import terminal_safe
+
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        # Workflow ids and key ids in the table are whatever was written.
+        print("\n".join(map(terminal_safe, report.as_table().splitlines())))

@@ -190,3 +190,19 @@ def test_operating_failures_are_expected_and_bugs_are_not() -> None:
     assert expected(ModuleNotFoundError("No module named 'aiohttp'", name="aiohttp"))
     assert not expected(KeyError("bug"))
     assert not expected(RuntimeError("something else"))
+
+
+def test_text_output_cannot_drive_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines quote others' text (object keys, key ids, subjects): escapes are shown, not run."""
+    import argparse
+
+    from temporal_shield._main import emit, terminal_safe
+
+    forged = "local:k-OLD\x1b[1A\x1b[2K\r\n1 objects: failed 0\u202e\x00"
+    emit(argparse.Namespace(output="text"), {}, lambda: [f"  failed: v0/x: {forged}", "a\tb"])
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "  failed: v0/x: local:k-OLD\\x1b[1A\\x1b[2K\\r\\n1 objects: failed 0\\u202e\\x00",
+        "a\tb",  # tabs (the keys list's columns) are kept
+    ]
+    assert terminal_safe("ünïcode ok") == "ünïcode ok"
