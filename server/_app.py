@@ -317,9 +317,14 @@ def _text(value: str) -> str:
         and "\\" not in value
     ):
         return value  # printable ASCII without a backslash: the common case, no copy
-    escaped = "".join(map(_escape, value[: AUDIT_TEXT_LIMIT + 1]))
-    if len(value) > AUDIT_TEXT_LIMIT or len(escaped) > AUDIT_TEXT_LIMIT:
-        escaped = escaped[:AUDIT_TEXT_LIMIT] + "...[truncated]"
+    # Cut by the *input's* length, never by the escaped length: two different
+    # values within the limit always read differently (a cut after escaping
+    # made "alice" + 42 invisible characters + "-victim" and "...-attacker"
+    # the same record text). Escaping at most ten-folds a character, so a
+    # field stays bounded.
+    escaped = "".join(map(_escape, value[:AUDIT_TEXT_LIMIT]))
+    if len(value) > AUDIT_TEXT_LIMIT:
+        escaped += "...[truncated]"
     return escaped
 
 

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import math
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -274,11 +273,12 @@ def identity_from_claims(
         # An empty (or invisible: zero-width, BOM) subject would read as
         # "no identity" in audit records, and share one budget with others.
         raise AuthError("token has an empty sub claim")
-    if len(subject) > MAX_SUBJECT_CHARS or any(unicodedata.category(ch) == "Cc" for ch in subject):
-        # OIDC Core: at most 255 characters. A control character has no place in
-        # a name a person reads in a record or a policy (and NUL separates the
-        # fields of a grant's tag).
-        raise AuthError("token sub claim is too long or holds control characters")
+    if len(subject) > MAX_SUBJECT_CHARS or not subject.isprintable():
+        # OIDC Core: at most 255 characters. Nothing unprintable (controls,
+        # format characters such as bidi overrides and zero-width joiners, line
+        # separators, spaces other than U+0020): such a name reads like another
+        # one in a record or a policy (and NUL separates a grant tag's fields).
+        raise AuthError("token sub claim is too long or holds unprintable characters")
     return Identity(
         subject=subject,
         email=_optional_string(claims, "email"),

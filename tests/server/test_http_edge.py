@@ -390,13 +390,24 @@ def test_audit_text_escapes_are_unambiguous() -> None:
     assert _text("\udcff") == "\\udcff"
     assert _text("\U000e0001") == "\\U000e0001"
     assert _text("ok😀") == "ok😀"
+    # Values within the limit never collide, however much escaping lengthens them.
+    victim, attacker = "alice" + "\u2060" * 42 + "-victim", "alice" + "\u2060" * 42 + "-attacker"
+    assert _text(victim) != _text(attacker)
+    assert _text("\\" * 200 + "a") != _text("\\" * 200 + "b")
+    assert _text("x" * 300).endswith("...[truncated]")
+    assert len(_text("\x00" * 10_000)) < 10 * 256 + 20  # still bounded
 
 
 @pytest.mark.parametrize(
     "sub",
     # Invisible; with a control character (grant tags join fields with NUL, and a
     # record would show an escape); longer than OIDC's 255 characters.
-    ["", " ", "\u200b", "\ufeff", "alice\x00bob", "alice\n", "\x1balice", "a" * 256],
+    [
+        *["", " ", "\u200b", "\ufeff", "alice\x00bob", "alice\n", "\x1balice", "a" * 256],
+        # Reads like "alice" (or another name) in a record: bidi override, word
+        # joiner, line separator, no-break space, private use.
+        *["\u202eecila", "alice\u2060", "alice\u2028", "alice\u00a0", "alice\ue000"],
+    ],
 )
 async def test_an_invisible_subject_is_not_an_identity(
     make_client: ClientFactory, idp: Idp, sub: str
@@ -408,6 +419,20 @@ async def test_an_invisible_subject_is_not_an_identity(
         headers={"Authorization": f"Bearer {idp.token(sub=sub)}", "X-Namespace": "dev-team"},
     )
     assert resp.status == 401
+
+
+@pytest.mark.parametrize("sub", ["a" * 255, "José Müller", "auth0|5f1c", "user@example.com"])
+async def test_printable_subjects_up_to_255_characters_are_identities(
+    make_client: ClientFactory, idp: Idp, audit_path: Path, sub: str
+) -> None:
+    client = await make_client()
+    resp = await client.post(
+        "/decode",
+        json={"payloads": []},
+        headers={"Authorization": f"Bearer {idp.token(sub=sub)}", "X-Namespace": "dev-team"},
+    )
+    assert resp.status == 200
+    assert _records(audit_path)[-1]["subject"] == sub  # whole, never cut
 
 
 async def test_decoded_answers_are_not_stored_by_caches(
