@@ -133,14 +133,18 @@ class Authenticator:
             if not token:
                 continue
             try:
-                return await self.verify(token)
+                return await self.verify(token, id_token=token is id_token)
             except AuthError as exc:
                 error = error or exc
         assert error is not None
         raise error
 
-    async def verify(self, token: str) -> Identity:
+    async def verify(self, token: str, *, id_token: bool = False) -> Identity:
         """Verify one JWT (or reuse a recent verification) and return its identity.
+
+        ``id_token``: the token is an OpenID Connect ID token (the Web UI's
+        ``Authorization-Extras``), which must also name one of our audiences as
+        its authorized party (``azp``) when it lists several audiences.
 
         The Web UI sends one request per payload with the same token, so a
         successful verification is cached for at most ``verified_cache_ttl``
@@ -160,13 +164,14 @@ class Authenticator:
         # can raise anything else, so the hot path needs no wrapper.
         if len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
             raise AuthError("malformed token")
-        digest = hashlib.sha256(token.encode()).digest()
+        # An ID token is cached apart: as an access token it skipped the azp check.
+        digest = hashlib.sha256((b"id-token:" if id_token else b"") + token.encode()).digest()
         now = time.time()
         identity = self._recall(digest, now)
         if identity is not None:
             return identity
         try:
-            identity, expires = await self._verify(token)
+            identity, expires = await self._verify(token, id_token=id_token)
         except AuthError:
             raise
         except Exception as exc:
@@ -181,7 +186,7 @@ class Authenticator:
             self._verified.popitem(last=False)
         return identity
 
-    async def _verify(self, token: str) -> tuple[Identity, float]:
+    async def _verify(self, token: str, *, id_token: bool = False) -> tuple[Identity, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:  # also a non-string kid or a bad crit list
@@ -220,6 +225,13 @@ class Authenticator:
         for name in ("exp", "nbf", "iat"):
             if name in claims and not _numeric_date(claims[name]):
                 raise AuthError(f"token {name} claim must be a NumericDate")
+        if id_token:
+            # OIDC Core 3.1.3.7, as at sign-in: an ID token also meant for other
+            # clients must say it was issued to us.
+            audience, azp = claims["aud"], claims.get("azp")
+            several = isinstance(audience, list) and len(audience) > 1
+            if (several or azp is not None) and azp not in self._config.audience:
+                raise AuthError("ID token was issued to another client")
         if DEVELOPMENT_MARKER in claims and not self._allow_development_idp:
             # Anyone can get such a token by clicking a name: never outside the demo.
             raise AuthError(

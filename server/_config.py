@@ -61,7 +61,8 @@ class AuthConfig:
     jwks_cache_ttl: float = 3600.0
     """Seconds a fetched JWKS is trusted before it is refetched."""
     accept_id_token: bool = False
-    """Also accept the Web UI's ``Authorization-Extras`` id token (same checks)."""
+    """Also accept the Web UI's ``Authorization-Extras`` id token (same checks, and
+    one that lists several audiences must name one of ours as its ``azp``)."""
 
     def __post_init__(self) -> None:
         # not (>= 0) also catches nan, which PyJWT's "exp <= now - leeway" never refuses.

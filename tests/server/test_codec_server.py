@@ -325,6 +325,20 @@ async def test_id_token_from_authorization_extras(
     off = await make_client()
     resp = await off.post("/decode", json=_body(enc), headers=headers)
     assert resp.status == 401
+    # An ID token issued to another client (OIDC Core 3.1.3.7) opens nothing,
+    # here as at sign-in, even after the same token passed as an access token.
+    for claims in ({"aud": [AUDIENCE, "other"]}, {"aud": [AUDIENCE, "other"], "azp": "other"}):
+        other_client = idp.token(groups=["engineering"], **claims)
+        bearer = await client.post("/decode", json=_body(enc), headers=_headers(other_client))
+        assert _datas(await bearer.json()) == [SECRET]  # an access token may list several
+        extras = {**_headers(None), "Authorization-Extras": other_client}
+        resp = await client.post("/decode", json=_body(enc), headers=extras)
+        assert resp.status == 401, claims
+    ours = idp.token(groups=["engineering"], aud=[AUDIENCE, "other"], azp=AUDIENCE)
+    resp = await client.post(
+        "/decode", json=_body(enc), headers={**_headers(None), "Authorization-Extras": ours}
+    )
+    assert _datas(await resp.json()) == [SECRET]
 
 
 def test_refuses_to_start_without_authenticator(policy_file: Path) -> None:
