@@ -25,6 +25,8 @@ async def identify(request: web.Request, state: State) -> Identity:
 
     Raises:
         AuthError: no credential, or none that passes every check.
+        IdpUnavailable: with sign-in, before discovery has confirmed that the
+            bearer-token keys are the identity provider's.
     """
     if state.config.insecure_dev:
         return DEV_IDENTITY
@@ -36,7 +38,12 @@ async def identify(request: web.Request, state: State) -> Identity:
     if authenticator is not None and (
         "Authorization" in headers or sign_in is None or SESSION_COOKIE not in request.cookies
     ):
-        return authenticator.recall(headers) or await authenticator.authenticate(headers)
+        identity = authenticator.recall(headers)
+        if identity is not None:
+            return identity
+        if sign_in is not None:
+            await sign_in.confirm_bearer_keys()  # the JWKS is the sign-in IdP's
+        return await authenticator.authenticate(headers)
     if sign_in is not None:
         identity = sign_in.session(request)
         if identity is not None:

@@ -449,6 +449,13 @@ class ServerConfig:
                 "(create one with: temporal-shield secret init PATH)"
             )
         if self.oidc.enabled:
+            if self.auth.public_key_files:
+                # Static keys cannot be checked against the IdP's discovery
+                # document (jwks_url is): they could be anyone's.
+                raise ConfigError(
+                    "server.auth.public_key_files cannot be used with server.oidc: set "
+                    "server.auth.jwks_url to the identity provider's jwks_uri"
+                )
             if self.auth.enabled and self.auth.issuer != self.oidc.issuer:
                 # A person is known by `sub`, which is unique only within its
                 # issuer: with two, one IdP's "alice" would get the other's

@@ -145,10 +145,27 @@ class SignIn:
         self._fetched = 0.0
         self._lock = asyncio.Lock()
         self._jwks: jwt.PyJWKClient | None = None
+        self.bearer_keys_confirmed = False
+        """Whether discovery has shown ``server.auth.jwks_url`` to be this IdP's keys."""
         # Sessions signed out here: id -> when its cookie would have expired.
         self._revoked: dict[str, float] = {}
 
     # -- the identity provider --------------------------------------------------
+
+    async def confirm_bearer_keys(self) -> None:
+        """Before the first bearer token is verified: discovery, once, must pass.
+
+        Raises:
+            IdpUnavailable: the IdP cannot be reached yet, or its discovery
+                shows that ``server.auth.jwks_url`` holds another party's keys.
+        """
+        if self.bearer_keys_confirmed:
+            return
+        try:
+            await self.provider()
+        except ConfigError as exc:
+            log.error("refusing bearer tokens: %s", exc)
+            raise IdpUnavailable("the bearer-token keys are not the identity provider's") from None
 
     async def provider(self) -> _Provider:
         """The provider's endpoints from its discovery document (cached).
@@ -166,6 +183,7 @@ class SignIn:
                 return self._provider
             self._provider = await self._discover()
             self._fetched = time.monotonic()
+            self.bearer_keys_confirmed = True
             self._jwks = jwt.PyJWKClient(
                 self._provider.jwks_uri,
                 cache_jwk_set=True,
@@ -203,6 +221,15 @@ class SignIn:
             ):
                 raise IdpUnavailable(f"the discovery document's {name} is missing or not https")
             endpoints[name] = value
+        bearer_keys = self._config.auth.jwks_url
+        if bearer_keys and bearer_keys != endpoints["jwks_uri"]:
+            # Bearer tokens name this issuer too (see ServerConfig): keys from
+            # anywhere else would let another key holder speak for its people.
+            raise ConfigError(
+                f"server.auth.jwks_url {bearer_keys!r} is not the sign-in identity "
+                f"provider's jwks_uri {endpoints['jwks_uri']!r}: bearer tokens must be "
+                "verified with the keys of the issuer they name"
+            )
         offered = doc.get("id_token_signing_alg_values_supported", ["RS256"])
         algorithms = tuple(
             a for a in (offered if isinstance(offered, list) else []) if a in ALGORITHMS

@@ -6,7 +6,8 @@
 // The login name picks the person: "alice" -> groups [engineering];
 // "bob" -> groups [security]; a "+mfa" suffix ("alice+mfa") signs in with a
 // second factor (amr ["pwd", "mfa"], acr "urn:example:mfa"). Every ID token
-// lasts ID_TOKEN_TTL seconds (env, default 3600). Prints "ready" when listening.
+// lasts ID_TOKEN_TTL seconds (env, default 3600); JWKS (env) sets its signing
+// keys. Prints "ready" when listening.
 import Provider from 'oidc-provider';
 
 const [port, redirectUri, clientSecret] = process.argv.slice(2);
@@ -15,6 +16,9 @@ const ttl = Number(process.env.ID_TOKEN_TTL || 3600);
 const GROUPS = { alice: ['engineering'], bob: ['security'], carol: ['engineering'] };
 
 const provider = new Provider(issuer, {
+  // JWKS (env): the signing keys to use, so that a test can mint bearer tokens
+  // this provider could have issued; otherwise its development keys.
+  ...(process.env.JWKS ? { jwks: JSON.parse(process.env.JWKS) } : {}),
   clients: [{
     client_id: 'temporal-shield',
     ...(clientSecret

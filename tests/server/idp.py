@@ -27,6 +27,11 @@ class Idp:
         self.runner: web.AppRunner | None = None
         self.url = ""
 
+    def private_jwks(self) -> dict[str, Any]:
+        """The RSA signing key as a private JWKS (for an OpenID Provider to sign with)."""
+        rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa))
+        return {"keys": [{**rsa_jwk, "kid": "rsa-1", "alg": "RS256", "use": "sig"}]}
+
     def jwks(self) -> dict[str, Any]:
         rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key()))
         ec_jwk = json.loads(ECAlgorithm.to_jwk(self.ec.public_key()))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
@@ -33,11 +35,18 @@ class OidcProvider:
     """``oidc-provider`` on a free 127.0.0.1 port, for one codec server's redirect URI."""
 
     def __init__(
-        self, redirect_uri: str, *, client_secret: str = "", id_token_ttl: int = 3600
+        self,
+        redirect_uri: str,
+        *,
+        client_secret: str = "",
+        id_token_ttl: int = 3600,
+        jwks: dict[str, Any] | None = None,
     ) -> None:
+        """``jwks``: private signing keys for the provider (default: its own)."""
         self.redirect_uri = redirect_uri
         self.client_secret = client_secret
         self.id_token_ttl = id_token_ttl
+        self.jwks = jwks
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self._proc: asyncio.subprocess.Process | None = None
@@ -58,7 +67,11 @@ class OidcProvider:
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "ID_TOKEN_TTL": str(self.id_token_ttl)},
+            env={
+                **os.environ,
+                "ID_TOKEN_TTL": str(self.id_token_ttl),
+                **({"JWKS": json.dumps(self.jwks)} if self.jwks else {}),
+            },
         )
         assert self._proc.stdout is not None
         line = await asyncio.wait_for(self._proc.stdout.readline(), 30)

@@ -65,6 +65,40 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _config(
+    tmp_path: Path,
+    port: int,
+    provider: OidcProvider,
+    *,
+    session_lifetime: float = 3600.0,
+    jwks_url: str = "",
+) -> ServerConfig:
+    """A codec server on ``port`` with sign-in at ``provider`` (and bearer tokens
+    verified with ``jwks_url``, if given)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return ServerConfig(
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        secret_file=str(create_secret_file(tmp_path / "server.secret")),
+        cors_origins=(ORIGIN,),
+        cors_credentials=True,
+        policy_file=str(policy),
+        audit=AuditConfig(file=str(tmp_path / "audit.jsonl")),
+        oidc=OidcConfig(
+            issuer=provider.issuer,
+            client_id=CLIENT_ID,
+            session_lifetime=session_lifetime,
+            acr_values=("urn:example:mfa",),
+        ),
+        auth=(
+            AuthConfig(issuer=provider.issuer, audience=(AUDIENCE,), jwks_url=jwks_url)
+            if jwks_url
+            else AuthConfig()
+        ),
+    )
+
+
 async def _serve(
     tmp_path: Path,
     shield: ShieldConfig,
@@ -75,34 +109,23 @@ async def _serve(
 ) -> AsyncIterator[Setup]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    provider = OidcProvider(f"{url}/auth/callback", id_token_ttl=id_token_ttl)
-    await provider.start()
-    secret_file = create_secret_file(tmp_path / "server.secret")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    audit = tmp_path / "audit.jsonl"
-    config = ServerConfig(
-        port=port,
-        public_url=url,
-        secret_file=str(secret_file),
-        cors_origins=(ORIGIN,),
-        cors_credentials=True,
-        policy_file=str(policy),
-        audit=AuditConfig(file=str(audit)),
-        oidc=OidcConfig(
-            issuer=provider.issuer,
-            client_id=CLIENT_ID,
-            session_lifetime=session_lifetime,
-            acr_values=("urn:example:mfa",),
-        ),
-        auth=(
-            # The same issuer as sign-in (the server refuses two): the test IdP's
-            # keys stand in for the provider's own bearer tokens.
-            AuthConfig(issuer=provider.issuer, audience=(AUDIENCE,), jwks_url=bearer.url)
-            if bearer is not None
-            else AuthConfig()
-        ),
+    # With bearer tokens, the provider signs with the test IdP's key: the tokens
+    # the test mints are ones this provider could have issued (its own JWKS).
+    provider = OidcProvider(
+        f"{url}/auth/callback",
+        id_token_ttl=id_token_ttl,
+        jwks=bearer.private_jwks() if bearer is not None else None,
     )
+    await provider.start()
+    config = _config(
+        tmp_path,
+        port,
+        provider,
+        session_lifetime=session_lifetime,
+        # The sign-in IdP's issuer and JWKS (the server refuses any other).
+        jwks_url=f"{provider.issuer}/jwks" if bearer is not None else "",
+    )
+    audit, secret_file = Path(config.audit.file), Path(config.secret_file)
     try:
         async with running(create_app(config, shield), port=port):
             yield Setup(url, provider, audit, ServerSecret.load(secret_file), shield, bearer)  # type: ignore[arg-type]
@@ -472,6 +495,15 @@ def test_sign_in_settings_are_validated(tmp_path: Path) -> None:
             oidc=OidcConfig(issuer="https://idp.example", client_id="c"),
             **base,
         )
+    with pytest.raises(ConfigError, match="public_key_files cannot be used with"):
+        ServerConfig(
+            public_url="https://codec.example",
+            oidc=OidcConfig(issuer="https://idp.example", client_id="c"),
+            auth=AuthConfig(
+                issuer="https://idp.example", audience=("codec",), public_key_files=("k.pem",)
+            ),
+            **base,
+        )
     with pytest.raises(ConfigError, match="same identity provider"):
         ServerConfig(
             public_url="https://codec.example",
@@ -552,3 +584,46 @@ async def test_id_token_audiences_and_authorized_party(tmp_path: Path, idp: Idp)
             continue
         accepted.append(name)
     assert accepted == []
+
+
+async def test_bearer_tokens_need_the_sign_in_idps_own_keys(
+    tmp_path: Path, shield_config: ShieldConfig, idp: Idp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same issuer name, keys from elsewhere: whoever holds those keys would speak for
+    the IdP's people (bindings, grants). Refused at start, or until discovery says so."""
+    port = free_port()
+    provider = OidcProvider(f"http://127.0.0.1:{port}/auth/callback", jwks=idp.private_jwks())
+    # Another URL serving even the same key is not the IdP's jwks_uri.
+    config = _config(tmp_path, port, provider, jwks_url=idp.url)
+    token = idp.token(sub="alice", groups=["engineering"], iss=provider.issuer)
+    body = await _sealed(shield_config, "dev-team")
+    headers = {"X-Namespace": "dev-team", "Authorization": f"Bearer {token}"}
+
+    async def decode(url: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(f"{url}/decode", json=body, headers=headers)
+            return resp.status, await resp.json()
+
+    # The IdP is down at start: the server starts, but takes no bearer token yet.
+    async with running(create_app(config, shield_config), port=port) as url:
+        status, answer = await decode(url)
+        assert (status, answer["error"]) == (503, "idp_unavailable")
+        await provider.start()
+        try:
+            status, answer = await decode(url)  # discovery now shows other keys
+            assert (status, answer["error"]) == (503, "idp_unavailable")
+            assert "is not the sign-in identity provider's jwks_uri" in caplog.text
+        finally:
+            await provider.stop()
+    await provider.start()
+    try:
+        with pytest.raises(ConfigError, match="jwks_uri"):  # the IdP is up: no start
+            async with running(create_app(config, shield_config), port=port):
+                pass
+        right = replace(config, auth=replace(config.auth, jwks_url=f"{provider.issuer}/jwks"))
+        async with running(create_app(right, shield_config), port=port) as url:
+            status, answer = await decode(url)
+            assert status == 200
+            assert _data(answer) == SECRET
+    finally:
+        await provider.stop()

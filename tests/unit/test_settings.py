@@ -174,6 +174,15 @@ def test_every_setting_is_reachable_from_the_environment() -> None:
     expected[("server", "host")] = "127.0.0.2"
     env["TEMPORAL_SHIELD_SERVER_AUTH_ISSUER"] = env["TEMPORAL_SHIELD_SERVER_OIDC_ISSUER"]
     expected[("server", "auth", "issuer")] = expected[("server", "oidc", "issuer")]
+    # Static keys cannot be used with sign-in: reached in a load of their own.
+    key_files = env.pop("TEMPORAL_SHIELD_SERVER_AUTH_PUBLIC_KEY_FILES")
+    alone, _ = load_server_config(
+        env={
+            "TEMPORAL_SHIELD_SERVER_AUTH_PUBLIC_KEY_FILES": key_files,
+            "TEMPORAL_SHIELD_SERVER_INSECURE_DEV": "true",
+        }
+    )
+    assert alone.auth.public_key_files == expected.pop(("server", "auth", "public_key_files"))
     server, shield = load_server_config(env=env)
     for path, value in expected.items():
         obj: Any = server if path[0] == "server" else shield
