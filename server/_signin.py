@@ -193,8 +193,11 @@ class SignIn:
             return self._provider
 
     async def _discover(self) -> _Provider:
-        issuer = self._oidc.issuer.rstrip("/")
-        url = issuer + "/.well-known/openid-configuration"
+        issuer = self._oidc.issuer
+        # OIDC Discovery 4.1: a terminating "/" is removed before the suffix; 4.3:
+        # the document's issuer is then the configured one exactly (with its "/",
+        # if it has one: ID tokens carry it so, and PyJWT compares exactly).
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
         try:
             async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False) as http:
                 response = await http.get(url)
@@ -210,7 +213,7 @@ class SignIn:
                 "server.oidc.issuer is the demo's development identity provider; "
                 "it is refused outside `temporal-shield demo`"
             )
-        if str(doc.get("issuer", "")).rstrip("/") != issuer:
+        if doc.get("issuer") != issuer:
             # OIDC Discovery 4.3: the document must name the issuer it was fetched for.
             raise IdpUnavailable("the discovery document names another issuer")
         endpoints = {}

@@ -627,3 +627,49 @@ async def test_bearer_tokens_need_the_sign_in_idps_own_keys(
             assert _data(answer) == SECRET
     finally:
         await provider.stop()
+
+
+@pytest.mark.parametrize("slash", ["/", ""])
+async def test_discovery_keeps_the_issuer_exactly_as_configured(
+    tmp_path: Path, idp: Idp, slash: str
+) -> None:
+    """Auth0's issuer ends in "/" and its ID tokens carry it so: stripping it broke
+    sign-in. The document must name the configured issuer exactly (Discovery 4.3)."""
+    from temporal_shield.server._signin import IdpUnavailable, SignIn
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    issuer = base + "/"  # what this IdP's documents and tokens say
+
+    async def document(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "issuer": issuer,
+                "authorization_endpoint": f"{base}/authorize",
+                "token_endpoint": f"{base}/oauth/token",
+                "jwks_uri": idp.url,
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/.well-known/openid-configuration", document)
+    configured = base + slash
+    config = ServerConfig(
+        public_url="https://codec.example",
+        secret_file=str(create_secret_file(tmp_path / "s")),
+        policy_file="p",
+        audit=AuditConfig(stdout=True),
+        oidc=OidcConfig(issuer=configured, client_id=CLIENT_ID),
+    )
+    sign_in_ = SignIn(config, ServerSecret.load(Path(config.secret_file)))
+    async with running(app, port=port):
+        if configured == issuer:
+            provider = await sign_in_.provider()
+            assert provider.issuer == issuer
+            token = idp.token(iss=issuer, aud=CLIENT_ID, nonce="n-1", sub="alice")
+            claims = await sign_in_._verify_id_token(token, provider, "n-1")
+            assert claims["sub"] == "alice"
+        else:
+            with pytest.raises(IdpUnavailable, match="another issuer"):
+                await sign_in_.provider()
