@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -175,9 +177,14 @@ def test_a_line_torn_by_a_killed_writer_is_ended_before_the_next(tmp_path: Path)
 # -- the real command --------------------------------------------------------------------
 
 
-def _get(port: int, path: str) -> tuple[int, str, dict[str, str]]:
+def _get(
+    port: int, path: str, context: ssl.SSLContext | None = None
+) -> tuple[int, str, dict[str, str]]:
+    scheme = "https" if context else "http"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        with urllib.request.urlopen(  # noqa: S310 - http(s) to 127.0.0.1 only
+            f"{scheme}://127.0.0.1:{port}{path}", timeout=5, context=context
+        ) as resp:
             return resp.status, resp.read().decode(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), dict(exc.headers)
@@ -213,13 +220,18 @@ def _free_pair(avoid: int) -> int:
     raise AssertionError("no two adjacent free ports")
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path | None = None) -> None:
+def _wait_ready(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    log: Path | None = None,
+    context: ssl.SSLContext | None = None,
+) -> None:
     for _ in range(300):
         if proc.poll() is not None:
             said = log.read_text(errors="replace")[-3000:] if log else ""
             raise AssertionError(f"supervisor exited with {proc.returncode}:\n{said}")
         try:
-            if _get(port, "/readyz")[0] == 200:
+            if _get(port, "/readyz", context)[0] == 200:
                 return
         except OSError:
             pass
@@ -264,7 +276,11 @@ class _Served:
 
 @contextlib.contextmanager
 def _two_workers(
-    tmp_path: Path, settings: dict[str, str], *, stdout: int | None = None
+    tmp_path: Path,
+    settings: dict[str, str],
+    *,
+    stdout: int | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Iterator[_Served]:
     """Both workers ready (on their metrics ports), then stopped whatever happens.
 
@@ -293,7 +309,7 @@ def _two_workers(
         )
         try:
             for k in (0, 1):
-                _wait_ready(metrics + k, proc, path)
+                _wait_ready(metrics + k, proc, path, context)
             yield _Served(proc, port, metrics, argv, env)
         finally:
             if proc.poll() is None:
@@ -305,6 +321,26 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM: every worker finishes and the supervisor exits 0."""
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0
+
+
+def test_metrics_ports_speak_the_servers_tls(tmp_path: Path) -> None:
+    """As docs/server.md says: with server.tls, /metrics is https with the server's CA."""
+    from temporal_shield.certs import SERVER_AUTH, issue, make_ca, write_secret
+
+    ca = make_ca()
+    pki = tmp_path / "codec"
+    write_secret(pki, issue(ca, dns_names=["localhost"], usages=[SERVER_AUTH]), ca.cert)
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.check_hostname = False  # 127.0.0.1 against "localhost": the CA is what counts
+    settings = {"TEMPORAL_SHIELD_SERVER_TLS_DIR": str(pki)}
+    with _two_workers(tmp_path, settings, context=context) as served:
+        for k in (0, 1):
+            status, body, _ = _get(served.metrics + k, "/metrics", context)
+            assert status == 200
+            assert f'worker="{k}"' in body
+            with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+                _get(served.metrics + k, "/metrics")  # no plain http beside it
+        _stop(served.proc)
 
 
 def test_two_workers_one_port_own_chains_restart_and_graceful_stop(tmp_path: Path) -> None:
