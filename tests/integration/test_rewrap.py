@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -146,3 +147,48 @@ async def test_rotate_rewrap_retire_keeps_every_object_readable(
         chain.append(str(error))
         error = error.__cause__ or error.__context__
     assert any("does not match its reference" in text for text in chain), chain
+
+
+async def test_every_failed_object_says_why_and_the_run_exits_1(
+    tmp_path: Path, aws_env: dict[str, Any]
+) -> None:
+    """A damaged object under a usable key fails the real run (not a dry run), with
+    its reason in the text and the JSON report; the rest are re-encrypted."""
+    s3, bucket, ring, config = offload_setup(aws_env, tmp_path, threshold=4096)
+    codec = build_codec(config).with_namespace("default")
+    old_key = f"local:{Keyring.load(ring).primary}"
+    for name in ("good", "damaged"):
+        (sealed,) = await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')])
+        if name == "damaged":
+            sealed.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
+        s3.put_object(Bucket=bucket, Key=f"v0/t/{name}", Body=sealed.SerializeToString())
+    Keyring.load(ring).rotated().save(ring)
+    env = {
+        **os.environ,
+        "TEMPORAL_SHIELD_KEYS_URI": f"local://{ring}",
+        "TEMPORAL_SHIELD_STORAGE_S3_BUCKET": bucket,
+        "TEMPORAL_SHIELD_STORAGE_S3_ENDPOINT_URL": aws_env["endpoint_url"],
+    }
+
+    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "temporal_shield", "keys", "rewrap", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
+    dry = cli("--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr  # a dry run cannot see damage
+    assert "would re-encrypt 2" in dry.stdout
+    text = cli()
+    assert text.returncode == 1
+    assert "re-encrypted 1," in text.stdout
+    assert f"failed: v0/t/damaged: does not decrypt under {old_key}" in text.stdout
+    as_json = cli("--output", "json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert (report["rewrapped"], report["current"], report["failed"]) == (0, 1, ["v0/t/damaged"])
+    assert report["reasons"]["v0/t/damaged"].startswith("does not decrypt under")
