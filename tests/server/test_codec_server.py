@@ -398,15 +398,39 @@ def test_refuses_to_start_without_each_required_setting(
 
 
 async def test_insecure_dev_mode_needs_no_token(
-    make_client: ClientFactory, shield_config: ShieldConfig, caplog: pytest.LogCaptureFixture
+    make_client: ClientFactory,
+    shield_config: ShieldConfig,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
-    client = await make_client(config=ServerConfig(insecure_dev=True, cors_origins=(ORIGIN,)))
+    audit = tmp_path / "dev-audit.jsonl"
+    config = ServerConfig(
+        insecure_dev=True, cors_origins=(ORIGIN,), audit=AuditConfig(file=str(audit))
+    )
+    client = await make_client(config=config)
     enc = await _encrypted(shield_config, "anything")
     resp = await client.post(
         "/decode", json=_body(enc), headers=_headers(None, namespace="anything")
     )
     assert _datas(await resp.json()) == [SECRET]
     assert "INSECURE DEV MODE" in caplog.text
+    # The record names the identity every caller gets, and how (docs/server.md).
+    record = _records(audit)[-1]
+    assert (record["subject"], record["auth"], record["decision"]) == (
+        "insecure-dev",
+        "insecure-dev",
+        "allow",
+    )
+
+
+async def test_a_request_without_credentials_is_recorded_with_no_auth(
+    make_client: ClientFactory, audit_path: Path
+) -> None:
+    client = await make_client()
+    resp = await client.post("/decode", json=_body(), headers=_headers(None))
+    assert resp.status == 401
+    record = _records(audit_path)[-1]
+    assert (record["subject"], record["auth"], record["decision"]) == ("", "", "deny")
 
 
 # -- authorisation -------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ async def test_payload_from_another_keyring_is_rejected(tmp_path: Path) -> None:
 
 async def test_key_commitment_is_checked(envelope: Envelope) -> None:
     # Swap in the wrapped DEK of another message: the unwrap succeeds (same KEK and
-    # namespace) but the commitment no longer matches, before any AEAD attempt.
+    # namespace) and the payload is refused (by the commitment, or else by AES-GCM
+    # under the wrong key: this test alone cannot tell which; the next one can).
     one = await envelope.seal(b"one", namespace="default")
     other = await Envelope(DataKeyManager(envelope.keys.providers)).seal(
         b"two", namespace="default"
