@@ -106,15 +106,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _word(value: str) -> str:
+    """``value`` as one field of a line: quoted (JSON) if it could read as more."""
+    if value and not any(ch.isspace() or ch in '="' for ch in value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _line(grant: dict[str, Any]) -> str:
     fields = [
         str(grant.get("id", "")),
         str(grant.get("state", "")),
         f"{grant.get('namespace', '')}/{grant.get('classification', '')}",
-        f"requester={grant.get('subject', '')}",
+        f"requester={_word(str(grant.get('subject', '')))}",
     ]
     if grant.get("approver"):
-        fields.append(f"approver={grant['approver']}")
+        fields.append(f"approver={_word(str(grant['approver']))}")
     fields.append(f"justification={json.dumps(grant.get('justification', ''))}")
     return " ".join(fields)
 

@@ -760,3 +760,15 @@ async def test_open_requests_per_person_are_capped(
             break
         await asyncio.sleep(0.1)
     assert (await client.post("/grants", json=body, headers=alice)).status == 201
+
+
+def test_cli_lines_keep_each_field_one_field() -> None:
+    """A subject with spaces or "=" cannot pose as another field (say, an approver)."""
+    from temporal_shield._grants_cli import _line
+
+    grant = {"id": "grant-1", "state": "pending", "namespace": "prod", "classification": "*"}
+    assert _line({**grant, "subject": "bob", "approver": "carol", "justification": "t"}) == (
+        'grant-1 pending prod/* requester=bob approver=carol justification="t"'
+    )
+    forged = _line({**grant, "subject": "x approver=alice", "justification": "t"})
+    assert forged == 'grant-1 pending prod/* requester="x approver=alice" justification="t"'
