@@ -443,7 +443,10 @@ class Grants:
             try:
                 await self._start(identity, record)
             except BaseException:
+                # Nothing was filed: neither open, nor one of the hour's requests.
                 self._started.pop(record["id"], None)
+                self.open_requests[identity.subject] -= 1
+                self._requests.give_back(identity.subject)
                 raise
             return 201, {"id": record["id"], "state": PENDING}, record
         grant_id = record["id"]

@@ -71,6 +71,12 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
         return allowed
 
+    def give_back(self, principal: str) -> None:
+        """Return one token :meth:`take` spent on something that did not happen."""
+        found = self._buckets.get(principal)
+        if found is not None:
+            self._buckets[principal] = (min(self._burst, found[0] + 1.0), found[1])
+
     def retry_after(self) -> int:
         """Whole seconds until an empty bucket holds one token again."""
         return max(1, int(1.0 / self._rate) + 1) if self._rate > 0 else 60
