@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._scan_cli import CommandFailed, _positive, exit_status, print_report
+from ._scan_cli import CommandFailed, _positive, connect_temporal, exit_status, print_report
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -66,15 +66,14 @@ def add_rewrap_distributed_arguments(rewrap: argparse.ArgumentParser) -> None:
 
 
 async def _connect(args: argparse.Namespace, config: ShieldConfig) -> Client:
-    from temporalio.client import Client
 
     from temporal_shield.converter import ShieldPlugin, client_connect_config
 
     # The workflow's own payloads (options, checkpoints, reports: counts only)
     # go through the user's normal converter, so a namespace that refuses
     # plaintext (require_encryption) accepts them.
-    return await Client.connect(
-        **client_connect_config(config, address=args.address, namespace=args.namespace),
+    return await connect_temporal(  # type: ignore[no-any-return]
+        client_connect_config(config, address=args.address, namespace=args.namespace),
         plugins=[ShieldPlugin(config)],
     )
 
@@ -95,10 +94,7 @@ async def _follow(
 
     from temporal_shield.converter._scan_workflow import PROGRESS_QUERY
 
-    try:
-        client = await _connect(args, config)
-    except (RPCError, RuntimeError) as exc:
-        raise CommandFailed(f"cannot connect to Temporal: {_first_line(exc)}") from None
+    client = await _connect(args, config)
     tty = sys.stderr.isatty()
     try:
         handle = await client.start_workflow(
@@ -226,18 +222,13 @@ def _scan_worker(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from temporalio.service import RPCError
-
     from temporal_shield.converter import load_config
     from temporal_shield.converter._scan_workflow import scan_worker
 
     config = load_config(args.config)
 
     async def run() -> int:
-        try:
-            client = await _connect(args, config)
-        except (RPCError, RuntimeError) as exc:
-            raise CommandFailed(f"cannot connect to Temporal: {_first_line(exc)}") from None
+        client = await _connect(args, config)
         rewrap = None
         if args.rewrap:
             from temporal_shield.codec import aws_client

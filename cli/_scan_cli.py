@@ -38,7 +38,6 @@ def exit_status(report: Any, *, allow_foreign: bool = False) -> int:
 def _scan(args: argparse.Namespace) -> int:
     import asyncio
 
-    from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode
 
     from temporal_shield.converter import (
@@ -64,7 +63,7 @@ def _scan(args: argparse.Namespace) -> int:
     tty = sys.stderr.isatty()
 
     async def run() -> int:
-        client = await Client.connect(**connect)
+        client = await connect_temporal(connect)
         try:
             report = await scan(
                 client,
@@ -142,3 +141,28 @@ def print_report(report: Any, *, as_json: bool) -> None:
     else:
         # Workflow ids and key ids in the table are whatever was written.
         print("\n".join(map(terminal_safe, report.as_table().splitlines())))
+
+
+async def connect_temporal(connect: dict[str, Any], **extra: Any) -> Any:
+    """``Client.connect``; a connection failure is one line naming the address tried.
+
+    The address may come from ``--address``, ``TEMPORAL_ADDRESS`` or a profile:
+    an error that does not say which leaves the reader guessing.
+
+    Raises:
+        CommandFailed: Temporal could not be reached at that address.
+    """
+    import re
+
+    from temporalio.client import Client
+    from temporalio.service import RPCError
+
+    try:
+        return await Client.connect(**connect, **extra)
+    except (RPCError, RuntimeError) as exc:
+        # The SDK's message is a Rust debug dump; its last "message" is the reason.
+        text = str(exc)
+        reasons = re.findall(r'message: "([^"]+)"', text)
+        reason = reasons[-1] if reasons else (text.strip().splitlines() or [type(exc).__name__])[0]
+        address = connect.get("target_host", "?")
+        raise CommandFailed(f"cannot connect to Temporal at {address}: {reason}") from None

@@ -60,7 +60,7 @@ async def test_scan_error_paths_exit_2_with_one_line(dev_server: DevServer, tmp_
     server = ["scan", "--address", dev_server.address]
     ca = _self_signed_ca(tmp_path / "ca.pem")
     cases: list[tuple[list[str], dict[str, str], str]] = [
-        (["scan", "--address", nowhere], {}, "cannot connect to Temporal"),
+        (["scan", "--address", nowhere], {}, f"cannot connect to Temporal at {nowhere}"),
         ([*server, "--namespace", "no-such-namespace"], {}, "no-such-namespace"),
         ([*server, "--query", "WorkflowId ==== 'x'"], {}, "invalid visibility query"),
         ([*server, "--query", "NoSuchAttribute = 'x'"], {}, "invalid visibility query"),
