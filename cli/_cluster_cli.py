@@ -66,7 +66,6 @@ def add_rewrap_distributed_arguments(rewrap: argparse.ArgumentParser) -> None:
 
 
 async def _connect(args: argparse.Namespace, config: ShieldConfig) -> Client:
-
     from temporal_shield.converter import ShieldPlugin, client_connect_config
 
     # The workflow's own payloads (options, checkpoints, reports: counts only)

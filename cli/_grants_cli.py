@@ -135,7 +135,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any) -> dict[s
     if server.startswith("http://") and not is_loopback_url(server):
         # The request carries a bearer token: in clear only to this machine.
         raise CommandFailed(
-            "--server must be https:// (plain http:// only to 127.0.0.1, ::1 or localhost): "
+            "--server must be https:// (plain http:// only to a loopback address or localhost): "
             "the request carries your token"
         )
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from temporal_shield.codec import ShieldError
 
 from . import __version__
 from ._extras import missing_extra
+from ._scan_cli import connect_reason
 
 DESCRIPTION = """\
 Compression and KMS envelope encryption for Temporal payloads: manage keys,
@@ -65,7 +65,7 @@ def emit(args: argparse.Namespace, data: Any, text: Callable[[], Sequence[str]])
 
 
 def terminal_safe(line: str) -> str:
-    r"""``line`` with every unprintable character but a tab escaped (````, ``‮``)."""
+    r"""``line`` with every unprintable character but a tab escaped (as ``\x1b``, ``\u202e``)."""
     if line.isprintable():
         return line
     return "".join(
@@ -449,9 +449,7 @@ def describe(exc: BaseException) -> str:
     elif isinstance(exc, ShieldError):
         text = str(exc)
     elif "Failed client connect" in str(exc):
-        # The SDK's message is a Rust debug dump; its last "message" is the reason.
-        reasons = re.findall(r'message: "([^"]+)"', str(exc))
-        text = f"cannot connect to Temporal: {reasons[-1] if reasons else exc}"
+        text = f"cannot connect to Temporal: {connect_reason(exc)}"
     else:
         text = f"{_kind(exc)}: {exc}" if str(exc) else _kind(exc)
     return " ".join(text.split()) or type(exc).__name__

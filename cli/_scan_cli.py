@@ -152,17 +152,22 @@ async def connect_temporal(connect: dict[str, Any], **extra: Any) -> Any:
     Raises:
         CommandFailed: Temporal could not be reached at that address.
     """
-    import re
-
     from temporalio.client import Client
     from temporalio.service import RPCError
 
     try:
         return await Client.connect(**connect, **extra)
     except (RPCError, RuntimeError) as exc:
-        # The SDK's message is a Rust debug dump; its last "message" is the reason.
-        text = str(exc)
-        reasons = re.findall(r'message: "([^"]+)"', text)
-        reason = reasons[-1] if reasons else (text.strip().splitlines() or [type(exc).__name__])[0]
         address = connect.get("target_host", "?")
-        raise CommandFailed(f"cannot connect to Temporal at {address}: {reason}") from None
+        raise CommandFailed(
+            f"cannot connect to Temporal at {address}: {connect_reason(exc)}"
+        ) from None
+
+
+def connect_reason(exc: BaseException) -> str:
+    """The reason in the SDK's connection error, whose message is a Rust debug dump."""
+    import re
+
+    text = str(exc)
+    reasons = re.findall(r'message: "([^"]+)"', text)  # the last one is the reason
+    return reasons[-1] if reasons else (text.strip().splitlines() or [type(exc).__name__])[0]

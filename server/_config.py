@@ -477,7 +477,7 @@ class ServerConfig:
                 )
         if self.insecure_dev and not is_loopback_host(self.host):
             # Without authentication anyone who reaches the port decrypts as the
-            # identity `dev`: only processes on this machine may reach it.
+            # identity `insecure-dev`: only processes on this machine may reach it.
             raise ConfigError(
                 f"--insecure-dev listens on loopback only (server.host {self.host!r}): "
                 "use 127.0.0.1, ::1 or localhost, or configure authentication"
