@@ -27,7 +27,7 @@ from temporal_shield.converter import ShieldConfig, build_codec
 from temporal_shield.server import AuditConfig, AuditLog, AuthConfig, ServerConfig, create_app
 from temporal_shield.server._config import OidcConfig
 from temporal_shield.server._secrets import ServerSecret, create_secret_file
-from temporal_shield.server._signin import LOGIN_COOKIE, SESSION_COOKIE
+from temporal_shield.server._signin import LOGIN_COOKIE, SESSION_COOKIE, SignIn
 
 from ..integration.codec_server import running
 from .conftest import ORIGIN
@@ -545,22 +545,27 @@ def test_sign_in_settings_are_validated(tmp_path: Path) -> None:
         )
 
 
-async def test_id_token_audiences_and_authorized_party(tmp_path: Path, idp: Idp) -> None:
-    """OIDC Core 3.1.3.7: with several audiences the token must name us as its azp."""
-    import jwt as pyjwt
-
-    from temporal_shield.server._signin import SignIn, SignInError, _Provider
-
-    from .idp import ISSUER
-
+def _sign_in(tmp_path: Path, issuer: str) -> SignIn:
+    """A :class:`SignIn` for ``issuer`` (discovery happens on first use)."""
     config = ServerConfig(
         public_url="https://codec.example",
         secret_file=str(create_secret_file(tmp_path / "s")),
         policy_file="p",
         audit=AuditConfig(stdout=True),
-        oidc=OidcConfig(issuer=ISSUER, client_id=CLIENT_ID),
+        oidc=OidcConfig(issuer=issuer, client_id=CLIENT_ID),
     )
-    sign_in_ = SignIn(config, ServerSecret.load(Path(config.secret_file)))
+    return SignIn(config, ServerSecret.load(Path(config.secret_file)))
+
+
+async def test_id_token_audiences_and_authorized_party(tmp_path: Path, idp: Idp) -> None:
+    """OIDC Core 3.1.3.7: with several audiences the token must name us as its azp."""
+    import jwt as pyjwt
+
+    from temporal_shield.server._signin import SignInError, _Provider
+
+    from .idp import ISSUER
+
+    sign_in_ = _sign_in(tmp_path, ISSUER)
     sign_in_._jwks = pyjwt.PyJWKClient(idp.url)
     provider = _Provider(ISSUER, "", "", idp.url, ("RS256",), "")
 
@@ -635,7 +640,7 @@ async def test_discovery_keeps_the_issuer_exactly_as_configured(
 ) -> None:
     """Auth0's issuer ends in "/" and its ID tokens carry it so: stripping it broke
     sign-in. The document must name the configured issuer exactly (Discovery 4.3)."""
-    from temporal_shield.server._signin import IdpUnavailable, SignIn
+    from temporal_shield.server._signin import IdpUnavailable
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -655,14 +660,7 @@ async def test_discovery_keeps_the_issuer_exactly_as_configured(
     app = web.Application()
     app.router.add_get("/.well-known/openid-configuration", document)
     configured = base + slash
-    config = ServerConfig(
-        public_url="https://codec.example",
-        secret_file=str(create_secret_file(tmp_path / "s")),
-        policy_file="p",
-        audit=AuditConfig(stdout=True),
-        oidc=OidcConfig(issuer=configured, client_id=CLIENT_ID),
-    )
-    sign_in_ = SignIn(config, ServerSecret.load(Path(config.secret_file)))
+    sign_in_ = _sign_in(tmp_path, configured)
     async with running(app, port=port):
         if configured == issuer:
             provider = await sign_in_.provider()

@@ -317,6 +317,15 @@ def _two_workers(
                 proc.wait()
 
 
+def _wait_replaced(proc: subprocess.Popen[bytes], old: int, failure: str) -> None:
+    """Until worker 1 runs as a process other than ``old`` (30 s), else ``failure``."""
+    for _ in range(300):
+        if _worker_pids(proc.pid).get(1) not in (None, old):
+            return
+        time.sleep(0.1)
+    raise AssertionError(failure)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM: every worker finishes and the supervisor exits 0."""
     proc.send_signal(signal.SIGTERM)
@@ -434,12 +443,7 @@ def test_the_supervisor_never_waits_for_the_stdout_lock(tmp_path: Path) -> None:
             fcntl.flock(held, fcntl.LOCK_EX)  # as a worker stuck mid-write would
             first = _worker_pids(proc.pid)
             os.kill(first[1], signal.SIGKILL)
-            for _ in range(300):
-                if _worker_pids(proc.pid).get(1) not in (None, first[1]):
-                    break
-                time.sleep(0.1)
-            else:
-                raise AssertionError("the supervisor did not restart worker 1")
+            _wait_replaced(proc, first[1], "the supervisor did not restart worker 1")
         finally:
             os.close(held)
         _stop(proc)
@@ -456,12 +460,7 @@ def test_a_worker_whose_event_loop_is_stuck_is_killed_and_restarted(tmp_path: Pa
         time.sleep(4)  # longer than the timeout: healthy workers beat and stay
         assert _worker_pids(proc.pid) == first
         os.kill(first[1], signal.SIGSTOP)  # stuck: no beat, no request answered
-        for _ in range(300):
-            if _worker_pids(proc.pid).get(1) not in (None, first[1]):
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the stuck worker was not replaced")
+        _wait_replaced(proc, first[1], "the stuck worker was not replaced")
         _wait_ready(served.metrics + 1, proc)
         assert _worker_pids(proc.pid)[0] == first[0]  # the other worker is untouched
         _prefixes_until(served.port, 2)
